@@ -1,0 +1,89 @@
+/* model.h - a frozen LLaMA-family base model (LlamaForCausalLM, Qwen2ForCausalLM).
+ *
+ * Loaded from a Hugging Face directory: config.json + model.safetensors (or the
+ * shards named by model.safetensors.index.json), F32/F16/BF16 converted to F32.
+ * All weights live in one slab; matrices are [out][in] row-major, exactly as HF
+ * stores them (nn.Linear.weight), so y = W x is cblas_sgemv(RowMajor, NoTrans).
+ *
+ * HF tensor names (per layer l):
+ *   model.embed_tokens.weight [vocab][dim]        model.norm.weight [dim]
+ *   model.layers.l.input_layernorm.weight [dim]   ...post_attention_layernorm.weight [dim]
+ *   model.layers.l.self_attn.{q,k,v,o}_proj.weight  q:[dim][dim] k,v:[kv_dim][dim] o:[dim][dim]
+ *   model.layers.l.self_attn.{q,k,v}_proj.bias      (Qwen2 only) [dim] / [kv_dim]
+ *   model.layers.l.mlp.{gate,up}_proj.weight [hidden][dim], mlp.down_proj.weight [dim][hidden]
+ *   lm_head.weight [vocab][dim]                   (absent when tie_word_embeddings)
+ * RoPE follows HF's rotate_half convention (pairs i and i + head_dim/2).
+ */
+#ifndef FP_MODEL_H
+#define FP_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fp_error.h"
+
+typedef struct {
+    char arch[64];          /* "LlamaForCausalLM", "Qwen2ForCausalLM", ... */
+    int dim;                /* hidden_size */
+    int hidden_dim;         /* intermediate_size */
+    int n_layers;           /* num_hidden_layers */
+    int n_heads;            /* num_attention_heads */
+    int n_kv_heads;         /* num_key_value_heads (defaults to n_heads) */
+    int vocab_size;
+    int max_seq_len;        /* max_position_embeddings */
+    float rms_eps;          /* rms_norm_eps */
+    float rope_theta;
+    int tie_embeddings;     /* tie_word_embeddings */
+    int qkv_bias;           /* 1 for Qwen2ForCausalLM (or attention_bias: true) */
+    int bos_id, eos_id;     /* bos_token_id, eos_token_id (-1 if absent) */
+} fp_model_config;
+
+static inline int fp_head_dim(const fp_model_config *c) { return c->dim / c->n_heads; }
+static inline int fp_kv_dim(const fp_model_config *c) { return fp_head_dim(c) * c->n_kv_heads; }
+
+/* Pointers into the slab. Per-layer arrays are stacked over layers:
+ * wq + l * dim * dim is layer l's q_proj. */
+typedef struct {
+    float *tok_emb;                 /* [vocab][dim] */
+    float *rms_att;                 /* [L][dim] */
+    float *wq, *wk, *wv, *wo;       /* [L][dim][dim], [L][kv][dim], [L][kv][dim], [L][dim][dim] */
+    float *bq, *bk, *bv;            /* NULL unless qkv_bias: [L][dim], [L][kv], [L][kv] */
+    float *rms_ffn;                 /* [L][dim] */
+    float *w_gate, *w_up, *w_down;  /* [L][hidden][dim], [L][hidden][dim], [L][dim][hidden] */
+    float *rms_final;               /* [dim] */
+    float *lm_head;                 /* [vocab][dim]; == tok_emb when tied */
+} fp_model_weights;
+
+typedef struct {
+    fp_model_config cfg;
+    fp_model_weights w;
+    float *slab;
+    size_t n_floats;        /* floats in the slab */
+} fp_model;
+
+/* Parses and validates config.json. Error names the file and the key. */
+int fp_config_load(const char *path, fp_model_config *out) FP_WUR;
+/* Writes config.json (HF field names). */
+int fp_config_save(const char *path, const fp_model_config *cfg) FP_WUR;
+/* Checks internal consistency (positive sizes, dim % heads, heads % kv_heads,
+ * even head_dim). */
+int fp_config_validate(const fp_model_config *cfg, const char *where) FP_WUR;
+
+/* Allocates a zeroed model for cfg (slab carved per the table above).
+ * Caller destroys with fp_model_free. */
+fp_model *fp_model_new(const fp_model_config *cfg) FP_WUR;
+/* Loads a HF directory (config.json + safetensors, sharded or not). */
+fp_model *fp_model_load(const char *dir) FP_WUR;
+/* Writes config.json + model.safetensors (F32) into dir (created if needed). */
+int fp_model_save(const fp_model *m, const char *dir) FP_WUR;
+/* Fills every weight with uniform(-scale, scale) from seed (norm weights around
+ * 1). For tests and benchmarks. */
+void fp_model_randomize(fp_model *m, uint64_t seed, float scale);
+void fp_model_free(fp_model **self_p);
+
+/* Reads a llama2.c checkpoint (legacy version-0 format, see
+ * shared stories260K SOURCE.md) into a model in HF convention: q/k rows are
+ * permuted for rotate_half RoPE as HF's convert_llama_weights_to_hf does. */
+fp_model *fp_llama2c_load(const char *path) FP_WUR;
+
+#endif

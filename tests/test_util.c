@@ -1,0 +1,104 @@
+/* test_util.c - see test_util.h. */
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *slot(void)
+{
+    static char bufs[8][4096];
+    static int next;
+    return bufs[next++ & 7];
+}
+
+const char *tu_shared_data(void)
+{
+    const char *env = getenv("FP_SHARED_DATA");
+    if (env && *env)
+        return env;
+    char *p = slot();
+    snprintf(p, 4096, "%s/../shared/data", FP_SOURCE_DIR);
+    return p;
+}
+
+const char *tu_path(const char *a, const char *b)
+{
+    char *p = slot();
+    snprintf(p, 4096, "%s/%s", a, b);
+    return p;
+}
+
+const char *tu_tempdir(const char *tag)
+{
+    char *p = slot();
+    snprintf(p, 4096, "%s/test-tmp/%s-%d", FP_BINARY_DIR, tag, (int)getpid());
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", p, p);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "cannot create %s\n", p);
+        exit(1);
+    }
+    return p;
+}
+
+int tu_run(const char *cmd, char **out)
+{
+    char full[8192];
+    snprintf(full, sizeof full, "(%s) 2>&1", cmd);
+    FILE *f = popen(full, "r");
+    if (!f)
+        return -1;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len < 2) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    buf[len] = '\0';
+    int st = pclose(f);
+    if (out)
+        *out = buf;
+    else
+        free(buf);
+    if (st == -1)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+char *tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    if (len)
+        *len = (size_t)n;
+    return buf;
+}
+
+int tu_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return (fclose(f) == 0 && w == len) ? 0 : -1;
+}

@@ -1,0 +1,22 @@
+/* test_util.h - helpers shared by the tests (paths, temp dirs, running the tool). */
+#ifndef FP_TEST_UTIL_H
+#define FP_TEST_UTIL_H
+
+#include <stddef.h>
+
+/* ../shared/data relative to the source tree (FP_SHARED_DATA overrides). */
+const char *tu_shared_data(void);
+/* Joins a and b with '/' into a static rotating buffer (8 slots). */
+const char *tu_path(const char *a, const char *b);
+/* Makes a fresh empty temp directory under the build dir; returns its path
+ * (static rotating buffer). */
+const char *tu_tempdir(const char *tag);
+/* Runs a shell command; returns its exit status (or -1). Captures stdout+stderr
+ * into *out (malloc'd, caller frees) when out != NULL. */
+int tu_run(const char *cmd, char **out);
+/* Reads a whole file (malloc'd, NUL-terminated); NULL if missing. */
+char *tu_read_file(const char *path, size_t *len);
+/* Writes bytes to a file; 0 on success. */
+int tu_write_file(const char *path, const void *data, size_t len);
+
+#endif
