@@ -19,13 +19,20 @@ int fp_error_set(const char *fmt, ...)
 
 int fp_error_prefix(const char *fmt, ...)
 {
-    char head[FP_ERROR_MAX], old[FP_ERROR_MAX];
+    char head[FP_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    memcpy(old, fp_error_buf, sizeof old);
-    snprintf(fp_error_buf, sizeof fp_error_buf, "%s%s", head, old);
+    /* Shift the old message right and put the context in front (truncating). */
+    size_t hl = strlen(head), ol = strlen(fp_error_buf);
+    if (hl > FP_ERROR_MAX - 1)
+        hl = FP_ERROR_MAX - 1;
+    if (ol > FP_ERROR_MAX - 1 - hl)
+        ol = FP_ERROR_MAX - 1 - hl;
+    memmove(fp_error_buf + hl, fp_error_buf, ol);
+    memcpy(fp_error_buf, head, hl);
+    fp_error_buf[hl + ol] = '\0';
     return -1;
 }
 

@@ -1,0 +1,167 @@
+/* finetune.c - the local training loop and evaluation (see finetune.h). */
+#include "finetune.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "train.h"
+
+void fp_finetune_config_default(fp_finetune_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->steps = 100;
+    c->batch = 4;
+    c->seq = 128;
+    c->accum = 1;
+    c->shuffle = 1;
+    c->seed = 1234;
+    fp_optim_config_default(&c->optim);
+    c->optim.lr = 1e-3f;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int check_config(const fp_finetune_config *c, const fp_model *m)
+{
+    if (c->steps < 1 || c->batch < 1 || c->seq < 1 || c->accum < 1)
+        return fp_error_set("steps, batch, seq and accumulation must all be at least 1 "
+                            "(got %d, %d, %d, %d)", c->steps, c->batch, c->seq, c->accum);
+    if (c->seq > m->cfg.max_seq_len)
+        return fp_error_set("--seq %d is longer than the model's context (%d positions); "
+                            "use --seq %d or less", c->seq, m->cfg.max_seq_len, m->cfg.max_seq_len);
+    if (!(c->optim.lr > 0.0f) || !isfinite(c->optim.lr))
+        return fp_error_set("the learning rate must be a positive number (got %g)",
+                            (double)c->optim.lr);
+    return 0;
+}
+
+int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
+                const fp_finetune_config *cfg, fp_progress_fn progress, void *ctx,
+                float *last_loss)
+{
+    int rc = -1;
+    fp_train *tr = NULL;
+    fp_batcher *bat = NULL;
+    fp_optim *opt = NULL;
+    float *grad = NULL;
+    int32_t *in = NULL, *tg = NULL;
+    size_t nbt = (size_t)cfg->batch * (size_t)cfg->seq;
+
+    if (check_config(cfg, model) != 0)
+        return -1;
+    fp_optim_config oc = cfg->optim;
+    if (oc.total_steps <= 0)
+        oc.total_steps = cfg->steps;
+    if (!(tr = fp_train_new(model, lora, cfg->batch, cfg->seq)) ||
+        !(bat = fp_batcher_new(data, cfg->batch, cfg->seq, cfg->shuffle, cfg->seed)) ||
+        !(opt = fp_optim_new(&oc, lora->n_params)))
+        goto err;
+    grad = malloc(sizeof(float) * lora->n_params);
+    in = malloc(sizeof(int32_t) * nbt);
+    tg = malloc(sizeof(int32_t) * nbt);
+    if (!grad || !in || !tg) {
+        fp_error_set("out of memory allocating training buffers (%zu parameters)", lora->n_params);
+        goto err;
+    }
+
+    double t0 = now_s(), tokens = 0.0;
+    for (int step = 0; step < cfg->steps; step++) {
+        memset(grad, 0, sizeof(float) * lora->n_params);
+        double loss_sum = 0.0;
+        for (int micro = 0; micro < cfg->accum; micro++) {
+            int j = step * cfg->accum + micro;   /* micro-batch index in data order */
+            size_t ntok = 0;
+            fp_batcher_get(bat, j, in, tg);
+            float loss = fp_train_step(tr, in, tg, grad, 1.0f / (float)cfg->accum,
+                                       cfg->seed * 1000003u + (uint64_t)j, &ntok);
+            if (!isfinite(loss)) {
+                fp_error_set("the loss is not finite (%g) at step %d; lower the learning rate "
+                             "(--lr, now %g) or clip gradients (--max-grad-norm 1.0)",
+                             (double)loss, step + 1, (double)fp_optim_lr(&oc, step));
+                goto err;
+            }
+            loss_sum += loss;
+            tokens += (double)ntok;
+        }
+        float lr = fp_optim_lr(&oc, step);
+        float gnorm = fp_optim_step(opt, lora->params, grad);
+        float loss = (float)(loss_sum / cfg->accum);
+        if (last_loss)
+            *last_loss = loss;
+        if (progress) {
+            double el = now_s() - t0;
+            fp_progress p = {step + 1, cfg->steps, loss, lr, gnorm, el > 0 ? tokens / el : 0.0, el};
+            progress(ctx, &p);
+        }
+    }
+    rc = 0;
+err:
+    free(grad), free(in), free(tg);
+    fp_optim_free(&opt);
+    fp_batcher_free(&bat);
+    fp_train_free(&tr);
+    return rc;
+}
+
+int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
+                int batch, double *mean_loss, size_t *n_tokens)
+{
+    size_t rows = fp_data_rows(data, T);
+    if (T < 1 || T > model->cfg.max_seq_len)
+        return fp_error_set("--seq %d must be between 1 and the model's context (%d)", T,
+                            model->cfg.max_seq_len);
+    if (rows == 0)
+        return fp_error_set("the data holds %zu tokens, fewer than one row of %d + 1; "
+                            "give more data or a smaller --seq", data->n, T);
+    if (batch < 1)
+        batch = 1;
+    if ((size_t)batch > rows)
+        batch = (int)rows;
+
+    int rc = -1;
+    size_t nbt = (size_t)batch * (size_t)T;
+    fp_train *tr = fp_train_new(model, lora, batch, T);
+    int32_t *in = malloc(sizeof(int32_t) * nbt), *tg = malloc(sizeof(int32_t) * nbt);
+    if (!tr || !in || !tg) {
+        if (tr)
+            fp_error_set("out of memory allocating evaluation buffers");
+        goto err;
+    }
+    double sum = 0.0;
+    size_t count = 0;
+    for (size_t r0 = 0; r0 < rows; r0 += (size_t)batch) {
+        for (int b = 0; b < batch; b++) {
+            if (r0 + (size_t)b < rows) {
+                fp_data_eval_row(data, T, r0 + (size_t)b, in + (size_t)b * T, tg + (size_t)b * T);
+            } else {            /* pad the last batch with rows that count for nothing */
+                memset(in + (size_t)b * T, 0, sizeof(int32_t) * (size_t)T);
+                for (int t = 0; t < T; t++)
+                    tg[(size_t)b * T + t] = -1;
+            }
+        }
+        size_t ntok = 0;
+        float loss = fp_train_step(tr, in, tg, NULL, 0.0f, 0, &ntok);
+        if (!isfinite(loss)) {
+            fp_error_set("the evaluation loss is not finite at row %zu: the adapter or model "
+                         "holds NaN/Inf values", r0);
+            goto err;
+        }
+        sum += (double)loss * (double)ntok;
+        count += ntok;
+    }
+    *mean_loss = count ? sum / (double)count : 0.0;
+    if (n_tokens)
+        *n_tokens = count;
+    rc = 0;
+err:
+    free(in), free(tg);
+    fp_train_free(&tr);
+    return rc;
+}

@@ -1,0 +1,50 @@
+/* finetune.h - the local training loop and evaluation, shared by the
+ * `fedpeft finetune` / `eval` commands and (later) the worker.
+ */
+#ifndef FP_FINETUNE_H
+#define FP_FINETUNE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "fp_error.h"
+#include "lora.h"
+#include "model.h"
+#include "optim.h"
+
+typedef struct {
+    int steps;              /* optimizer steps */
+    int batch, seq;         /* rows per micro-batch, tokens per row */
+    int accum;              /* micro-batches per optimizer step (>= 1) */
+    int shuffle;            /* 0: the documented consecutive order (data.h) */
+    uint64_t seed;          /* shuffle order and dropout masks */
+    fp_optim_config optim;
+} fp_finetune_config;
+
+/* Defaults: 100 steps, batch 4, seq 128, accum 1, shuffle, seed 1234, AdamW lr 1e-3. */
+void fp_finetune_config_default(fp_finetune_config *c);
+
+/* Called after each optimizer step. */
+typedef struct {
+    int step, steps;        /* 1-based step just done, and the total */
+    float loss;             /* mean loss of this step's micro-batches */
+    float lr, grad_norm;    /* the step's learning rate and pre-clip gradient norm */
+    double tokens_per_s;    /* target tokens per second over the run so far */
+    double elapsed_s;
+} fp_progress;
+typedef void (*fp_progress_fn)(void *ctx, const fp_progress *p);
+
+/* Trains `lora` in place on `data`. Returns 0, or -1 with an error (e.g. a
+ * NaN loss names the step and suggests a lower learning rate). *last_loss
+ * (optional) receives the final step's loss. */
+int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
+                const fp_finetune_config *cfg, fp_progress_fn progress, void *ctx,
+                float *last_loss) FP_WUR;
+
+/* Mean loss over every eval row (data.h's order) of T tokens, evaluating
+ * `batch` rows at a time. lora may be NULL (the base model). */
+int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
+                int batch, double *mean_loss, size_t *n_tokens) FP_WUR;
+
+#endif

@@ -1,0 +1,617 @@
+/* train.c - forward and backward of a LoRA-adapted LLaMA over a batch (see train.h).
+ *
+ * Shapes: N = B*T rows, C = dim, KV = kv_dim, H = hidden_dim, V = vocab,
+ * hd = head_dim, r = LoRA rank. Every frozen matmul is ONE cblas_sgemm over all
+ * N rows (x W^T forward, dy W backward); attention is two sgemms per
+ * (batch row, head). The base model is read-only; only the LoRA slab gets
+ * gradients.
+ *
+ * Memory: we keep what backward cannot cheaply recompute (residual streams,
+ * post-RoPE q/k, v, attention output, gate/up pre-activations, LoRA x A^T) and
+ * recompute the rest (normalized inputs, silu(gate)*up, the attention matrix
+ * from q, k and the saved log-sum-exp), so memory grows with T, not T^2.
+ */
+#include "train.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rng.h"
+
+struct fp_train {
+    const fp_model *model;
+    const fp_lora *lora;
+    int B, T;
+    size_t N;
+    float s;                    /* LoRA scale */
+    /* dropout state of the current step */
+    int drop_on;
+    float drop_p;
+    uint64_t drop_seed;
+
+    float *slab;                /* everything below is carved from here */
+    float *rope_cos, *rope_sin; /* [T][hd/2] */
+    /* saved activations */
+    float *res;                 /* [L+1][N][C] input of layer l; res[L] feeds the final norm */
+    float *res2;                /* [L][N][C] residual after attention */
+    float *rstd1, *rstd2;       /* [L][N] */
+    float *q;                   /* [L][N][C] after RoPE */
+    float *k, *v;               /* [L][N][KV] (k after RoPE) */
+    float *lse;                 /* [L][B][nh][T] softmax log-sum-exp per query */
+    float *atty;                /* [L][N][C] attention output (input of o_proj) */
+    float *gate, *up;           /* [L][N][H] pre-activations */
+    float *xa;                  /* [L][FP_T_COUNT][N][r] drop(x) A^T (lora only) */
+    float *rstdf;               /* [N] */
+    float *xnf;                 /* [N][C] */
+    float *logits;              /* [N][V] */
+    /* scratch */
+    float *xn;                  /* [N][C] */
+    float *act;                 /* [N][H] */
+    float *att, *datt;          /* [T][T] */
+    /* backward (lora only) */
+    float *dlogits;             /* [N][V] */
+    float *dres, *dxn;          /* [N][C] */
+    float *dy;                  /* [N][max(C,H)] */
+    float *dq;                  /* [N][C] */
+    float *dk, *dv;             /* [N][KV] */
+    float *dgate, *dup;         /* [N][H] */
+    float *dxa;                 /* [N][r] */
+    float *mask, *xd, *dxl;     /* [N][max(C,H)] dropout only */
+};
+
+/* ---------------------------------------------------------------------------
+ * Layers. Each pair works on all N rows at once. */
+
+// out, x are (N,C), w is (C); rstd is (N)
+static void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *restrict x,
+                            const float *restrict w, size_t N, int C, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = x + n * (size_t)C;
+        float *o = out + n * (size_t)C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++)
+            ss += xr[i] * xr[i];
+        float r = 1.0f / sqrtf(ss / (float)C + eps);
+        for (int i = 0; i < C; i++)
+            o[i] = xr[i] * r * w[i];
+        if (rstd)
+            rstd[n] = r;
+    }
+}
+
+// recomputes the normalized input from the saved rstd: out, x (N,C)
+static void rmsnorm_recompute(float *restrict out, const float *restrict x, const float *restrict rstd,
+                              const float *restrict w, size_t N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = x + n * (size_t)C;
+        float *o = out + n * (size_t)C;
+        float r = rstd[n];
+        for (int i = 0; i < C; i++)
+            o[i] = xr[i] * r * w[i];
+    }
+}
+
+// dx += d(rmsnorm)/dx . dout; dx, dout, x (N,C)
+static void rmsnorm_backward(float *restrict dx, const float *restrict dout, const float *restrict x,
+                             const float *restrict w, const float *restrict rstd, size_t N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = x + n * (size_t)C, *d = dout + n * (size_t)C;
+        float *o = dx + n * (size_t)C;
+        float r = rstd[n];
+        float dot = 0.0f; /* sum_j w_j dout_j x_j */
+        for (int i = 0; i < C; i++)
+            dot += w[i] * d[i] * xr[i];
+        float c = dot * r * r * r / (float)C;
+        for (int i = 0; i < C; i++)
+            o[i] += r * w[i] * d[i] - c * xr[i];
+    }
+}
+
+/* HF: inv_freq = 1 / theta^(2i/hd) and angle = pos * inv_freq, in float32. */
+static void rope_table(float *cs, float *sn, int T, int hd, float theta)
+{
+    int half = hd / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+            float a = (float)t * inv;
+            cs[(size_t)t * half + i] = cosf(a);
+            sn[(size_t)t * half + i] = sinf(a);
+        }
+}
+
+// x (N, nh*hd) in place, row n at position n % T; sign -1 applies the inverse (backward)
+static void rope_apply(float *restrict x, const float *restrict cs, const float *restrict sn,
+                       size_t N, int T, int nh, int hd, float sign)
+{
+    int half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++) {
+        const float *c = cs + (n % (size_t)T) * half, *s = sn + (n % (size_t)T) * half;
+        for (int h = 0; h < nh; h++) {
+            float *a = x + n * (size_t)nh * hd + (size_t)h * hd, *b = a + half;
+            for (int i = 0; i < half; i++) {
+                float x1 = a[i], x2 = b[i], si = sign * s[i];
+                a[i] = x1 * c[i] - x2 * si;
+                b[i] = x2 * c[i] + x1 * si;
+            }
+        }
+    }
+}
+
+// act (N,H) = silu(gate) * up
+static void swiglu_forward(float *restrict act, const float *restrict g, const float *restrict u, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        act[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+// dg, du (N,H) from dact
+static void swiglu_backward(float *restrict dg, float *restrict du, const float *restrict dact,
+                            const float *restrict g, const float *restrict u, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        du[i] = dact[i] * g[i] * sg;
+        dg[i] = dact[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+    }
+}
+
+/* Dropout mask of (layer, target) for this step: 0 or 1/(1-p), regenerated in
+ * backward from the same seed instead of stored. */
+static void dropout_mask(const fp_train *self, float *restrict mask, size_t n, int l, int t)
+{
+    fp_rng rng;
+    fp_rng_seed(&rng, self->drop_seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(l * FP_T_COUNT + t + 1)));
+    float p = self->drop_p, keep = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++)
+        mask[i] = fp_rng_float(&rng) < p ? 0.0f : keep;
+}
+
+static void mul_into(float *restrict out, const float *restrict a, const float *restrict b, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] * b[i];
+}
+
+static float *saved_xa(const fp_train *self, int l, int t)
+{
+    return self->xa + ((size_t)l * FP_T_COUNT + (size_t)t) * self->N * (size_t)self->lora->cfg.rank;
+}
+
+// y (N,out) = x (N,in) W^T (+ bias) + s * drop(x) A^T B^T;  W is (out,in), A (r,in), B (out,r)
+static void lora_linear_forward(fp_train *self, float *y, const float *x, const float *w,
+                                const float *bias, int l, int t, int in, int out)
+{
+    size_t N = self->N;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, out, in,
+                1.0f, x, in, w, in, 0.0f, y, out);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (size_t n = 0; n < N; n++)
+            for (int o = 0; o < out; o++)
+                y[n * (size_t)out + o] += bias[o];
+    }
+    const float *A = fp_lora_a(self->lora, l, t);
+    if (!A)
+        return;
+    const float *Bm = fp_lora_b(self->lora, l, t);
+    int r = self->lora->cfg.rank;
+    float *xa = saved_xa(self, l, t);
+    const float *xin = x;
+    if (self->drop_on) {
+        dropout_mask(self, self->mask, N * (size_t)in, l, t);
+        mul_into(self->xd, x, self->mask, N * (size_t)in);
+        xin = self->xd;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, r, in,
+                1.0f, xin, in, A, in, 0.0f, xa, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, out, r,
+                self->s, xa, r, Bm, r, 1.0f, y, out);
+}
+
+/* dx (N,in) = beta*dx + dy W + mask * (s dy B) A, and the LoRA gradients:
+ * dB += s dy^T xa, dA += (s dy B)^T drop(x). dy (N,out), x (N,in) undropped. */
+static void lora_linear_backward(fp_train *self, float *grad, float *dx, float beta, const float *dy,
+                                 const float *x, const float *w, int l, int t, int in, int out)
+{
+    size_t N = self->N;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, out,
+                1.0f, dy, out, w, in, beta, dx, in);
+    const float *A = fp_lora_a(self->lora, l, t);
+    if (!A)
+        return;
+    const float *Bm = fp_lora_b(self->lora, l, t);
+    size_t idx = (size_t)l * FP_T_COUNT + (size_t)t;
+    float *gA = grad + self->lora->off_a[idx], *gB = grad + self->lora->off_b[idx];
+    int r = self->lora->cfg.rank;
+    const float *xa = saved_xa(self, l, t);
+    float *dxa = self->dxa;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, (int)N,
+                self->s, dy, out, xa, r, 1.0f, gB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, r, out,
+                self->s, dy, out, Bm, r, 0.0f, dxa, r);
+    if (!self->drop_on) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, (int)N,
+                    1.0f, dxa, r, x, in, 1.0f, gA, in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, r,
+                    1.0f, dxa, r, A, in, 1.0f, dx, in);
+        return;
+    }
+    size_t n = N * (size_t)in;
+    dropout_mask(self, self->mask, n, l, t);
+    mul_into(self->xd, x, self->mask, n);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, (int)N,
+                1.0f, dxa, r, self->xd, in, 1.0f, gA, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, r,
+                1.0f, dxa, r, A, in, 0.0f, self->dxl, in);
+    const float *restrict m = self->mask, *restrict d = self->dxl;
+    float *restrict o = dx;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        o[i] += m[i] * d[i];
+}
+
+// causal softmax in place over row i of att (T,T): att[i][j<=i] = exp(att - lse), rest 0
+static void causal_softmax(float *restrict att, float *restrict lse, int T)
+{
+    for (int i = 0; i < T; i++) {
+        float *a = att + (size_t)i * T;
+        float mx = -INFINITY;
+        for (int j = 0; j <= i; j++)
+            mx = a[j] > mx ? a[j] : mx;
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) {
+            a[j] = expf(a[j] - mx);
+            sum += a[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j <= i; j++)
+            a[j] *= inv;
+        for (int j = i + 1; j < T; j++)
+            a[j] = 0.0f;
+        lse[i] = mx + logf(sum);
+    }
+}
+
+/* q (N,C), k, v (N,KV) -> out (N,C); lse (B,nh,T). Per (b, head):
+ * S = q_h k_h^T / sqrt(hd), causal softmax, out_h = P v_h. */
+static void attention_forward(fp_train *self, float *out, float *lse, const float *q,
+                              const float *k, const float *v)
+{
+    const fp_model_config *c = &self->model->cfg;
+    int T = self->T, nh = c->n_heads, hd = fp_head_dim(c), C = c->dim, KV = fp_kv_dim(c);
+    int group = c->n_heads / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *att = self->att;
+    for (int b = 0; b < self->B; b++)
+        for (int h = 0; h < nh; h++) {
+            size_t row0 = (size_t)b * T;
+            const float *qh = q + row0 * C + (size_t)h * hd;
+            const float *kh = k + row0 * KV + (size_t)(h / group) * hd;
+            const float *vh = v + row0 * KV + (size_t)(h / group) * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
+                        scale, qh, C, kh, KV, 0.0f, att, T);
+            causal_softmax(att, lse + ((size_t)b * nh + h) * T, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T,
+                        1.0f, att, T, vh, KV, 0.0f, out + row0 * C + (size_t)h * hd, C);
+        }
+}
+
+/* dout (N,C) -> dq (N,C), dk, dv (N,KV). P is recomputed from q, k, lse. */
+static void attention_backward(fp_train *self, float *dq, float *dk, float *dv, const float *dout,
+                               const float *lse, const float *q, const float *k, const float *v)
+{
+    const fp_model_config *c = &self->model->cfg;
+    int T = self->T, nh = c->n_heads, hd = fp_head_dim(c), C = c->dim, KV = fp_kv_dim(c);
+    int group = c->n_heads / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *P = self->att, *dP = self->datt;
+    memset(dk, 0, self->N * KV * sizeof *dk);
+    memset(dv, 0, self->N * KV * sizeof *dv);
+    for (int b = 0; b < self->B; b++)
+        for (int h = 0; h < nh; h++) {
+            size_t row0 = (size_t)b * T, kvo = (size_t)(h / group) * hd;
+            const float *qh = q + row0 * C + (size_t)h * hd, *kh = k + row0 * KV + kvo;
+            const float *vh = v + row0 * KV + kvo, *doh = dout + row0 * C + (size_t)h * hd;
+            const float *l = lse + ((size_t)b * nh + h) * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
+                        scale, qh, C, kh, KV, 0.0f, P, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
+                        1.0f, doh, C, vh, KV, 0.0f, dP, T);
+            // P = exp(S - lse) on the causal part; dS = P (dP - sum_j P dP) * scale into dP
+            for (int i = 0; i < T; i++) {
+                float *p = P + (size_t)i * T, *dp = dP + (size_t)i * T;
+                float li = l[i], dot = 0.0f;
+                for (int j = 0; j <= i; j++) {
+                    p[j] = expf(p[j] - li);
+                    dot += p[j] * dp[j];
+                }
+                for (int j = 0; j <= i; j++)
+                    dp[j] = p[j] * (dp[j] - dot) * scale;
+                for (int j = i + 1; j < T; j++)
+                    p[j] = dp[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T,
+                        1.0f, P, T, doh, C, 1.0f, dv + row0 * KV + kvo, KV);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T,
+                        1.0f, dP, T, kh, KV, 0.0f, dq + row0 * C + (size_t)h * hd, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T,
+                        1.0f, dP, T, qh, C, 1.0f, dk + row0 * KV + kvo, KV);
+        }
+}
+
+/* logits (N,V): mean cross-entropy over targets >= 0; if dlogits, writes
+ * (softmax - onehot) * gscale / count there. Returns the sum in double. */
+static double crossentropy(const float *logits, float *dlogits, const int32_t *targets, size_t N,
+                           int V, size_t count, float gscale)
+{
+    double total = 0.0;
+    float g = count ? gscale / (float)count : 0.0f;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+    for (size_t n = 0; n < N; n++) {
+        const float *lg = logits + n * (size_t)V;
+        float *d = dlogits ? dlogits + n * (size_t)V : NULL;
+        if (targets[n] < 0) {
+            if (d)
+                memset(d, 0, (size_t)V * sizeof *d);
+            continue;
+        }
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++)
+            mx = lg[i] > mx ? lg[i] : mx;
+        float sum = 0.0f;
+        for (int i = 0; i < V; i++)
+            sum += expf(lg[i] - mx);
+        float lse = mx + logf(sum);
+        total += (double)(lse - lg[targets[n]]);
+        if (d) {
+            for (int i = 0; i < V; i++)
+                d[i] = expf(lg[i] - lse) * g;
+            d[targets[n]] -= g;
+        }
+    }
+    return total;
+}
+
+/* ---------------------------------------------------------------------------
+ * Object. */
+
+fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
+{
+    fp_train *self = NULL;
+    if (!model) {
+        fp_error_set("train: no model");
+        return NULL;
+    }
+    const fp_model_config *c = &model->cfg;
+    if (B < 1 || T < 1) {
+        fp_error_set("train: batch %d x %d tokens: both must be >= 1", B, T);
+        return NULL;
+    }
+    if (c->n_layers < 1 || c->dim < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
+        c->dim % c->n_heads || c->n_heads % c->n_kv_heads || fp_head_dim(c) % 2 ||
+        c->hidden_dim < 1 || c->vocab_size < 1) {
+        fp_error_set("train: invalid model shape");
+        return NULL;
+    }
+    if (lora && (lora->model.dim != c->dim || lora->model.hidden_dim != c->hidden_dim ||
+                 lora->model.n_layers != c->n_layers || fp_kv_dim(&lora->model) != fp_kv_dim(c))) {
+        fp_error_set("train: adapter shapes (dim %d, hidden %d, layers %d) do not match the model "
+                     "(dim %d, hidden %d, layers %d); wrong base model?",
+                     lora->model.dim, lora->model.hidden_dim, lora->model.n_layers, c->dim,
+                     c->hidden_dim, c->n_layers);
+        return NULL;
+    }
+    self = calloc(1, sizeof *self);
+    if (!self)
+        goto oom;
+    self->model = model;
+    self->lora = lora;
+    self->B = B;
+    self->T = T;
+    size_t N = (size_t)B * T, L = (size_t)c->n_layers, C = (size_t)c->dim;
+    size_t KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
+    size_t nh = (size_t)c->n_heads, half = (size_t)fp_head_dim(c) / 2, TT = (size_t)T * T;
+    size_t mx = C > H ? C : H, r = lora ? (size_t)lora->cfg.rank : 0;
+    int bw = lora != NULL, drop = lora && lora->cfg.dropout > 0.0f;
+    self->N = N;
+    self->s = lora ? fp_lora_scale(&lora->cfg) : 0.0f;
+
+    /* size table, then one slab (llm.c's malloc_and_point) */
+    struct { float **p; size_t n; } t[] = {
+        {&self->rope_cos, (size_t)T * half}, {&self->rope_sin, (size_t)T * half},
+        {&self->res, (L + 1) * N * C}, {&self->res2, L * N * C},
+        {&self->rstd1, L * N}, {&self->rstd2, L * N},
+        {&self->q, L * N * C}, {&self->k, L * N * KV}, {&self->v, L * N * KV},
+        {&self->lse, L * (size_t)B * nh * T}, {&self->atty, L * N * C},
+        {&self->gate, L * N * H}, {&self->up, L * N * H},
+        {&self->xa, L * FP_T_COUNT * N * r},
+        {&self->rstdf, N}, {&self->xnf, N * C}, {&self->logits, N * V},
+        {&self->xn, N * C}, {&self->act, N * H}, {&self->att, TT}, {&self->datt, bw ? TT : 0},
+        {&self->dlogits, bw ? N * V : 0}, {&self->dres, bw ? N * C : 0},
+        {&self->dxn, bw ? N * C : 0}, {&self->dy, bw ? N * mx : 0},
+        {&self->dq, bw ? N * C : 0}, {&self->dk, bw ? N * KV : 0}, {&self->dv, bw ? N * KV : 0},
+        {&self->dgate, bw ? N * H : 0}, {&self->dup, bw ? N * H : 0},
+        {&self->dxa, N * r},
+        {&self->mask, drop ? N * mx : 0}, {&self->xd, drop ? N * mx : 0},
+        {&self->dxl, drop ? N * mx : 0},
+    };
+    size_t total = 0, nt = sizeof t / sizeof t[0];
+    for (size_t i = 0; i < nt; i++)
+        total += t[i].n;
+    self->slab = malloc(total * sizeof(float));
+    if (!self->slab)
+        goto oom;
+    float *p = self->slab;
+    for (size_t i = 0; i < nt; i++) {
+        *t[i].p = t[i].n ? p : NULL;
+        p += t[i].n;
+    }
+    rope_table(self->rope_cos, self->rope_sin, T, fp_head_dim(c), c->rope_theta);
+    return self;
+oom:
+    fp_error_set("train: out of memory for activations (batch %d x %d)", B, T);
+    fp_train_free(&self);
+    return NULL;
+}
+
+void fp_train_free(fp_train **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    free((*self_p)->slab);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+const float *fp_train_logits(const fp_train *self, int b, int t)
+{
+    if (!self || b < 0 || b >= self->B || t < 0 || t >= self->T)
+        return NULL;
+    return self->logits + ((size_t)b * self->T + t) * (size_t)self->model->cfg.vocab_size;
+}
+
+/* ---------------------------------------------------------------------------
+ * The passes. */
+
+static void forward(fp_train *self, const int32_t *inputs)
+{
+    const fp_model_config *c = &self->model->cfg;
+    const fp_model_weights *w = &self->model->w;
+    size_t N = self->N, C = (size_t)c->dim, KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim;
+    int hd = fp_head_dim(c), T = self->T;
+
+    for (size_t n = 0; n < N; n++)
+        memcpy(self->res + n * C, w->tok_emb + (size_t)inputs[n] * C, C * sizeof(float));
+
+    for (int l = 0; l < c->n_layers; l++) {
+        float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + (size_t)l * N * C;
+        float *q = self->q + (size_t)l * N * C, *k = self->k + (size_t)l * N * KV;
+        float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
+        float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
+        float *xn = self->xn, *out = self->res + (size_t)(l + 1) * N * C;
+        size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
+
+        // attention block
+        rmsnorm_forward(xn, self->rstd1 + (size_t)l * N, res, w->rms_att + lc, N, (int)C, c->rms_eps);
+        lora_linear_forward(self, q, xn, w->wq + lc * C, w->bq ? w->bq + lc : NULL, l, FP_T_Q, (int)C, (int)C);
+        lora_linear_forward(self, k, xn, w->wk + lkv * C, w->bk ? w->bk + lkv : NULL, l, FP_T_K, (int)C, (int)KV);
+        lora_linear_forward(self, v, xn, w->wv + lkv * C, w->bv ? w->bv + lkv : NULL, l, FP_T_V, (int)C, (int)KV);
+        rope_apply(q, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, 1.0f);
+        rope_apply(k, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, 1.0f);
+        attention_forward(self, atty, self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
+        lora_linear_forward(self, res2, atty, w->wo + lc * C, NULL, l, FP_T_O, (int)C, (int)C);
+        cblas_saxpy((int)(N * C), 1.0f, res, 1, res2, 1);
+
+        // feed-forward block
+        rmsnorm_forward(xn, self->rstd2 + (size_t)l * N, res2, w->rms_ffn + lc, N, (int)C, c->rms_eps);
+        lora_linear_forward(self, gate, xn, w->w_gate + (size_t)l * H * C, NULL, l, FP_T_GATE, (int)C, (int)H);
+        lora_linear_forward(self, up, xn, w->w_up + (size_t)l * H * C, NULL, l, FP_T_UP, (int)C, (int)H);
+        swiglu_forward(self->act, gate, up, N * H);
+        lora_linear_forward(self, out, self->act, w->w_down + (size_t)l * C * H, NULL, l, FP_T_DOWN, (int)H, (int)C);
+        cblas_saxpy((int)(N * C), 1.0f, res2, 1, out, 1);
+    }
+    rmsnorm_forward(self->xnf, self->rstdf, self->res + (size_t)c->n_layers * N * C, w->rms_final,
+                    N, (int)C, c->rms_eps);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, c->vocab_size, (int)C,
+                1.0f, self->xnf, (int)C, w->lm_head, (int)C, 0.0f, self->logits, c->vocab_size);
+}
+
+static void backward(fp_train *self, float *grad)
+{
+    const fp_model_config *c = &self->model->cfg;
+    const fp_model_weights *w = &self->model->w;
+    size_t N = self->N, C = (size_t)c->dim, KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim;
+    int hd = fp_head_dim(c), T = self->T, L = c->n_layers;
+    float *dres = self->dres, *dxn = self->dxn, *xn = self->xn;
+
+    // final norm and lm_head: dres = rmsnorm'(dlogits lm_head)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, c->vocab_size,
+                1.0f, self->dlogits, c->vocab_size, w->lm_head, (int)C, 0.0f, dxn, (int)C);
+    memset(dres, 0, N * C * sizeof *dres);
+    rmsnorm_backward(dres, dxn, self->res + (size_t)L * N * C, w->rms_final, self->rstdf, N, (int)C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + (size_t)l * N * C;
+        float *q = self->q + (size_t)l * N * C, *k = self->k + (size_t)l * N * KV;
+        float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
+        float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
+        float *rstd1 = self->rstd1 + (size_t)l * N, *rstd2 = self->rstd2 + (size_t)l * N;
+        size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
+        float *dact = self->dy;
+
+        // feed-forward block: dres is d(out) and flows through the residual unchanged
+        swiglu_forward(self->act, gate, up, N * H);
+        lora_linear_backward(self, grad, dact, 0.0f, dres, self->act, w->w_down + (size_t)l * C * H,
+                             l, FP_T_DOWN, (int)H, (int)C);
+        swiglu_backward(self->dgate, self->dup, dact, gate, up, N * H);
+        rmsnorm_recompute(xn, res2, rstd2, w->rms_ffn + lc, N, (int)C);
+        lora_linear_backward(self, grad, dxn, 0.0f, self->dgate, xn, w->w_gate + (size_t)l * H * C,
+                             l, FP_T_GATE, (int)C, (int)H);
+        lora_linear_backward(self, grad, dxn, 1.0f, self->dup, xn, w->w_up + (size_t)l * H * C,
+                             l, FP_T_UP, (int)C, (int)H);
+        rmsnorm_backward(dres, dxn, res2, w->rms_ffn + lc, rstd2, N, (int)C);
+
+        // attention block
+        float *datty = self->dy;
+        lora_linear_backward(self, grad, datty, 0.0f, dres, atty, w->wo + lc * C, l, FP_T_O, (int)C, (int)C);
+        attention_backward(self, self->dq, self->dk, self->dv, datty,
+                           self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
+        rope_apply(self->dq, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, -1.0f);
+        rope_apply(self->dk, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, -1.0f);
+        rmsnorm_recompute(xn, res, rstd1, w->rms_att + lc, N, (int)C);
+        lora_linear_backward(self, grad, dxn, 0.0f, self->dq, xn, w->wq + lc * C, l, FP_T_Q, (int)C, (int)C);
+        lora_linear_backward(self, grad, dxn, 1.0f, self->dk, xn, w->wk + lkv * C, l, FP_T_K, (int)C, (int)KV);
+        lora_linear_backward(self, grad, dxn, 1.0f, self->dv, xn, w->wv + lkv * C, l, FP_T_V, (int)C, (int)KV);
+        rmsnorm_backward(dres, dxn, res, w->rms_att + lc, rstd1, N, (int)C);
+    }
+}
+
+float fp_train_step(fp_train *self, const int32_t *inputs, const int32_t *targets,
+                    float *grad, float grad_scale, uint64_t dropout_seed, size_t *n_tokens)
+{
+    if (n_tokens)
+        *n_tokens = 0;
+    const fp_model_config *c = &self->model->cfg;
+    size_t N = self->N, count = 0;
+    for (size_t n = 0; n < N; n++) {
+        if (inputs[n] < 0 || inputs[n] >= c->vocab_size || targets[n] >= c->vocab_size) {
+            fp_error_set("train: token id %d at index %zu is outside the vocabulary (%d)",
+                         inputs[n] < 0 || inputs[n] >= c->vocab_size ? inputs[n] : targets[n], n,
+                         c->vocab_size);
+            return NAN;
+        }
+        count += targets[n] >= 0;
+    }
+    int bw = grad && self->lora && count > 0;
+    self->drop_on = bw && self->lora->cfg.dropout > 0.0f;
+    self->drop_p = self->lora ? self->lora->cfg.dropout : 0.0f;
+    self->drop_seed = dropout_seed;
+
+    forward(self, inputs);
+    double total = crossentropy(self->logits, bw ? self->dlogits : NULL, targets, N,
+                                c->vocab_size, count, grad_scale);
+    float loss = count ? (float)(total / (double)count) : 0.0f;
+    if (n_tokens)
+        *n_tokens = count;
+    if (!isfinite(loss)) {
+        fp_error_set("train: loss is not finite");
+        return NAN;
+    }
+    if (bw)
+        backward(self, grad);
+    return loss;
+}
