@@ -43,6 +43,12 @@ void fp_blas_set_threads(int n)
         openblas_set_num_threads(n);
 }
 
+const char *fp_blas_wanted_coretype(const char *core)
+{
+    const char *want = best_coretype();
+    return (core && want && is_generic_core(core)) ? want : NULL;
+}
+
 void fp_blas_setup(int argc, char **argv)
 {
     (void)argc;
@@ -50,9 +56,12 @@ void fp_blas_setup(int argc, char **argv)
         return;                      /* the user chose; respect it */
     if (getenv("FEDPEFT_BLAS_REEXEC"))
         return;                      /* already re-executed once: never loop */
-    const char *core = openblas_get_corename();
-    const char *want = best_coretype();
-    if (!core || !want || !is_generic_core(core))
+    /* FEDPEFT_BLAS_ASSUME_CORE lets tests exercise the re-exec on any CPU. */
+    const char *core = getenv("FEDPEFT_BLAS_ASSUME_CORE");
+    if (!core)
+        core = openblas_get_corename();
+    const char *want = fp_blas_wanted_coretype(core);
+    if (!want)
         return;
     setenv("OPENBLAS_CORETYPE", want, 1);
     setenv("FEDPEFT_BLAS_REEXEC", "1", 1);

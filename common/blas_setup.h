@@ -15,6 +15,10 @@
  * problem it keeps the current kernels and says so on stderr. */
 void fp_blas_setup(int argc, char **argv);
 
+/* The OPENBLAS_CORETYPE to run instead of `core` (an OpenBLAS core name), or
+ * NULL when `core` is fine for this CPU. */
+const char *fp_blas_wanted_coretype(const char *core);
+
 /* The core OpenBLAS runs, e.g. "SkylakeX" (from openblas_get_corename). */
 const char *fp_blas_corename(void);
 

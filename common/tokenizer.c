@@ -658,3 +658,710 @@ static int load_pre_tokenizer(fp_tokenizer *t, const char *path, const cJSON *o)
             return -1;
     return 0;
 }
+
+static int load_dec_one(fp_tokenizer *t, const char *path, const cJSON *o)
+{
+    const char *type = jstr(o, "type");
+    dec_op *op = &t->dec[t->n_dec];
+    if (type && !strcmp(type, "Replace")) {
+        const char *c = jstr(o, "content");
+        op->kind = DEC_REPLACE;
+        if (!c)
+            return fp_error_set("%s: decoder Replace needs a \"content\" string", path);
+        if (jpattern(path, "decoder", o, &op->a) || tstr_dup(&op->b, c, strlen(c)))
+            return -1;
+    } else if (type && !strcmp(type, "ByteFallback")) {
+        op->kind = DEC_BYTE_FALLBACK;
+    } else if (type && !strcmp(type, "Fuse")) {
+        op->kind = DEC_FUSE;
+    } else if (type && !strcmp(type, "Strip")) {
+        const char *c = jstr(o, "content");
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "start");
+        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(o, "stop");
+        if (!c || utf8_len((const unsigned char *)c, strlen(c)) != strlen(c) ||
+            !cJSON_IsNumber(st) || !cJSON_IsNumber(sp) || st->valuedouble < 0 ||
+            sp->valuedouble < 0 || st->valuedouble > 1e6 || sp->valuedouble > 1e6)
+            return fp_error_set("%s: decoder Strip needs one \"content\" character and "
+                                "\"start\"/\"stop\" counts", path);
+        op->kind = DEC_STRIP;
+        op->start = (int)st->valuedouble;
+        op->stop = (int)sp->valuedouble;
+        if (tstr_dup(&op->a, c, strlen(c)) != 0)
+            return -1;
+    } else if (type && !strcmp(type, "Metaspace")) {
+        op->kind = DEC_METASPACE;
+        if (scheme_of(path, "decoder", o, &op->scheme) ||
+            metaspace_repl(path, "decoder", o, &op->a))
+            return -1;
+    } else {
+        return fp_error_set("%s: decoder type '%s' is not supported yet (SentencePiece-style "
+                            "BPE only: Replace, ByteFallback, Fuse, Strip, Metaspace)", path,
+                            type ? type : "(none)");
+    }
+    t->n_dec++;
+    return 0;
+}
+
+static int load_decoder(fp_tokenizer *t, const char *path, const cJSON *o)
+{
+    int n;
+    if (!o || cJSON_IsNull(o))
+        return 0;
+    t->has_decoder = 1;
+    const cJSON *items = stage_items(o, "decoders", &n);
+    if (n < 0)
+        return fp_error_set("%s: decoder Sequence needs a \"decoders\" array", path);
+    t->dec = calloc((size_t)n + 1, sizeof *t->dec);
+    if (!t->dec)
+        return fp_error_set("tokenizer: out of memory");
+    if (items == o)
+        return load_dec_one(t, path, o);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, items)
+        if (load_dec_one(t, path, it) != 0)
+            return -1;
+    return 0;
+}
+
+/* BOS = the special token a TemplateProcessing puts before $A; -1 if none. */
+static int template_bos(const char *path, const cJSON *o, int32_t *bos)
+{
+    const char *type = jstr(o, "type");
+    if (type && !strcmp(type, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "processors"))
+            if (template_bos(path, it, bos) != 0)
+                return -1;
+        return 0;
+    }
+    if (type && !strcmp(type, "ByteLevel"))
+        return 0; /* only adjusts offsets */
+    if (!type || strcmp(type, "TemplateProcessing") != 0)
+        return fp_error_set("%s: post_processor type '%s' is not supported yet "
+                            "(TemplateProcessing only)", path, type ? type : "(none)");
+    const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "single"), 0);
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(first, "SpecialToken");
+    const char *name = jstr(sp, "id");
+    if (!name)
+        return 0;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(o, "special_tokens"), name);
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(st, "ids");
+    if (cJSON_GetArraySize(ids) != 1 || jid(cJSON_GetArrayItem(ids, 0), bos) != 0)
+        return fp_error_set("%s: post_processor special_tokens['%s'] needs \"ids\" with one "
+                            "id", path, name);
+    return 0;
+}
+
+/* Id of a token named in tokenizer_config.json (a string or {"content": ...}). */
+static int32_t config_token(const fp_tokenizer *t, const cJSON *cfg, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    const char *name = cJSON_IsString(v) ? v->valuestring : jstr(v, "content");
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < t->n_added; i++)
+        if (!strcmp(t->added[i].content.s, name))
+            return t->added[i].id;
+    return strmap_get(&t->vmap, name, strlen(name));
+}
+
+/* tokenizer_config.json next to tokenizer.json decides BOS when the
+ * post_processor does not, can turn it off (add_bos_token false), and names EOS. */
+static int load_config(fp_tokenizer *t, const char *dir)
+{
+    char cpath[4096];
+    struct stat st;
+    snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", dir);
+    if (stat(cpath, &st) != 0)
+        return 0;
+    cJSON *cfg = parse_json_file(cpath);
+    if (!cfg)
+        return -1;
+    const cJSON *add_bos = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
+    if (cJSON_IsFalse(add_bos))
+        t->bos = -1;
+    else if (cJSON_IsTrue(add_bos) && t->bos < 0)
+        t->bos = config_token(t, cfg, "bos_token");
+    t->eos = config_token(t, cfg, "eos_token");
+    cJSON_Delete(cfg);
+    return 0;
+}
+
+/* id -> text table over model vocab and added tokens (added content wins, as
+ * tokenizers' id_to_token asks the added vocabulary first). */
+static int build_id_table(fp_tokenizer *t)
+{
+    size_t n = t->n_vocab;
+    for (size_t i = 0; i < t->n_added; i++)
+        if ((size_t)t->added[i].id + 1 > n)
+            n = (size_t)t->added[i].id + 1;
+    t->id_str = calloc(n ? n : 1, sizeof *t->id_str);
+    t->id_special = calloc(n ? n : 1, 1);
+    if (!t->id_str || !t->id_special)
+        return fp_error_set("tokenizer: out of memory");
+    t->n_ids = n;
+    for (size_t i = 0; i < t->n_vocab; i++)
+        if (t->vocab[i].s)
+            t->id_str[i] = &t->vocab[i];
+    for (size_t i = 0; i < t->n_added; i++) {
+        t->id_str[t->added[i].id] = &t->added[i].content;
+        t->id_special[t->added[i].id] = (unsigned char)t->added[i].special;
+    }
+    return 0;
+}
+
+static int load_stages(fp_tokenizer *t, const char *path, const cJSON *root)
+{
+    if (!cJSON_IsObject(root))
+        return fp_error_set("%s: top level is not a JSON object (is this a tokenizer.json?)",
+                            path);
+    if (load_model(t, path, cJSON_GetObjectItemCaseSensitive(root, "model")) ||
+        load_added(t, path, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) ||
+        load_normalizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "normalizer")) ||
+        load_pre_tokenizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")))
+        return -1;
+    const cJSON *post = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
+    if (post && !cJSON_IsNull(post) && template_bos(path, post, &t->bos) != 0)
+        return -1;
+    if (load_decoder(t, path, cJSON_GetObjectItemCaseSensitive(root, "decoder")) ||
+        build_id_table(t))
+        return -1;
+    if (t->bos >= (int32_t)t->n_ids)
+        return fp_error_set("%s: post_processor BOS id %d is outside the vocabulary (%zu)",
+                            path, (int)t->bos, t->n_ids);
+    return 0;
+}
+
+fp_tokenizer *fp_tokenizer_load(const char *path)
+{
+    char file[4096], dir[4096];
+    struct stat st;
+    cJSON *root = NULL;
+    fp_tokenizer *t = NULL;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(dir, sizeof dir, "%s", path);
+        snprintf(file, sizeof file, "%s/tokenizer.json", path);
+    } else {
+        const char *slash = strrchr(path, '/');
+        snprintf(file, sizeof file, "%s", path);
+        if (slash)
+            snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+        else
+            snprintf(dir, sizeof dir, ".");
+    }
+    root = parse_json_file(file);
+    if (!root)
+        goto err;
+    t = calloc(1, sizeof *t);
+    if (!t || !(t->path = strdup(file))) {
+        fp_error_set("tokenizer: out of memory");
+        goto err;
+    }
+    t->bos = t->eos = -1;
+    if (load_stages(t, file, root) != 0 || load_config(t, dir) != 0)
+        goto err;
+    cJSON_Delete(root);
+    return t;
+err:
+    cJSON_Delete(root);
+    fp_tokenizer_free(&t);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- encoding */
+
+typedef struct { size_t off, len; int first; } span;
+typedef struct { int32_t id, prev, next, alive; } sym;
+typedef struct { uint32_t rank, pos; int32_t id; } hitem;
+
+/* Per-call scratch so that encode stays reentrant on a shared tokenizer. */
+typedef struct {
+    sbuf a, b;                 /* text before / after a stage */
+    span *wa, *wb;             /* words before / after a pre-tokenizer */
+    size_t nwa, nwb, wa_cap, wb_cap;
+    sym *s;
+    size_t s_cap;
+    hitem *h;
+    size_t nh, h_cap;
+} scratch;
+
+static void scratch_free(scratch *sc)
+{
+    free(sc->a.p);
+    free(sc->b.p);
+    free(sc->wa);
+    free(sc->wb);
+    free(sc->s);
+    free(sc->h);
+}
+
+static void swap_text(scratch *sc)
+{
+    sbuf tmp = sc->a;
+    sc->a = sc->b;
+    sc->b = tmp;
+    sc->b.len = 0;
+}
+
+static int normalize(const fp_tokenizer *t, scratch *sc, const char *s, size_t len)
+{
+    sc->a.len = sc->b.len = 0;
+    if (sbuf_put(&sc->a, s, len) != 0)
+        return -1;
+    for (size_t i = 0; i < t->n_norm; i++) {
+        const norm_op *op = &t->norm[i];
+        if (op->kind == NORM_PREPEND) {
+            if (sc->a.len == 0) /* tokenizers prepends to non-empty text only */
+                continue;
+            if (sbuf_put(&sc->b, op->a.s, op->a.len) || sbuf_put(&sc->b, sc->a.p, sc->a.len))
+                return -1;
+        } else if (put_replaced(&sc->b, sc->a.p, sc->a.len, &op->a, &op->b) != 0) {
+            return -1;
+        }
+        swap_text(sc);
+    }
+    return 0;
+}
+
+static int push_word(scratch *sc, size_t off, size_t len, int first)
+{
+    if (len == 0)
+        return 0;
+    if (grow((void **)&sc->wb, &sc->wb_cap, sc->nwb + 1, sizeof *sc->wb) != 0)
+        return -1;
+    sc->wb[sc->nwb++] = (span){ off, len, first };
+    return 0;
+}
+
+/* Metaspace: spaces become the replacement, which is prepended per scheme;
+ * with split, each replacement starts a new word (MergedWithNext). */
+static int metaspace_word(const pre_op *op, scratch *sc, const span *w)
+{
+    static const tstr space = { " ", 1 };
+    size_t start = sc->b.len;
+    if (put_replaced(&sc->b, sc->a.p + w->off, w->len, &space, &op->repl) != 0)
+        return -1;
+    size_t n = sc->b.len - start;
+    int has = n >= op->repl.len && !memcmp(sc->b.p + start, op->repl.s, op->repl.len);
+    if (!has && (op->scheme == SCHEME_ALWAYS || (op->scheme == SCHEME_FIRST && w->first))) {
+        if (sbuf_put(&sc->b, op->repl.s, op->repl.len) != 0)
+            return -1;
+        memmove(sc->b.p + start + op->repl.len, sc->b.p + start, n);
+        memcpy(sc->b.p + start, op->repl.s, op->repl.len);
+        n += op->repl.len;
+    }
+    if (!op->split)
+        return push_word(sc, start, n, w->first);
+    size_t from = start, end = start + n;
+    for (size_t i = start + 1; i + op->repl.len <= end; i++)
+        if (!memcmp(sc->b.p + i, op->repl.s, op->repl.len)) {
+            if (push_word(sc, from, i - from, from == start && w->first) != 0)
+                return -1;
+            from = i;
+        }
+    return push_word(sc, from, end - from, from == start && w->first);
+}
+
+/* Splits the normalized text (sc->a) into words (sc->wa). */
+static int pre_tokenize(const fp_tokenizer *t, scratch *sc, int at_start)
+{
+    sc->nwb = 0;
+    if (push_word(sc, 0, sc->a.len, at_start) != 0)
+        return -1;
+    for (size_t i = 0; i < t->n_pre; i++) {
+        span *tw = sc->wa;
+        size_t tcap = sc->wa_cap;
+        sc->wa = sc->wb, sc->wa_cap = sc->wb_cap, sc->nwa = sc->nwb;
+        sc->wb = tw, sc->wb_cap = tcap, sc->nwb = 0;
+        sc->b.len = 0;
+        for (size_t w = 0; w < sc->nwa; w++)
+            if (metaspace_word(&t->pre[i], sc, &sc->wa[w]) != 0)
+                return -1;
+        swap_text(sc);
+    }
+    span *tw = sc->wa;
+    size_t tcap = sc->wa_cap;
+    sc->wa = sc->wb, sc->wa_cap = sc->wb_cap, sc->nwa = sc->nwb;
+    sc->wb = tw, sc->wb_cap = tcap, sc->nwb = 0;
+    return 0;
+}
+
+static int hitem_less(const hitem *x, const hitem *y)
+{
+    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
+}
+
+static int heap_push(scratch *sc, hitem it)
+{
+    if (grow((void **)&sc->h, &sc->h_cap, sc->nh + 1, sizeof *sc->h) != 0)
+        return -1;
+    size_t i = sc->nh++;
+    while (i > 0 && hitem_less(&it, &sc->h[(i - 1) / 2])) {
+        sc->h[i] = sc->h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    sc->h[i] = it;
+    return 0;
+}
+
+static hitem heap_pop(scratch *sc)
+{
+    hitem top = sc->h[0], last = sc->h[--sc->nh];
+    size_t i = 0, n = sc->nh;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && hitem_less(&sc->h[c + 1], &sc->h[c]))
+            c++;
+        if (!hitem_less(&sc->h[c], &last))
+            break;
+        sc->h[i] = sc->h[c];
+        i = c;
+    }
+    if (n)
+        sc->h[i] = last;
+    return top;
+}
+
+static int add_sym(scratch *sc, size_t *ns, int32_t id)
+{
+    if (grow((void **)&sc->s, &sc->s_cap, *ns + 1, sizeof *sc->s) != 0)
+        return -1;
+    sc->s[*ns] = (sym){ id, (int32_t)*ns - 1, (int32_t)*ns + 1, 1 };
+    (*ns)++;
+    return 0;
+}
+
+/* Initial symbols: one per UTF-8 character, else its <0xNN> bytes
+ * (byte_fallback), else unk (consecutive unknowns fused when fuse_unk). */
+static int initial_symbols(const fp_tokenizer *t, scratch *sc, const char *w, size_t len,
+                           size_t *ns)
+{
+    int unk_pending = 0;
+    *ns = 0;
+    for (size_t i = 0; i < len;) {
+        size_t cl = utf8_len((const unsigned char *)w + i, len - i);
+        int32_t id = strmap_get(&t->vmap, w + i, cl);
+        int bytes_ok = id < 0 && t->byte_fallback;
+        for (size_t k = 0; bytes_ok && k < cl; k++)
+            bytes_ok = t->byte_id[(unsigned char)w[i + k]] >= 0;
+        if ((id >= 0 || bytes_ok) && unk_pending) {
+            if (add_sym(sc, ns, t->unk) != 0)
+                return -1;
+            unk_pending = 0;
+        }
+        if (id >= 0) {
+            if (add_sym(sc, ns, id) != 0)
+                return -1;
+        } else if (bytes_ok) {
+            for (size_t k = 0; k < cl; k++)
+                if (add_sym(sc, ns, t->byte_id[(unsigned char)w[i + k]]) != 0)
+                    return -1;
+        } else if (t->unk >= 0) {
+            if (unk_pending && !t->fuse_unk && add_sym(sc, ns, t->unk) != 0)
+                return -1;
+            unk_pending = 1;
+        } /* no unk token: the character is dropped, as tokenizers does */
+        i += cl;
+    }
+    if (unk_pending && add_sym(sc, ns, t->unk) != 0)
+        return -1;
+    if (*ns)
+        sc->s[*ns - 1].next = -1;
+    return 0;
+}
+
+static int push_pair(const fp_tokenizer *t, scratch *sc, int32_t pos)
+{
+    const sym *l = &sc->s[pos];
+    if (l->next < 0)
+        return 0;
+    const mslot *m = merge_get(t->merges, t->merge_mask, l->id, sc->s[l->next].id);
+    return m ? heap_push(sc, (hitem){ m->rank, (uint32_t)pos, m->id }) : 0;
+}
+
+/* BPE over one word: repeatedly merge the adjacent pair of lowest rank
+ * (leftmost on ties) with a linked list + min-heap, O(n log n). Stale heap
+ * entries are skipped when their pair no longer matches, as tokenizers does. */
+static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
+{
+    size_t ns;
+    if (t->ignore_merges) {
+        int32_t id = strmap_get(&t->vmap, w, len);
+        if (id >= 0)
+            return ivec_push(out, id);
+    }
+    if (initial_symbols(t, sc, w, len, &ns) != 0)
+        return -1;
+    sc->nh = 0;
+    for (size_t i = 0; i + 1 < ns; i++)
+        if (push_pair(t, sc, (int32_t)i) != 0)
+            return -1;
+    while (sc->nh > 0) {
+        hitem top = heap_pop(sc);
+        sym *l = &sc->s[top.pos];
+        if (!l->alive || l->next < 0)
+            continue;
+        sym *r = &sc->s[l->next];
+        const mslot *m = merge_get(t->merges, t->merge_mask, l->id, r->id);
+        if (!m || m->id != top.id)
+            continue;
+        l->id = top.id;
+        r->alive = 0;
+        l->next = r->next;
+        if (r->next >= 0)
+            sc->s[r->next].prev = (int32_t)top.pos;
+        if ((l->prev >= 0 && push_pair(t, sc, l->prev) != 0) ||
+            push_pair(t, sc, (int32_t)top.pos) != 0)
+            return -1;
+    }
+    for (int32_t i = ns ? 0 : -1; i >= 0; i = sc->s[i].next)
+        if (ivec_push(out, sc->s[i].id) != 0)
+            return -1;
+    return 0;
+}
+
+/* normalizer -> pre-tokenizer -> model for text between added tokens. */
+static int encode_segment(const fp_tokenizer *t, scratch *sc, const char *s, size_t len,
+                          int at_start, ivec *out)
+{
+    if (len == 0)
+        return 0;
+    if (normalize(t, sc, s, len) != 0 || pre_tokenize(t, sc, at_start) != 0)
+        return -1;
+    for (size_t i = 0; i < sc->nwa; i++)
+        if (bpe_word(t, sc, sc->a.p + sc->wa[i].off, sc->wa[i].len, out) != 0)
+            return -1;
+    return 0;
+}
+
+/* Longest added token starting at text[pos], or NULL. */
+static const added_tok *match_added(const fp_tokenizer *t, const char *text, size_t len,
+                                    size_t pos)
+{
+    const added_tok *best = NULL;
+    if (!t->added_first[(unsigned char)text[pos]])
+        return NULL;
+    for (size_t i = 0; i < t->n_added; i++) {
+        const tstr *c = &t->added[i].content;
+        if (c->len <= len - pos && (!best || c->len > best->content.len) &&
+            memcmp(text + pos, c->s, c->len) == 0)
+            best = &t->added[i];
+    }
+    return best;
+}
+
+int fp_tokenizer_encode(const fp_tokenizer *self, const char *text, size_t len, int add_bos,
+                        int32_t **ids, size_t *n)
+{
+    scratch sc = { 0 };
+    ivec out = { 0 };
+    size_t seg = 0;
+    *ids = NULL;
+    *n = 0;
+    if (len > INT32_MAX / 2)
+        return fp_error_set("tokenizer: text of %zu bytes is too long to encode at once "
+                            "(split it under 1 GiB)", len);
+    if (add_bos && self->bos >= 0 && ivec_push(&out, self->bos) != 0)
+        goto err;
+    for (size_t pos = 0; pos < len;) {
+        const added_tok *a = match_added(self, text, len, pos);
+        if (!a) {
+            pos++;
+            continue;
+        }
+        if (encode_segment(self, &sc, text + seg, pos - seg, seg == 0, &out) != 0 ||
+            ivec_push(&out, a->id) != 0)
+            goto err;
+        pos += a->content.len;
+        seg = pos;
+    }
+    if (encode_segment(self, &sc, text + seg, len - seg, seg == 0, &out) != 0)
+        goto err;
+    scratch_free(&sc);
+    if (!out.p && !(out.p = malloc(sizeof *out.p))) /* callers may free an empty result */
+        return fp_error_set("tokenizer: out of memory");
+    *ids = out.p;
+    *n = out.len;
+    return 0;
+err:
+    scratch_free(&sc);
+    free(out.p);
+    return -1;
+}
+
+/* ------------------------------------------------------------- decoding */
+
+/* The decoder chain works on a list of token strings, as tokenizers'
+ * decode_chain does; each op turns one list into the next. */
+typedef struct { tstr *v; size_t n, cap; } tlist;
+
+static void tlist_free(tlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].s);
+    free(l->v);
+    *l = (tlist){ 0 };
+}
+
+/* Takes b's buffer (b is reset). */
+static int tlist_take(tlist *l, sbuf *b)
+{
+    if (grow((void **)&l->v, &l->cap, l->n + 1, sizeof *l->v) != 0)
+        return -1;
+    if (!b->p && sbuf_put(b, "", 0) != 0)
+        return -1;
+    l->v[l->n++] = (tstr){ b->p, b->len };
+    *b = (sbuf){ 0 };
+    return 0;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* The byte of a "<0xNN>" piece, or -1. */
+static int byte_of(const tstr *s)
+{
+    if (s->len != 6 || memcmp(s->s, "<0x", 3) != 0 || s->s[5] != '>')
+        return -1;
+    int hi = hexval(s->s[3]), lo = hexval(s->s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+/* Pending bytes become one token if valid UTF-8, else one U+FFFD per byte. */
+static int flush_bytes(tlist *out, sbuf *bytes)
+{
+    if (bytes->len == 0)
+        return 0;
+    if (utf8_valid((unsigned char *)bytes->p, bytes->len))
+        return tlist_take(out, bytes);
+    size_t n = bytes->len;
+    bytes->len = 0;
+    for (size_t i = 0; i < n; i++) {
+        sbuf r = { 0 };
+        if (sbuf_put(&r, "\xef\xbf\xbd", 3) || tlist_take(out, &r)) {
+            free(r.p);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int dec_byte_fallback(const tlist *in, tlist *out)
+{
+    sbuf bytes = { 0 };
+    for (size_t i = 0; i < in->n; i++) {
+        int b = byte_of(&in->v[i]);
+        unsigned char c = (unsigned char)b;
+        sbuf tok = { 0 };
+        if (b >= 0) {
+            if (sbuf_put(&bytes, &c, 1) != 0)
+                goto err;
+            continue;
+        }
+        if (flush_bytes(out, &bytes) || sbuf_put(&tok, in->v[i].s, in->v[i].len) ||
+            tlist_take(out, &tok)) {
+            free(tok.p);
+            goto err;
+        }
+    }
+    if (flush_bytes(out, &bytes) != 0)
+        goto err;
+    free(bytes.p);
+    return 0;
+err:
+    free(bytes.p);
+    return -1;
+}
+
+static int dec_token(const dec_op *op, const tstr *tok, size_t index, sbuf *o)
+{
+    static const tstr space = { " ", 1 }, none = { "", 0 };
+    if (op->kind == DEC_REPLACE)
+        return put_replaced(o, tok->s, tok->len, &op->a, &op->b);
+    if (op->kind == DEC_METASPACE) /* first token: drop the prepended marker */
+        return put_replaced(o, tok->s, tok->len, &op->a,
+                            index == 0 && op->scheme != SCHEME_NEVER ? &none : &space);
+    /* DEC_STRIP: up to start leading / stop trailing copies of content */
+    size_t b = 0, e = tok->len, c = op->a.len;
+    for (int k = 0; k < op->start && e - b >= c && !memcmp(tok->s + b, op->a.s, c); k++)
+        b += c;
+    for (int k = 0; k < op->stop && e - b >= c && !memcmp(tok->s + e - c, op->a.s, c); k++)
+        e -= c;
+    return sbuf_put(o, tok->s + b, e - b);
+}
+
+static int dec_apply(const dec_op *op, const tlist *in, tlist *out)
+{
+    if (op->kind == DEC_BYTE_FALLBACK)
+        return dec_byte_fallback(in, out);
+    sbuf o = { 0 };
+    for (size_t i = 0; i < in->n; i++) {
+        if (op->kind == DEC_FUSE) {
+            if (sbuf_put(&o, in->v[i].s, in->v[i].len) != 0)
+                goto err;
+            continue;
+        }
+        if (dec_token(op, &in->v[i], i, &o) != 0 || tlist_take(out, &o) != 0)
+            goto err;
+    }
+    if (op->kind == DEC_FUSE && tlist_take(out, &o) != 0)
+        goto err;
+    return 0;
+err:
+    free(o.p);
+    return -1;
+}
+
+static int ids_to_tokens(const fp_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                         tlist *l)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || (size_t)ids[i] >= t->n_ids || !t->id_str[ids[i]])
+            return fp_error_set("tokenizer: cannot decode id %d at position %zu: not in the "
+                                "vocabulary of %s (%zu ids; wrong tokenizer for this model?)",
+                                (int)ids[i], i, t->path, t->n_ids);
+        if (skip_special && t->id_special[ids[i]])
+            continue;
+        sbuf b = { 0 };
+        if (sbuf_put(&b, t->id_str[ids[i]]->s, t->id_str[ids[i]]->len) || tlist_take(l, &b)) {
+            free(b.p);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+char *fp_tokenizer_decode(const fp_tokenizer *self, const int32_t *ids, size_t n,
+                          int skip_special)
+{
+    tlist cur = { 0 }, next = { 0 };
+    sbuf out = { 0 };
+    if (ids_to_tokens(self, ids, n, skip_special, &cur) != 0)
+        goto err;
+    for (size_t i = 0; i < self->n_dec; i++) {
+        if (dec_apply(&self->dec[i], &cur, &next) != 0)
+            goto err;
+        tlist_free(&cur);
+        cur = next;
+        next = (tlist){ 0 };
+    }
+    if (sbuf_put(&out, "", 0) != 0)
+        goto err;
+    for (size_t i = 0; i < cur.n; i++) /* no decoder: tokenizers joins with spaces */
+        if ((!self->has_decoder && i > 0 && sbuf_put(&out, " ", 1) != 0) ||
+            sbuf_put(&out, cur.v[i].s, cur.v[i].len) != 0)
+            goto err;
+    tlist_free(&cur);
+    return out.p;
+err:
+    tlist_free(&cur);
+    tlist_free(&next);
+    free(out.p);
+    return NULL;
+}
