@@ -156,14 +156,15 @@ static int load_json(load_ctx *c, const char *buf, size_t len, size_t pos)
         line += count_lines(buf + pos, buf + at);
         pos = at;
         if (array) {
+            int rec_line = line;
             at = skip_ws(buf, len, pos);
             line += count_lines(buf + pos, buf + at);
             pos = at;
             if (pos < len && buf[pos] == ',')
                 pos++;
             else if (!(pos < len && buf[pos] == ']'))
-                return fp_error_set("%s:%d: invalid JSON: expected ',' or ']' after a record",
-                                    c->path, line);
+                return fp_error_set("%s:%d: invalid JSON: expected ',' or ']' after the "
+                                    "record ending on line %d", c->path, line, rec_line);
         }
     }
 }

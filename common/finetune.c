@@ -82,9 +82,14 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
             float loss = fp_train_step(tr, in, tg, grad, 1.0f / (float)cfg->accum,
                                        cfg->seed * 1000003u + (uint64_t)j, &ntok);
             if (!isfinite(loss)) {
-                fp_error_set("the loss is not finite (%g) at step %d; lower the learning rate "
-                             "(--lr, now %g) or clip gradients (--max-grad-norm 1.0)",
-                             (double)loss, step + 1, (double)fp_optim_lr(&oc, step));
+                if (step == 0)      /* nothing was updated yet: the inputs are at fault */
+                    fp_error_set("the loss is not finite (%g) at step 1, before any update: the "
+                                 "base model or the initial adapter holds NaN/Inf values",
+                                 (double)loss);
+                else
+                    fp_error_set("the loss is not finite (%g) at step %d; lower the learning "
+                                 "rate (--lr, now %g) or clip gradients (--max-grad-norm 1.0)",
+                                 (double)loss, step + 1, (double)fp_optim_lr(&oc, step));
                 goto err;
             }
             loss_sum += loss;

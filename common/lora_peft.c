@@ -21,6 +21,15 @@
 #include "safetensors.h"
 
 #define NAME_MAX_LEN 160
+#define DIR_MAX_LEN 4000    /* leaves room for "/adapter_config.json.tmp" in 4200 */
+
+static int check_dir_len(const char *dir)
+{
+    if (!dir || !*dir || strlen(dir) > DIR_MAX_LEN)
+        return fp_error_set("adapter directory path is empty or longer than %d bytes",
+                            DIR_MAX_LEN);
+    return 0;
+}
 
 static const char *target_group(int t) { return t <= FP_T_O ? "self_attn" : "mlp"; }
 
@@ -110,7 +119,7 @@ static cJSON *config_json(const fp_lora_config *c)
 /* Temp file, fsync, rename: a crash never leaves a half-written config. */
 static int write_atomic(const char *path, const char *text)
 {
-    char tmp[4200];
+    char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f)
@@ -167,7 +176,7 @@ int fp_lora_save(const fp_lora *self, const char *dir)
     char path[4200];
     char *text = NULL;
     cJSON *j = NULL;
-    if (mkdir_p(dir) != 0)
+    if (check_dir_len(dir) != 0 || mkdir_p(dir) != 0)
         goto err;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (save_tensors(self, path) != 0)
@@ -408,7 +417,7 @@ fp_lora *fp_lora_load(const char *dir, const fp_model_config *m)
     fp_lora *lo = NULL;
     fp_safetensors *st = NULL;
     char path[4200];
-    if (read_config(dir, &cfg) != 0)
+    if (check_dir_len(dir) != 0 || read_config(dir, &cfg) != 0)
         goto err;
     lo = fp_lora_new(m, &cfg);
     if (!lo) {

@@ -311,8 +311,14 @@ static int parse_header(fp_safetensors *self, const char *json, size_t len)
         fp_error_set("%s: header is JSON but not an object", self->path);
         goto err;
     }
-    /* The entry count is bounded by the header length we already bounded. */
+    /* A valid entry takes at least ~50 bytes of JSON, so a count beyond
+     * len / 40 cannot be honest: refuse it before allocating for it. */
     size_t count = (size_t)cJSON_GetArraySize(root);
+    if (count > len / 40 + 1) {
+        fp_error_set("%s: header claims %zu entries in %zu bytes; the header is corrupt",
+                     self->path, count, len);
+        goto err;
+    }
     self->tensors = calloc(count ? count : 1, sizeof(fp_st_tensor));
     if (!self->tensors) {
         fp_error_set("%s: out of memory", self->path);

@@ -262,6 +262,8 @@ static void test_corrupt_files(void **state)
     expect_open_fails("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
                       "begin <= end");
     expect_open_fails("{\"w\":[1,2]}", 0, "not a JSON object");
+    /* More entries than the header's length can honestly hold. */
+    expect_open_fails("{\"a\":1,\"b\":2,\"c\":3,\"d\":4}", 0, "claims 4 entries");
     expect_open_fails("{\"__metadata__\":{\"k\":1}}", 0, "__metadata__ key 'k'");
 }
 
