@@ -76,7 +76,7 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
         memset(grad, 0, sizeof(float) * lora->n_params);
         double loss_sum = 0.0;
         for (int micro = 0; micro < cfg->accum; micro++) {
-            int j = step * cfg->accum + micro;   /* micro-batch index in data order */
+            int j = (cfg->first_step + step) * cfg->accum + micro;   /* data order */
             size_t ntok = 0;
             fp_batcher_get(bat, j, in, tg);
             float loss = fp_train_step(tr, in, tg, grad, 1.0f / (float)cfg->accum,
@@ -103,7 +103,10 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
         if (progress) {
             double el = now_s() - t0;
             fp_progress p = {step + 1, cfg->steps, loss, lr, gnorm, el > 0 ? tokens / el : 0.0, el};
-            progress(ctx, &p);
+            if (progress(ctx, &p) != 0) {
+                rc = 1;
+                goto err;
+            }
         }
     }
     rc = 0;

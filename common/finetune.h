@@ -19,13 +19,15 @@ typedef struct {
     int accum;              /* micro-batches per optimizer step (>= 1) */
     int shuffle;            /* 0: the documented consecutive order (data.h) */
     uint64_t seed;          /* shuffle order and dropout masks */
+    int first_step;         /* data position: micro-batch index of step 0 / accum */
     fp_optim_config optim;
 } fp_finetune_config;
 
 /* Defaults: 100 steps, batch 4, seq 128, accum 1, shuffle, seed 1234, AdamW lr 1e-3. */
 void fp_finetune_config_default(fp_finetune_config *c);
 
-/* Called after each optimizer step. */
+/* Called after each optimizer step; a non-zero return stops training (the
+ * worker uses this to heartbeat and to abandon a round). */
 typedef struct {
     int step, steps;        /* 1-based step just done, and the total */
     float loss;             /* mean loss of this step's micro-batches */
@@ -33,11 +35,13 @@ typedef struct {
     double tokens_per_s;    /* target tokens per second over the run so far */
     double elapsed_s;
 } fp_progress;
-typedef void (*fp_progress_fn)(void *ctx, const fp_progress *p);
+typedef int (*fp_progress_fn)(void *ctx, const fp_progress *p);
 
-/* Trains `lora` in place on `data`. Returns 0, or -1 with an error (e.g. a
+/* Trains `lora` in place on `data`. Returns 0; 1 if `progress` asked to stop
+ * (the adapter then holds the steps done so far); or -1 with an error (e.g. a
  * NaN loss names the step and suggests a lower learning rate). *last_loss
- * (optional) receives the final step's loss. */
+ * (optional) receives the final step's loss. cfg->first_step offsets the data
+ * order so that consecutive calls (rounds) read on through the data. */
 int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
                 const fp_finetune_config *cfg, fp_progress_fn progress, void *ctx,
                 float *last_loss) FP_WUR;

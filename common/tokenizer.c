@@ -238,6 +238,7 @@ struct fp_tokenizer {
     size_t merge_mask;
     int32_t unk, byte_id[256];
     int byte_fallback, fuse_unk, ignore_merges;
+    int split_at_meta;      /* see meta_split_safe() */
     /* added tokens, matched literally in the raw text */
     added_tok *added;
     size_t n_added;
@@ -501,6 +502,27 @@ err:
     return -1;
 }
 
+/* BPE over a whole text is exact but its heap gets large and cache-cold. If
+ * "\u2581" is in the vocab and occurs in pieces only as a leading run (true of
+ * LLaMA's vocab), no piece, hence no merge, can span a boundary just before a
+ * "\u2581" that follows another character: the text may then be cut there and
+ * each part merged alone with the same result. */
+static int meta_split_safe(const fp_tokenizer *t)
+{
+    static const char meta[] = "\xe2\x96\x81";
+    if (strmap_get(&t->vmap, meta, 3) < 0)
+        return 0;
+    for (size_t i = 0; i < t->n_vocab; i++) {
+        const tstr *p = &t->vocab[i];
+        size_t k = 0;
+        while (p->s && k + 3 <= p->len && !memcmp(p->s + k, meta, 3))
+            k += 3;
+        if (p->s && memmem(p->s + k, p->len - k, meta, 3))
+            return 0;
+    }
+    return 1;
+}
+
 static int load_model(fp_tokenizer *t, const char *path, const cJSON *model)
 {
     const char *type = jstr(model, "type");
@@ -534,6 +556,7 @@ static int load_model(fp_tokenizer *t, const char *path, const cJSON *model)
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_id[b] = strmap_get(&t->vmap, name, 6);
     }
+    t->split_at_meta = meta_split_safe(t);
     return 0;
 }
 
@@ -770,7 +793,7 @@ static int32_t config_token(const fp_tokenizer *t, const cJSON *cfg, const char 
  * post_processor does not, can turn it off (add_bos_token false), and names EOS. */
 static int load_config(fp_tokenizer *t, const char *dir)
 {
-    char cpath[4096];
+    char cpath[4200];
     struct stat st;
     snprintf(cpath, sizeof cpath, "%s/tokenizer_config.json", dir);
     if (stat(cpath, &st) != 0)
@@ -835,10 +858,14 @@ static int load_stages(fp_tokenizer *t, const char *path, const cJSON *root)
 
 fp_tokenizer *fp_tokenizer_load(const char *path)
 {
-    char file[4096], dir[4096];
+    char file[4200], dir[4096];
     struct stat st;
     cJSON *root = NULL;
     fp_tokenizer *t = NULL;
+    if (strlen(path) > 4000) {
+        fp_error_set("tokenizer: path of %zu bytes is too long", strlen(path));
+        return NULL;
+    }
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         snprintf(dir, sizeof dir, "%s", path);
         snprintf(file, sizeof file, "%s/tokenizer.json", path);
@@ -1085,14 +1112,9 @@ static int push_pair(const fp_tokenizer *t, scratch *sc, int32_t pos)
 /* BPE over one word: repeatedly merge the adjacent pair of lowest rank
  * (leftmost on ties) with a linked list + min-heap, O(n log n). Stale heap
  * entries are skipped when their pair no longer matches, as tokenizers does. */
-static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
+static int bpe_chunk(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
 {
     size_t ns;
-    if (t->ignore_merges) {
-        int32_t id = strmap_get(&t->vmap, w, len);
-        if (id >= 0)
-            return ivec_push(out, id);
-    }
     if (initial_symbols(t, sc, w, len, &ns) != 0)
         return -1;
     sc->nh = 0;
@@ -1121,6 +1143,24 @@ static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t le
         if (ivec_push(out, sc->s[i].id) != 0)
             return -1;
     return 0;
+}
+
+static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
+{
+    static const char meta[] = "\xe2\x96\x81";
+    size_t from = 0;
+    if (t->ignore_merges) {
+        int32_t id = strmap_get(&t->vmap, w, len);
+        if (id >= 0)
+            return ivec_push(out, id);
+    }
+    for (size_t i = 1; t->split_at_meta && i + 3 <= len; i++)
+        if (!memcmp(w + i, meta, 3) && (i < 3 || memcmp(w + i - 3, meta, 3) != 0)) {
+            if (bpe_chunk(t, sc, w + from, i - from, out) != 0)
+                return -1;
+            from = i;
+        }
+    return bpe_chunk(t, sc, w + from, len - from, out);
 }
 
 /* normalizer -> pre-tokenizer -> model for text between added tokens. */
@@ -1581,7 +1621,7 @@ static void json_add_model(cJSON *root, const tstr *pieces, int n, const cmerge 
 
 static int write_config(const char *json_path)
 {
-    char cpath[4096];
+    char cpath[4300];
     const char *slash = strrchr(json_path, '/');
     int dl = slash ? (int)(slash - json_path) : 1;
     snprintf(cpath, sizeof cpath, "%.*s/tokenizer_config.json", dl, slash ? json_path : ".");
@@ -1613,9 +1653,11 @@ int fp_tokenizer_convert_llama2c(const char *tok_bin, int vocab_size, const char
     size_t nm = 0;
     strmap m = { 0 };
     cJSON *root = NULL;
-    char *text = NULL, file[4096];
+    char *text = NULL, file[4200];
     struct stat st;
     int rc = -1;
+    if (strlen(out_path) > 4000)
+        return fp_error_set("%s: output path of %zu bytes is too long", tok_bin, strlen(out_path));
     if (vocab_size < 3 || vocab_size > TOK_MAX_ID)
         return fp_error_set("%s: vocab_size %d is not in [3, %d]", tok_bin, vocab_size,
                             TOK_MAX_ID);

@@ -21,12 +21,44 @@
 
 #include "rng.h"
 
+/* Attention works on blocks of QB query rows: block [i0, i0+rows) only sees
+ * keys [0, i0+rows), so the causal upper triangle is mostly never computed. */
+#define QB 64
+
+/* Elementwise loops run on OpenMP threads only when there is enough work: a
+ * parallel region costs microseconds, and far more on a busy machine. */
+#define PAR_MIN 65536
+
+/* expf that vectorizes (Cephes: Cody-Waite reduction, degree-6 polynomial;
+ * max relative error ~1e-7 against exp). glibc's expf stays scalar without
+ * -ffast-math, and exp is most of the elementwise time (softmax, SiLU, loss).
+ * Inputs below -87.3 give 1.2e-38 instead of smaller; NaN stays NaN. */
+static inline float vexpf(float x)
+{
+    float xc = x > -87.3f ? x : -87.3f;
+    xc = xc < 88.3f ? xc : 88.3f;
+    float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } two_n = { .u = (uint32_t)((int32_t)n + 127) << 23 };
+    float y = p * two_n.f;
+    return x != x ? x : y;
+}
+
 struct fp_train {
     const fp_model *model;
     const fp_lora *lora;
     int B, T;
     size_t N;
     float s;                    /* LoRA scale */
+    int first_stage;            /* lowest targeted stage: 4l + {qkv 0, o 1, gate/up 2, down 3} */
     /* dropout state of the current step */
     int drop_on;
     float drop_p;
@@ -50,7 +82,7 @@ struct fp_train {
     /* scratch */
     float *xn;                  /* [N][C] */
     float *act;                 /* [N][H] */
-    float *att, *datt;          /* [T][T] */
+    float *att, *datt;          /* [QB][T] */
     /* backward (lora only) */
     float *dlogits;             /* [N][V] */
     float *dres, *dxn;          /* [N][C] */
@@ -69,11 +101,12 @@ struct fp_train {
 static void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *restrict x,
                             const float *restrict w, size_t N, int C, float eps)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C;
         float *o = out + n * (size_t)C;
         float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
         for (int i = 0; i < C; i++)
             ss += xr[i] * xr[i];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
@@ -88,7 +121,7 @@ static void rmsnorm_forward(float *restrict out, float *restrict rstd, const flo
 static void rmsnorm_recompute(float *restrict out, const float *restrict x, const float *restrict rstd,
                               const float *restrict w, size_t N, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C;
         float *o = out + n * (size_t)C;
@@ -102,12 +135,13 @@ static void rmsnorm_recompute(float *restrict out, const float *restrict x, cons
 static void rmsnorm_backward(float *restrict dx, const float *restrict dout, const float *restrict x,
                              const float *restrict w, const float *restrict rstd, size_t N, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C, *d = dout + n * (size_t)C;
         float *o = dx + n * (size_t)C;
         float r = rstd[n];
         float dot = 0.0f; /* sum_j w_j dout_j x_j */
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < C; i++)
             dot += w[i] * d[i] * xr[i];
         float c = dot * r * r * r / (float)C;
@@ -134,11 +168,12 @@ static void rope_apply(float *restrict x, const float *restrict cs, const float 
                        size_t N, int T, int nh, int hd, float sign)
 {
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)nh * hd >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *c = cs + (n % (size_t)T) * half, *s = sn + (n % (size_t)T) * half;
         for (int h = 0; h < nh; h++) {
             float *a = x + n * (size_t)nh * hd + (size_t)h * hd, *b = a + half;
+#pragma omp simd
             for (int i = 0; i < half; i++) {
                 float x1 = a[i], x2 = b[i], si = sign * s[i];
                 a[i] = x1 * c[i] - x2 * si;
@@ -151,18 +186,18 @@ static void rope_apply(float *restrict x, const float *restrict cs, const float 
 // act (N,H) = silu(gate) * up
 static void swiglu_forward(float *restrict act, const float *restrict g, const float *restrict u, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        act[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        act[i] = g[i] / (1.0f + vexpf(-g[i])) * u[i];
 }
 
 // dg, du (N,H) from dact
 static void swiglu_backward(float *restrict dg, float *restrict du, const float *restrict dact,
                             const float *restrict g, const float *restrict u, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
-        float sg = 1.0f / (1.0f + expf(-g[i]));
+        float sg = 1.0f / (1.0f + vexpf(-g[i]));
         du[i] = dact[i] * g[i] * sg;
         dg[i] = dact[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
     }
@@ -181,7 +216,7 @@ static void dropout_mask(const fp_train *self, float *restrict mask, size_t n, i
 
 static void mul_into(float *restrict out, const float *restrict a, const float *restrict b, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] * b[i];
 }
@@ -199,7 +234,7 @@ static void lora_linear_forward(fp_train *self, float *y, const float *x, const 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, out, in,
                 1.0f, x, in, w, in, 0.0f, y, out);
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * (size_t)out >= PAR_MIN)
         for (size_t n = 0; n < N; n++)
             for (int o = 0; o < out; o++)
                 y[n * (size_t)out + o] += bias[o];
@@ -223,13 +258,15 @@ static void lora_linear_forward(fp_train *self, float *y, const float *x, const 
 }
 
 /* dx (N,in) = beta*dx + dy W + mask * (s dy B) A, and the LoRA gradients:
- * dB += s dy^T xa, dA += (s dy B)^T drop(x). dy (N,out), x (N,in) undropped. */
+ * dB += s dy^T xa, dA += (s dy B)^T drop(x). dy (N,out), x (N,in) undropped.
+ * dx is skipped (dx = NULL) where no LoRA factor lies below this module. */
 static void lora_linear_backward(fp_train *self, float *grad, float *dx, float beta, const float *dy,
                                  const float *x, const float *w, int l, int t, int in, int out)
 {
     size_t N = self->N;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, out,
-                1.0f, dy, out, w, in, beta, dx, in);
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, out,
+                    1.0f, dy, out, w, in, beta, dx, in);
     const float *A = fp_lora_a(self->lora, l, t);
     if (!A)
         return;
@@ -246,8 +283,9 @@ static void lora_linear_backward(fp_train *self, float *grad, float *dx, float b
     if (!self->drop_on) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, (int)N,
                     1.0f, dxa, r, x, in, 1.0f, gA, in);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, r,
-                    1.0f, dxa, r, A, in, 1.0f, dx, in);
+        if (dx)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, r,
+                        1.0f, dxa, r, A, in, 1.0f, dx, in);
         return;
     }
     size_t n = N * (size_t)in;
@@ -255,38 +293,66 @@ static void lora_linear_backward(fp_train *self, float *grad, float *dx, float b
     mul_into(self->xd, x, self->mask, n);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, (int)N,
                 1.0f, dxa, r, self->xd, in, 1.0f, gA, in);
+    if (!dx)
+        return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, r,
                 1.0f, dxa, r, A, in, 0.0f, self->dxl, in);
     const float *restrict m = self->mask, *restrict d = self->dxl;
     float *restrict o = dx;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         o[i] += m[i] * d[i];
 }
 
-// causal softmax in place over row i of att (T,T): att[i][j<=i] = exp(att - lse), rest 0
-static void causal_softmax(float *restrict att, float *restrict lse, int T)
+// att (rows,cols) holds scores of queries i0..i0+rows-1 against keys 0..cols-1;
+// in place: att[r][j] = exp(att - lse) for j <= i0 + r, else 0; lse (rows)
+static void causal_softmax(float *restrict att, float *restrict lse, int i0, int rows, int cols)
 {
-    for (int i = 0; i < T; i++) {
-        float *a = att + (size_t)i * T;
-        float mx = -INFINITY;
-        for (int j = 0; j <= i; j++)
+    for (int r = 0; r < rows; r++) {
+        float *restrict a = att + (size_t)r * cols;
+        int n = i0 + r + 1;
+        float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < n; j++)
             mx = a[j] > mx ? a[j] : mx;
-        float sum = 0.0f;
-        for (int j = 0; j <= i; j++) {
-            a[j] = expf(a[j] - mx);
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; j++) {
+            a[j] = vexpf(a[j] - mx);
             sum += a[j];
         }
         float inv = 1.0f / sum;
-        for (int j = 0; j <= i; j++)
+#pragma omp simd
+        for (int j = 0; j < n; j++)
             a[j] *= inv;
-        for (int j = i + 1; j < T; j++)
+        for (int j = n; j < cols; j++)
             a[j] = 0.0f;
-        lse[i] = mx + logf(sum);
+        lse[r] = mx + logf(sum);
     }
 }
 
-/* q (N,C), k, v (N,KV) -> out (N,C); lse (B,nh,T). Per (b, head):
+// P (rows,cols) holds recomputed scaled scores, dP (rows,cols) = dout v^T. In place:
+// P = exp(S - lse) on the causal part, dP = P (dP - sum_j P dP) * scale; both 0 above it
+static void softmax_backward(float *restrict P, float *restrict dP, const float *restrict lse,
+                             int i0, int rows, int cols, float scale)
+{
+    for (int r = 0; r < rows; r++) {
+        float *restrict p = P + (size_t)r * cols, *restrict dp = dP + (size_t)r * cols;
+        int n = i0 + r + 1;
+        float li = lse[r], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < n; j++) {
+            p[j] = vexpf(p[j] - li);
+            dot += p[j] * dp[j];
+        }
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            dp[j] = p[j] * (dp[j] - dot) * scale;
+        for (int j = n; j < cols; j++)
+            p[j] = dp[j] = 0.0f;
+    }
+}
+
+/* q (N,C), k, v (N,KV) -> out (N,C); lse (B,nh,T). Per (b, head), per block:
  * S = q_h k_h^T / sqrt(hd), causal softmax, out_h = P v_h. */
 static void attention_forward(fp_train *self, float *out, float *lse, const float *q,
                               const float *k, const float *v)
@@ -295,18 +361,22 @@ static void attention_forward(fp_train *self, float *out, float *lse, const floa
     int T = self->T, nh = c->n_heads, hd = fp_head_dim(c), C = c->dim, KV = fp_kv_dim(c);
     int group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    float *att = self->att;
+    float *att = self->att;     /* [QB][T] */
     for (int b = 0; b < self->B; b++)
         for (int h = 0; h < nh; h++) {
             size_t row0 = (size_t)b * T;
             const float *qh = q + row0 * C + (size_t)h * hd;
             const float *kh = k + row0 * KV + (size_t)(h / group) * hd;
             const float *vh = v + row0 * KV + (size_t)(h / group) * hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
-                        scale, qh, C, kh, KV, 0.0f, att, T);
-            causal_softmax(att, lse + ((size_t)b * nh + h) * T, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T,
-                        1.0f, att, T, vh, KV, 0.0f, out + row0 * C + (size_t)h * hd, C);
+            float *lh = lse + ((size_t)b * nh + h) * T;
+            for (int i0 = 0; i0 < T; i0 += QB) {
+                int rows = T - i0 < QB ? T - i0 : QB, cols = i0 + rows;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd,
+                            scale, qh + (size_t)i0 * C, C, kh, KV, 0.0f, att, cols);
+                causal_softmax(att, lh + i0, i0, rows, cols);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, cols,
+                            1.0f, att, cols, vh, KV, 0.0f, out + (row0 + i0) * C + (size_t)h * hd, C);
+            }
         }
 }
 
@@ -318,7 +388,7 @@ static void attention_backward(fp_train *self, float *dq, float *dk, float *dv, 
     int T = self->T, nh = c->n_heads, hd = fp_head_dim(c), C = c->dim, KV = fp_kv_dim(c);
     int group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    float *P = self->att, *dP = self->datt;
+    float *P = self->att, *dP = self->datt;     /* [QB][T] */
     memset(dk, 0, self->N * KV * sizeof *dk);
     memset(dv, 0, self->N * KV * sizeof *dv);
     for (int b = 0; b < self->B; b++)
@@ -326,30 +396,24 @@ static void attention_backward(fp_train *self, float *dq, float *dk, float *dv, 
             size_t row0 = (size_t)b * T, kvo = (size_t)(h / group) * hd;
             const float *qh = q + row0 * C + (size_t)h * hd, *kh = k + row0 * KV + kvo;
             const float *vh = v + row0 * KV + kvo, *doh = dout + row0 * C + (size_t)h * hd;
-            const float *l = lse + ((size_t)b * nh + h) * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
-                        scale, qh, C, kh, KV, 0.0f, P, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
-                        1.0f, doh, C, vh, KV, 0.0f, dP, T);
-            // P = exp(S - lse) on the causal part; dS = P (dP - sum_j P dP) * scale into dP
-            for (int i = 0; i < T; i++) {
-                float *p = P + (size_t)i * T, *dp = dP + (size_t)i * T;
-                float li = l[i], dot = 0.0f;
-                for (int j = 0; j <= i; j++) {
-                    p[j] = expf(p[j] - li);
-                    dot += p[j] * dp[j];
-                }
-                for (int j = 0; j <= i; j++)
-                    dp[j] = p[j] * (dp[j] - dot) * scale;
-                for (int j = i + 1; j < T; j++)
-                    p[j] = dp[j] = 0.0f;
+            float *dqh = dq + row0 * C + (size_t)h * hd, *dkh = dk + row0 * KV + kvo;
+            float *dvh = dv + row0 * KV + kvo;
+            const float *lh = lse + ((size_t)b * nh + h) * T;
+            for (int i0 = 0; i0 < T; i0 += QB) {
+                int rows = T - i0 < QB ? T - i0 : QB, cols = i0 + rows;
+                size_t qo = (size_t)i0 * C;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd,
+                            scale, qh + qo, C, kh, KV, 0.0f, P, cols);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, hd,
+                            1.0f, doh + qo, C, vh, KV, 0.0f, dP, cols);
+                softmax_backward(P, dP, lh + i0, i0, rows, cols, scale);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd, rows,
+                            1.0f, P, cols, doh + qo, C, 1.0f, dvh, KV);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, cols,
+                            1.0f, dP, cols, kh, KV, 0.0f, dqh + qo, C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hd, rows,
+                            1.0f, dP, cols, qh + qo, C, 1.0f, dkh, KV);
             }
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T,
-                        1.0f, P, T, doh, C, 1.0f, dv + row0 * KV + kvo, KV);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T,
-                        1.0f, dP, T, kh, KV, 0.0f, dq + row0 * C + (size_t)h * hd, C);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T,
-                        1.0f, dP, T, qh, C, 1.0f, dk + row0 * KV + kvo, KV);
         }
 }
 
@@ -360,7 +424,7 @@ static double crossentropy(const float *logits, float *dlogits, const int32_t *t
 {
     double total = 0.0;
     float g = count ? gscale / (float)count : 0.0f;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) if (N * (size_t)V >= PAR_MIN) reduction(+ : total)
     for (size_t n = 0; n < N; n++) {
         const float *lg = logits + n * (size_t)V;
         float *d = dlogits ? dlogits + n * (size_t)V : NULL;
@@ -369,17 +433,19 @@ static double crossentropy(const float *logits, float *dlogits, const int32_t *t
                 memset(d, 0, (size_t)V * sizeof *d);
             continue;
         }
-        float mx = -INFINITY;
+        float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
         for (int i = 0; i < V; i++)
             mx = lg[i] > mx ? lg[i] : mx;
-        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (int i = 0; i < V; i++)
-            sum += expf(lg[i] - mx);
+            sum += vexpf(lg[i] - mx);
         float lse = mx + logf(sum);
         total += (double)(lse - lg[targets[n]]);
         if (d) {
+#pragma omp simd
             for (int i = 0; i < V; i++)
-                d[i] = expf(lg[i] - lse) * g;
+                d[i] = vexpf(lg[i] - lse) * g;
             d[targets[n]] -= g;
         }
     }
@@ -424,11 +490,18 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
     self->T = T;
     size_t N = (size_t)B * T, L = (size_t)c->n_layers, C = (size_t)c->dim;
     size_t KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
-    size_t nh = (size_t)c->n_heads, half = (size_t)fp_head_dim(c) / 2, TT = (size_t)T * T;
+    size_t nh = (size_t)c->n_heads, half = (size_t)fp_head_dim(c) / 2;
+    size_t TT = (size_t)(T < QB ? T : QB) * T;  /* one block of attention rows */
     size_t mx = C > H ? C : H, r = lora ? (size_t)lora->cfg.rank : 0;
     int bw = lora != NULL, drop = lora && lora->cfg.dropout > 0.0f;
     self->N = N;
     self->s = lora ? fp_lora_scale(&lora->cfg) : 0.0f;
+    self->first_stage = INT32_MAX;
+    static const int stage_of[FP_T_COUNT] = {0, 0, 0, 1, 2, 2, 3};
+    for (int l = (int)L - 1; lora && l >= 0; l--)
+        for (int tg = 0; tg < FP_T_COUNT; tg++)
+            if (fp_lora_a(lora, l, tg) && 4 * l + stage_of[tg] < self->first_stage)
+                self->first_stage = 4 * l + stage_of[tg];
 
     /* size table, then one slab (llm.c's malloc_and_point) */
     struct { float **p; size_t n; } t[] = {
@@ -544,39 +617,54 @@ static void backward(fp_train *self, float *grad)
     memset(dres, 0, N * C * sizeof *dres);
     rmsnorm_backward(dres, dxn, self->res + (size_t)L * N * C, w->rms_final, self->rstdf, N, (int)C);
 
-    for (int l = L - 1; l >= 0; l--) {
+    /* Walk down while a LoRA factor lies at or below the current stage: the
+     * gradient below the lowest targeted module is never needed. */
+    int s0 = self->first_stage;
+    for (int l = L - 1; l >= 0 && s0 <= 4 * l + 3; l--) {
         float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + (size_t)l * N * C;
         float *q = self->q + (size_t)l * N * C, *k = self->k + (size_t)l * N * KV;
         float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
         float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
         float *rstd1 = self->rstd1 + (size_t)l * N, *rstd2 = self->rstd2 + (size_t)l * N;
         size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
-        float *dact = self->dy;
+        float *dact = self->dy, *datty = self->dy;
 
         // feed-forward block: dres is d(out) and flows through the residual unchanged
         swiglu_forward(self->act, gate, up, N * H);
-        lora_linear_backward(self, grad, dact, 0.0f, dres, self->act, w->w_down + (size_t)l * C * H,
-                             l, FP_T_DOWN, (int)H, (int)C);
+        lora_linear_backward(self, grad, s0 < 4 * l + 3 ? dact : NULL, 0.0f, dres, self->act,
+                             w->w_down + (size_t)l * C * H, l, FP_T_DOWN, (int)H, (int)C);
+        if (s0 > 4 * l + 2)
+            break;
         swiglu_backward(self->dgate, self->dup, dact, gate, up, N * H);
         rmsnorm_recompute(xn, res2, rstd2, w->rms_ffn + lc, N, (int)C);
-        lora_linear_backward(self, grad, dxn, 0.0f, self->dgate, xn, w->w_gate + (size_t)l * H * C,
-                             l, FP_T_GATE, (int)C, (int)H);
-        lora_linear_backward(self, grad, dxn, 1.0f, self->dup, xn, w->w_up + (size_t)l * H * C,
-                             l, FP_T_UP, (int)C, (int)H);
+        int dx = s0 < 4 * l + 2;
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 0.0f, self->dgate, xn,
+                             w->w_gate + (size_t)l * H * C, l, FP_T_GATE, (int)C, (int)H);
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dup, xn,
+                             w->w_up + (size_t)l * H * C, l, FP_T_UP, (int)C, (int)H);
+        if (!dx)
+            break;
         rmsnorm_backward(dres, dxn, res2, w->rms_ffn + lc, rstd2, N, (int)C);
 
         // attention block
-        float *datty = self->dy;
-        lora_linear_backward(self, grad, datty, 0.0f, dres, atty, w->wo + lc * C, l, FP_T_O, (int)C, (int)C);
+        lora_linear_backward(self, grad, s0 < 4 * l + 1 ? datty : NULL, 0.0f, dres, atty,
+                             w->wo + lc * C, l, FP_T_O, (int)C, (int)C);
+        if (s0 > 4 * l)
+            break;
         attention_backward(self, self->dq, self->dk, self->dv, datty,
                            self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
         rope_apply(self->dq, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, -1.0f);
         rope_apply(self->dk, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, -1.0f);
         rmsnorm_recompute(xn, res, rstd1, w->rms_att + lc, N, (int)C);
-        lora_linear_backward(self, grad, dxn, 0.0f, self->dq, xn, w->wq + lc * C, l, FP_T_Q, (int)C, (int)C);
-        lora_linear_backward(self, grad, dxn, 1.0f, self->dk, xn, w->wk + lkv * C, l, FP_T_K, (int)C, (int)KV);
-        lora_linear_backward(self, grad, dxn, 1.0f, self->dv, xn, w->wv + lkv * C, l, FP_T_V, (int)C, (int)KV);
-        rmsnorm_backward(dres, dxn, res, w->rms_att + lc, rstd1, N, (int)C);
+        dx = s0 < 4 * l;
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 0.0f, self->dq, xn, w->wq + lc * C,
+                             l, FP_T_Q, (int)C, (int)C);
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dk, xn, w->wk + lkv * C,
+                             l, FP_T_K, (int)C, (int)KV);
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dv, xn, w->wv + lkv * C,
+                             l, FP_T_V, (int)C, (int)KV);
+        if (dx)
+            rmsnorm_backward(dres, dxn, res, w->rms_att + lc, rstd1, N, (int)C);
     }
 }
 

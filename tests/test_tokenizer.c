@@ -369,6 +369,55 @@ static void test_roundtrip(void **state)
     free(ids);
 }
 
+static size_t put_utf8(char *o, uint32_t c)
+{
+    if (c < 0x80)
+        return (size_t)(o[0] = (char)c, 1);
+    if (c < 0x800)
+        return o[0] = (char)(0xC0 | c >> 6), o[1] = (char)(0x80 | (c & 63)), 2;
+    if (c < 0x10000)
+        return o[0] = (char)(0xE0 | c >> 12), o[1] = (char)(0x80 | ((c >> 6) & 63)),
+               o[2] = (char)(0x80 | (c & 63)), 3;
+    return o[0] = (char)(0xF0 | c >> 18), o[1] = (char)(0x80 | ((c >> 12) & 63)),
+           o[2] = (char)(0x80 | ((c >> 6) & 63)), o[3] = (char)(0x80 | (c & 63)), 4;
+}
+
+/* Random valid UTF-8 (any code point but surrogates and U+2581) round-trips;
+ * random bytes encode and decode without error. Deterministic seed. */
+static void test_random_text(void **state)
+{
+    fp_tokenizer *toks[2] = { g_tok512, g_llama2 };
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    char buf[512];
+    for (int iter = 0; iter < 400; iter++) {
+        size_t len = 0, n;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int nchar = (int)((x >> 7) % 60);
+        for (int c = 0; c < nchar; c++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17; /* xorshift64 */
+            uint32_t kind = (uint32_t)(x % 8), cp;
+            cp = kind < 3 ? 0x20 + (uint32_t)(x >> 8) % 95 : kind == 3 ? (uint32_t)" \n\t"[(x >> 8) % 3]
+               : kind == 4 ? 0x80 + (uint32_t)(x >> 8) % 0x780
+               : kind == 5 ? 0x800 + (uint32_t)(x >> 8) % 0xF000 : 0x10000 + (uint32_t)(x >> 8) % 0x100000;
+            if ((cp >= 0xD800 && cp < 0xE000) || cp == 0x2581)
+                cp = 'x';
+            len += put_utf8(buf + len, cp);
+        }
+        for (int k = 0; k < 2; k++)
+            assert_roundtrip(toks[k], buf, len);
+        int32_t *ids;
+        for (size_t i = 0; i < len; i++)
+            buf[i] = (char)(x >> (i % 56));
+        for (int k = 0; k < 2; k++) {
+            assert_int_equal(fp_tokenizer_encode(toks[k], buf, len, 1, &ids, &n), 0);
+            char *s = fp_tokenizer_decode(toks[k], ids, n, 0);
+            assert_non_null(s);
+            free(s);
+            free(ids);
+        }
+    }
+}
+
 /* Byte pieces that are not valid UTF-8 decode to U+FFFD per byte, as HF's
  * ByteFallback does; a bad id is an error naming the id. */
 static void test_decode_edges(void **state)
@@ -492,6 +541,18 @@ static void test_metaspace(void **state)
     t = tiny("tok-nofuse", "null", norm, "null", "\"fuse_unk\":false,", NULL);
     assert_encodes(t, "ab xyz", 6, 0, IDS(6, 1, 0, 0, 0));
     fp_tokenizer_free(&t);
+
+    /* a piece with "▁" inside ("a▁b") must still merge across the "▁": the
+     * encoder may only cut the text at "▁" when no piece spans one */
+    const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\xe2\x96\x81\":0,\"a\":1,"
+                       "\"b\":2,\"a\xe2\x96\x81\":3,\"a\xe2\x96\x81""b\":4},\"merges\":"
+                       "[\"a \xe2\x96\x81\",\"a\xe2\x96\x81 b\"]}}";
+    const char *dir = tu_tempdir("tok-midmeta");
+    assert_int_equal(tu_write_file(tu_path(dir, "tokenizer.json"), json, strlen(json)), 0);
+    t = fp_tokenizer_load(dir);
+    assert_non_null(t);
+    assert_encodes(t, "ba\xe2\x96\x81""b\xe2\x96\x81", 9, 1, IDS(2, 4, 0));
+    fp_tokenizer_free(&t);
 }
 
 static void expect_load_error(const char *tag, const char *json, const char *needle1,
@@ -611,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_encode_story),
         cmocka_unit_test(test_encode_matches_llama2c),
         cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_random_text),
         cmocka_unit_test(test_decode_edges),
         cmocka_unit_test(test_llama2_reference),
         cmocka_unit_test(test_metaspace),

@@ -84,7 +84,7 @@ static const struct option ft_long[] = {
 };
 
 /* Progress: one line per step (a terminal sees it rewrite in place). */
-static void on_progress(void *ctx, const fp_progress *p)
+static int on_progress(void *ctx, const fp_progress *p)
 {
     int tty = *(int *)ctx;
     double eta = p->step ? p->elapsed_s / p->step * (p->steps - p->step) : 0.0;
@@ -93,6 +93,7 @@ static void on_progress(void *ctx, const fp_progress *p)
             (double)p->grad_norm, p->tokens_per_s, eta, tty ? "" : "\n");
     if (tty && p->step == p->steps)
         fputc('\n', stderr);
+    return 0;
 }
 
 /* Loads the model, its tokenizer (if any) and the data. */

@@ -1,4 +1,4 @@
-/* test_util.c - see test_util.h. */
+/* testutil.c - the helpers declared in test_util.h. */
 #include "test_util.h"
 
 #include <stdio.h>
