@@ -81,6 +81,10 @@ int fp_model_save(const fp_model *m, const char *dir) FP_WUR;
 void fp_model_randomize(fp_model *m, uint64_t seed, float scale);
 void fp_model_free(fp_model **self_p);
 
+/* SHA-256 (hex, 64 chars + NUL) of the model's architecture fields and every
+ * weight: workers and coordinator compare it to be sure they share a base model. */
+void fp_model_hash(const fp_model *m, char out[65]);
+
 /* Reads a llama2.c checkpoint (legacy version-0 format, see
  * shared stories260K SOURCE.md) into a model in HF convention: q/k rows are
  * permuted for rotate_half RoPE as HF's convert_llama_weights_to_hf does. */

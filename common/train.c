@@ -13,6 +13,10 @@
  */
 #include "train.h"
 
+/* Nothing here relies on floating-point traps; without this GCC will not
+ * if-convert the clamps in vexpf and leaves the exp loops scalar. */
+#pragma GCC optimize("no-trapping-math")
+
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
