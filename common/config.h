@@ -33,6 +33,9 @@ typedef enum {
     FP_CFG_ENUM,    /* int: index into enum_names */
 } fp_cfg_type;
 
+/* Numeric bounds: min == max == 0 means the type's whole range (for FLOAT and
+ * DOUBLE: every finite value). NaN and infinities are always refused. Section
+ * and key names match case-insensitively. */
 typedef struct {
     const char *section;
     const char *name;
@@ -65,8 +68,14 @@ int fp_cfg_set(const fp_cfg_key *table, void *obj, const char *dotted, const cha
                const char *where) FP_WUR;
 
 /* Applies every --section.key=value / --section.key value in argv[0..argc),
- * leaving other arguments alone. Unknown --x.y keys are errors. */
+ * leaving other arguments alone (processing stops at "--"). Unknown --x.y keys
+ * are errors. A value given as a separate argument must not start with "--". */
 int fp_cfg_apply_args(const fp_cfg_key *table, void *obj, int argc, char **argv) FP_WUR;
+
+/* For a program's own argument parser, which must skip config overrides:
+ * 0 if arg is not one (no "--", or no '.' in the option name), 1 for
+ * "--section.key=value", 2 for "--section.key" (its value is the next arg). */
+int fp_cfg_arg_span(const char *arg);
 
 /* Writes the effective configuration as an INI file (docs, --print-config). */
 int fp_cfg_write(const fp_cfg_key *table, const void *obj, FILE *f);

@@ -86,6 +86,11 @@ int fp_dataset_load(const char *path, const struct fp_tokenizer *tok, int vocab_
                     const fp_data_options *opt, fp_dataset *out) FP_WUR;
 void fp_dataset_free(fp_dataset *d);
 
+/* The Stanford Alpaca prompt for a record (the with-input template when
+ * input is non-empty), up to and including "### Response:\n". Caller frees;
+ * NULL when out of memory. */
+char *fp_alpaca_prompt(const char *instruction, const char *input);
+
 /* Target tokens of a stream: positions i >= 1 whose loss flag is set. */
 size_t fp_tokens_targets(const fp_tokens *t);
 

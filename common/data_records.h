@@ -66,7 +66,4 @@ int fp_record_tokens(const char *path, const fp_record *r, fp_data_format format
                      const struct fp_tokenizer *tok, int vocab_size, int eos,
                      fp_tokbuf *out) FP_WUR;
 
-/* Renders an Alpaca prompt (without the response) into a malloc'd string. */
-char *fp_alpaca_prompt(const char *instruction, const char *input);
-
 #endif

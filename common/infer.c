@@ -150,7 +150,6 @@ static void attention(fp_infer *self, int l, int pos)
     float scale = 1.0f / sqrtf((float)hd);
     const float *kc = self->kc + (size_t)l * self->max_seq * KV;
     const float *vc = self->vc + (size_t)l * self->max_seq * KV;
-#pragma omp parallel for schedule(static) if ((size_t)(pos + 1) * (size_t)c->dim >= 65536)
     for (int h = 0; h < c->n_heads; h++) {
         const float *q = self->q + (size_t)h * hd;
         float *a = self->att + (size_t)h * self->max_seq;

@@ -1,4 +1,20 @@
-static int meta_split_safe(const fp_tokenizer *t)
+/* tokenizer_bpe.c - the BPE merge engine: initial symbols (characters,
+ * <0xNN> byte fallback, unk), merges by rank with a heap, and a bounded memo
+ * of word -> ids. */
+#include "tokenizer_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define CACHE_MAX_ENTRIES 65536u /* then the memo is emptied and refilled */
+#define CACHE_MAX_WORD 256       /* longer words are rare: not memoized */
+
+/* BPE over a whole text is exact but its heap gets large and cache-cold. If
+ * "\u2581" is in the vocab and occurs in pieces only as a leading run (true of
+ * LLaMA's vocab), no piece, hence no merge, can span a boundary just before a
+ * "\u2581" that follows another character: the text may then be cut there and
+ * each part merged alone with the same result. */
+int meta_split_safe(const fp_tokenizer *t)
 {
     static const char meta[] = "\xe2\x96\x81";
     if (strmap_get(&t->vmap, meta, 3) < 0)
@@ -13,6 +29,7 @@ static int meta_split_safe(const fp_tokenizer *t)
     }
     return 1;
 }
+
 static int hitem_less(const hitem *x, const hitem *y)
 {
     return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
@@ -144,15 +161,10 @@ static int bpe_chunk(const fp_tokenizer *t, scratch *sc, const char *w, size_t l
     return 0;
 }
 
-static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
+static int bpe_split(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
 {
     static const char meta[] = "\xe2\x96\x81";
     size_t from = 0;
-    if (t->ignore_merges) {
-        int32_t id = strmap_get(&t->vmap, w, len);
-        if (id >= 0)
-            return ivec_push(out, id);
-    }
     for (size_t i = 1; t->split_at_meta && i + 3 <= len; i++)
         if (!memcmp(w + i, meta, 3) && (i < 3 || memcmp(w + i - 3, meta, 3) != 0)) {
             if (bpe_chunk(t, sc, w + from, i - from, out) != 0)
@@ -162,3 +174,91 @@ static int bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t le
     return bpe_chunk(t, sc, w + from, len - from, out);
 }
 
+void bpe_cache_free(bpe_cache *c)
+{
+    free(c->slots);
+    free(c->key_off);
+    free(c->ids_off);
+    free(c->key_len);
+    free(c->n_ids);
+    free(c->keys.p);
+    free(c->ids.p);
+    *c = (bpe_cache){ 0 };
+}
+
+/* Index of w's entry, or -1. */
+static long cache_find(const bpe_cache *c, const char *w, size_t len, size_t *slot)
+{
+    for (size_t i = hash_bytes(w, len) & c->mask;; i = (i + 1) & c->mask) {
+        uint32_t v = c->slots[i];
+        *slot = i;
+        if (v == 0)
+            return -1;
+        if (c->key_len[v - 1] == len && !memcmp(c->keys.p + c->key_off[v - 1], w, len))
+            return (long)v - 1;
+    }
+}
+
+static int cache_init(bpe_cache *c)
+{
+    size_t nslots = 2 * CACHE_MAX_ENTRIES;
+    c->slots = calloc(nslots, sizeof *c->slots);
+    c->key_off = malloc(CACHE_MAX_ENTRIES * sizeof *c->key_off);
+    c->ids_off = malloc(CACHE_MAX_ENTRIES * sizeof *c->ids_off);
+    c->key_len = malloc(CACHE_MAX_ENTRIES * sizeof *c->key_len);
+    c->n_ids = malloc(CACHE_MAX_ENTRIES * sizeof *c->n_ids);
+    if (!c->slots || !c->key_off || !c->ids_off || !c->key_len || !c->n_ids) {
+        bpe_cache_free(c);
+        return fp_error_set("tokenizer: out of memory");
+    }
+    c->mask = nslots - 1;
+    c->cap = CACHE_MAX_ENTRIES;
+    return 0;
+}
+
+static int cache_put(bpe_cache *c, const char *w, size_t len, const int32_t *ids, size_t n)
+{
+    size_t slot;
+    if (!c->slots && cache_init(c) != 0)
+        return -1;
+    if (c->n == c->cap) { /* full: start over rather than track recency */
+        memset(c->slots, 0, (c->mask + 1) * sizeof *c->slots);
+        c->n = c->keys.len = c->ids.len = 0;
+    }
+    if (cache_find(c, w, len, &slot) >= 0)
+        return 0;
+    size_t e = c->n++;
+    c->key_off[e] = c->keys.len;
+    c->key_len[e] = (uint32_t)len;
+    c->ids_off[e] = c->ids.len;
+    c->n_ids[e] = (uint32_t)n;
+    if (sbuf_put(&c->keys, w, len) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (ivec_push(&c->ids, ids[i]) != 0)
+            return -1;
+    c->slots[slot] = (uint32_t)e + 1;
+    return 0;
+}
+
+int tok_bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, ivec *out)
+{
+    size_t slot, start = out->len;
+    if (t->ignore_merges) { /* LLaMA-3: a word in the vocab is one token */
+        int32_t id = strmap_get(&t->vmap, w, len);
+        if (id >= 0)
+            return ivec_push(out, id);
+    }
+    bpe_cache *c = sc->cache;
+    int memo = c && len <= CACHE_MAX_WORD;
+    long e = memo && c->slots ? cache_find(c, w, len, &slot) : -1;
+    if (e >= 0) {
+        for (uint32_t i = 0; i < c->n_ids[e]; i++)
+            if (ivec_push(out, c->ids.p[c->ids_off[e] + i]) != 0)
+                return -1;
+        return 0;
+    }
+    if (bpe_split(t, sc, w, len, out) != 0)
+        return -1;
+    return memo ? cache_put(c, w, len, out->p + start, out->len - start) : 0;
+}

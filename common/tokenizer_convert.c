@@ -1,4 +1,13 @@
-/* ------------------------------------------- llama2.c tokenizer -> HF JSON */
+/* tokenizer_convert.c - llama2.c tokenizer (tok512.bin) -> HF tokenizer.json
+ * + tokenizer_config.json, SentencePiece-style. */
+#include "tokenizer_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 typedef struct { float score; int32_t p, l, r; } cmerge;
 

@@ -1,4 +1,9 @@
-/* ------------------------------------------------------------- decoding */
+/* tokenizer_decode.c - ids -> pieces -> the decoder chain (Replace,
+ * ByteFallback, Fuse, Strip, Metaspace, ByteLevel, Sequence). */
+#include "tokenizer_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 /* The decoder chain works on a list of token strings, as tokenizers'
  * decode_chain does; each op turns one list into the next. */
@@ -102,10 +107,48 @@ static int dec_token(const dec_op *op, const tstr *tok, size_t index, sbuf *o)
     return sbuf_put(o, tok->s + b, e - b);
 }
 
-static int dec_apply(const dec_op *op, const tlist *in, tlist *out)
+/* ByteLevel: every token's characters back to bytes (a token with a
+ * character outside the map keeps its UTF-8), all fused, then lossy UTF-8. */
+static int dec_byte_level(const fp_tokenizer *t, const tlist *in, tlist *out)
+{
+    sbuf bytes = { 0 }, text = { 0 };
+    for (size_t i = 0; i < in->n; i++) {
+        const unsigned char *s = (const unsigned char *)in->v[i].s;
+        size_t len = in->v[i].len, start = bytes.len, k = 0;
+        while (k < len) {
+            size_t cl = utf8_strict(s + k, len - k);
+            uint32_t cp = cl == 1 ? s[k] : cl == 2 ? (uint32_t)(s[k] & 31) << 6 | (s[k + 1] & 63)
+                                                   : 0x144;
+            if (cl == 0 || cp >= 0x144 || t->bl_dec[cp] < 0)
+                break;
+            unsigned char b = (unsigned char)t->bl_dec[cp];
+            if (sbuf_put(&bytes, &b, 1) != 0)
+                goto err;
+            k += cl;
+        }
+        if (k < len) { /* not byte-level text: keep the token as it is */
+            bytes.len = start;
+            if (sbuf_put(&bytes, s, len) != 0)
+                goto err;
+        }
+    }
+    if (put_utf8_lossy(&text, (const unsigned char *)bytes.p, bytes.len) != 0 ||
+        tlist_take(out, &text) != 0)
+        goto err;
+    free(bytes.p);
+    return 0;
+err:
+    free(bytes.p);
+    free(text.p);
+    return -1;
+}
+
+static int dec_apply(const fp_tokenizer *t, const dec_op *op, const tlist *in, tlist *out)
 {
     if (op->kind == DEC_BYTE_FALLBACK)
         return dec_byte_fallback(in, out);
+    if (op->kind == DEC_BYTELEVEL)
+        return dec_byte_level(t, in, out);
     sbuf o = { 0 };
     for (size_t i = 0; i < in->n; i++) {
         if (op->kind == DEC_FUSE) {
@@ -151,7 +194,7 @@ char *fp_tokenizer_decode(const fp_tokenizer *self, const int32_t *ids, size_t n
     if (ids_to_tokens(self, ids, n, skip_special, &cur) != 0)
         goto err;
     for (size_t i = 0; i < self->n_dec; i++) {
-        if (dec_apply(&self->dec[i], &cur, &next) != 0)
+        if (dec_apply(self, &self->dec[i], &cur, &next) != 0)
             goto err;
         tlist_free(&cur);
         cur = next;
@@ -174,7 +217,7 @@ err:
 static int load_dec_one(fp_tokenizer *t, const char *path, const cJSON *o)
 {
     const char *type = jstr(o, "type");
-    dec_op *op = &t->dec[t->n_dec];
+    dec_op *op = &t->dec[t->n_dec++]; /* counted first so that free sees it */
     if (type && !strcmp(type, "Replace")) {
         const char *c = jstr(o, "content");
         op->kind = DEC_REPLACE;
@@ -205,16 +248,17 @@ static int load_dec_one(fp_tokenizer *t, const char *path, const cJSON *o)
         if (scheme_of(path, "decoder", o, &op->scheme) ||
             metaspace_repl(path, "decoder", o, &op->a))
             return -1;
+    } else if (type && !strcmp(type, "ByteLevel")) {
+        op->kind = DEC_BYTELEVEL;
     } else {
-        return fp_error_set("%s: decoder type '%s' is not supported yet (SentencePiece-style "
-                            "BPE only: Replace, ByteFallback, Fuse, Strip, Metaspace)", path,
+        return fp_error_set("%s: decoder type '%s' is not supported yet (Replace, ByteFallback, "
+                            "Fuse, Strip, Metaspace, ByteLevel, Sequence)", path,
                             type ? type : "(none)");
     }
-    t->n_dec++;
     return 0;
 }
 
-static int load_decoder(fp_tokenizer *t, const char *path, const cJSON *o)
+int tok_load_decoder(fp_tokenizer *t, const char *path, const cJSON *o)
 {
     int n;
     if (!o || cJSON_IsNull(o))

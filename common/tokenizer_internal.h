@@ -151,10 +151,11 @@ struct fp_tokenizer {
 typedef struct { size_t off, len; int first; } span;
 typedef struct { int32_t id, prev, next, alive; } sym;
 typedef struct { uint32_t rank, pos; int32_t id; } hitem;
+typedef struct { size_t b, e; int m; } piece;  /* [b, e), m: matched the pattern */
 
 /* Per-call scratch so that encode stays reentrant on a shared tokenizer. */
 typedef struct {
-    sbuf a, b;                 /* text before / after a stage */
+    sbuf a, b, c;              /* text before / after a stage; c: ByteLevel temp */
     span *wa, *wb;             /* words before / after a pre-tokenizer */
     size_t nwa, nwb, wa_cap, wb_cap;
     sym *s;
@@ -162,6 +163,8 @@ typedef struct {
     hitem *h;
     size_t nh, h_cap;
     pcre2_match_data *md;
+    piece *pc;                 /* regex split pieces */
+    size_t npc, pc_cap;
     bpe_cache *cache;          /* the tokenizer's (locked) or local_cache */
     bpe_cache local_cache;
 } scratch;
@@ -173,13 +176,29 @@ int tok_load_model(fp_tokenizer *t, const char *path, const cJSON *model);
 int tok_load_post(fp_tokenizer *t, const char *path, const cJSON *o);
 int tok_load_config(fp_tokenizer *t, const char *dir);
 
-/* tokenizer_pretok.c */
+/* tokenizer_regex.c */
+/* Compiles a pattern (UTF, UCP, JIT when available); literal: a String. */
+int tok_regex_compile(const char *path, const char *where, const char *pat, int literal,
+                      pcre2_code **out);
+/* Splits s[0, len) into sc->pc by the matches of re, flipped by invert and
+ * then grouped per behavior (SPLIT_*); empty pieces are dropped. Invalid
+ * UTF-8 bytes become pieces of their own. */
+int tok_regex_split(const pcre2_code *re, scratch *sc, const char *s, size_t len, int behavior,
+                    int invert);
+/* Appends s with every match of re replaced by rep. */
+int tok_regex_replace(const pcre2_code *re, scratch *sc, sbuf *out, const char *s, size_t len,
+                      const tstr *rep);
+
+/* tokenizer_norm.c */
 int tok_load_normalizer(fp_tokenizer *t, const char *path, const cJSON *o);
+int tok_normalize(const fp_tokenizer *t, scratch *sc, const char *s, size_t len);
+void tok_swap_text(scratch *sc);
+
+/* tokenizer_pretok.c */
 int tok_load_pre_tokenizer(fp_tokenizer *t, const char *path, const cJSON *o);
 void tok_free_stages(fp_tokenizer *t);
 void tok_bytelevel_table(fp_tokenizer *t);
-/* normalizer on s into sc->a, then pre-tokenizers: words in sc->wa. */
-int tok_normalize(const fp_tokenizer *t, scratch *sc, const char *s, size_t len);
+/* Splits the normalized text (sc->a) into words (sc->wa). */
 int tok_pre_tokenize(const fp_tokenizer *t, scratch *sc, int at_start);
 
 /* tokenizer_bpe.c */

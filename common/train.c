@@ -3,8 +3,9 @@
  * Shapes: N = B*T rows, C = dim, KV = kv_dim, H = hidden_dim, V = vocab,
  * hd = head_dim, r = LoRA rank. Every frozen matmul is ONE cblas_sgemm over all
  * N rows (x W^T forward, dy W backward); attention is two sgemms per
- * (batch row, head). The base model is read-only; only the LoRA slab gets
- * gradients.
+ * (batch row, head, block of QB queries). The base model is read-only; only
+ * the LoRA slab gets gradients, and backward stops below the lowest targeted
+ * module.
  *
  * Memory: we keep what backward cannot cheaply recompute (residual streams,
  * post-RoPE q/k, v, attention output, gate/up pre-activations, LoRA x A^T) and
@@ -29,9 +30,10 @@
  * keys [0, i0+rows), so the causal upper triangle is mostly never computed. */
 #define QB 64
 
-/* Elementwise loops run on OpenMP threads only when there is enough work: a
- * parallel region costs microseconds, and far more on a busy machine. */
-#define PAR_MIN 65536
+/* Threads: OpenBLAS's own. The elementwise loops are vectorized (omp simd)
+ * but not threaded: OpenMP workers spinning after a parallel region steal the
+ * core OpenBLAS's worker needs; measured on 2 cores with 2 BLAS threads,
+ * threaded loops made a step 1.7x slower, and passive waiting gained only 2%. */
 
 /* expf that vectorizes (Cephes: Cody-Waite reduction, degree-6 polynomial;
  * max relative error ~1e-7 against exp). glibc's expf stays scalar without
@@ -105,7 +107,6 @@ struct fp_train {
 static void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *restrict x,
                             const float *restrict w, size_t N, int C, float eps)
 {
-#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C;
         float *o = out + n * (size_t)C;
@@ -114,6 +115,7 @@ static void rmsnorm_forward(float *restrict out, float *restrict rstd, const flo
         for (int i = 0; i < C; i++)
             ss += xr[i] * xr[i];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
+#pragma omp simd
         for (int i = 0; i < C; i++)
             o[i] = xr[i] * r * w[i];
         if (rstd)
@@ -125,11 +127,11 @@ static void rmsnorm_forward(float *restrict out, float *restrict rstd, const flo
 static void rmsnorm_recompute(float *restrict out, const float *restrict x, const float *restrict rstd,
                               const float *restrict w, size_t N, int C)
 {
-#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C;
         float *o = out + n * (size_t)C;
         float r = rstd[n];
+#pragma omp simd
         for (int i = 0; i < C; i++)
             o[i] = xr[i] * r * w[i];
     }
@@ -139,7 +141,6 @@ static void rmsnorm_recompute(float *restrict out, const float *restrict x, cons
 static void rmsnorm_backward(float *restrict dx, const float *restrict dout, const float *restrict x,
                              const float *restrict w, const float *restrict rstd, size_t N, int C)
 {
-#pragma omp parallel for schedule(static) if (N * (size_t)C >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * (size_t)C, *d = dout + n * (size_t)C;
         float *o = dx + n * (size_t)C;
@@ -149,6 +150,7 @@ static void rmsnorm_backward(float *restrict dx, const float *restrict dout, con
         for (int i = 0; i < C; i++)
             dot += w[i] * d[i] * xr[i];
         float c = dot * r * r * r / (float)C;
+#pragma omp simd
         for (int i = 0; i < C; i++)
             o[i] += r * w[i] * d[i] - c * xr[i];
     }
@@ -172,7 +174,6 @@ static void rope_apply(float *restrict x, const float *restrict cs, const float 
                        size_t N, int T, int nh, int hd, float sign)
 {
     int half = hd / 2;
-#pragma omp parallel for schedule(static) if (N * (size_t)nh * hd >= PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *c = cs + (n % (size_t)T) * half, *s = sn + (n % (size_t)T) * half;
         for (int h = 0; h < nh; h++) {
@@ -190,7 +191,7 @@ static void rope_apply(float *restrict x, const float *restrict cs, const float 
 // act (N,H) = silu(gate) * up
 static void swiglu_forward(float *restrict act, const float *restrict g, const float *restrict u, size_t n)
 {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++)
         act[i] = g[i] / (1.0f + vexpf(-g[i])) * u[i];
 }
@@ -199,7 +200,7 @@ static void swiglu_forward(float *restrict act, const float *restrict g, const f
 static void swiglu_backward(float *restrict dg, float *restrict du, const float *restrict dact,
                             const float *restrict g, const float *restrict u, size_t n)
 {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float sg = 1.0f / (1.0f + vexpf(-g[i]));
         du[i] = dact[i] * g[i] * sg;
@@ -220,7 +221,7 @@ static void dropout_mask(const fp_train *self, float *restrict mask, size_t n, i
 
 static void mul_into(float *restrict out, const float *restrict a, const float *restrict b, size_t n)
 {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] * b[i];
 }
@@ -238,10 +239,12 @@ static void lora_linear_forward(fp_train *self, float *y, const float *x, const 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, out, in,
                 1.0f, x, in, w, in, 0.0f, y, out);
     if (bias) {
-#pragma omp parallel for schedule(static) if (N * (size_t)out >= PAR_MIN)
-        for (size_t n = 0; n < N; n++)
+        for (size_t n = 0; n < N; n++) {
+            float *restrict yr = y + n * (size_t)out;
+#pragma omp simd
             for (int o = 0; o < out; o++)
-                y[n * (size_t)out + o] += bias[o];
+                yr[o] += bias[o];
+        }
     }
     const float *A = fp_lora_a(self->lora, l, t);
     if (!A)
@@ -303,7 +306,6 @@ static void lora_linear_backward(fp_train *self, float *grad, float *dx, float b
                 1.0f, dxa, r, A, in, 0.0f, self->dxl, in);
     const float *restrict m = self->mask, *restrict d = self->dxl;
     float *restrict o = dx;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         o[i] += m[i] * d[i];
 }
@@ -428,7 +430,6 @@ static double crossentropy(const float *logits, float *dlogits, const int32_t *t
 {
     double total = 0.0;
     float g = count ? gscale / (float)count : 0.0f;
-#pragma omp parallel for schedule(static) if (N * (size_t)V >= PAR_MIN) reduction(+ : total)
     for (size_t n = 0; n < N; n++) {
         const float *lg = logits + n * (size_t)V;
         float *d = dlogits ? dlogits + n * (size_t)V : NULL;
@@ -690,6 +691,10 @@ float fp_train_step(fp_train *self, const int32_t *inputs, const int32_t *target
     }
     int bw = grad && self->lora && count > 0;
     self->drop_on = bw && self->lora->cfg.dropout > 0.0f;
+    if (self->drop_on && !self->mask) {
+        fp_error_set("train: lora dropout was enabled after fp_train_new; recreate the trainer");
+        return NAN;
+    }
     self->drop_p = self->lora ? self->lora->cfg.dropout : 0.0f;
     self->drop_seed = dropout_seed;
 

@@ -22,6 +22,8 @@
 
 static fp_tokenizer *g_tok512;  /* converted from stories260K/tok512.bin */
 static fp_tokenizer *g_llama2;  /* tokenizers/llama2/tokenizer.json */
+static fp_tokenizer *g_gpt2;    /* tokenizers/gpt2: byte-level BPE */
+static fp_tokenizer *g_smollm;  /* tokenizers/smollm: Digits + byte-level BPE */
 static const char *g_tmp;
 
 /* ------------------------------------------------------------ helpers */
@@ -190,7 +192,9 @@ static int setup(void **state)
     }
     g_tok512 = fp_tokenizer_load(g_tmp);
     g_llama2 = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/llama2"));
-    if (!g_tok512 || !g_llama2) {
+    g_gpt2 = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/gpt2"));
+    g_smollm = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/smollm/tokenizer.json"));
+    if (!g_tok512 || !g_llama2 || !g_gpt2 || !g_smollm) {
         fprintf(stderr, "load: %s\n", fp_error_get());
         return -1;
     }
@@ -202,6 +206,8 @@ static int teardown(void **state)
     fp_tokenizer_free(&g_tok512);
     fp_tokenizer_free(&g_llama2);
     fp_tokenizer_free(&g_llama2); /* NULL-safe */
+    fp_tokenizer_free(&g_gpt2);
+    fp_tokenizer_free(&g_smollm);
     free((char *)g_tmp);
     return 0;
 }
@@ -331,10 +337,10 @@ static const char *k_unicode[] = {
 /* (c) decode(encode(x)) == x: Shakespeare lines, unicode, byte fallback. */
 static void test_roundtrip(void **state)
 {
-    fp_tokenizer *toks[2] = { g_tok512, g_llama2 };
+    fp_tokenizer *toks[4] = { g_tok512, g_llama2, g_gpt2, g_smollm };
     char *all = tu_read_file(tu_path(tu_shared_data(), "tinyshakespeare/input.txt"), NULL);
     assert_non_null(all);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 4; k++) {
         for (size_t i = 0; i < sizeof k_unicode / sizeof *k_unicode; i++)
             assert_roundtrip(toks[k], k_unicode[i], strlen(k_unicode[i]));
         /* lines with their newline, in chunks of three lines */
@@ -386,7 +392,7 @@ static size_t put_utf8(char *o, uint32_t c)
  * random bytes encode and decode without error. Deterministic seed. */
 static void test_random_text(void **state)
 {
-    fp_tokenizer *toks[2] = { g_tok512, g_llama2 };
+    fp_tokenizer *toks[4] = { g_tok512, g_llama2, g_gpt2, g_smollm };
     uint64_t x = 0x9E3779B97F4A7C15ull;
     char buf[512];
     for (int iter = 0; iter < 400; iter++) {
@@ -403,12 +409,12 @@ static void test_random_text(void **state)
                 cp = 'x';
             len += put_utf8(buf + len, cp);
         }
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < 4; k++)
             assert_roundtrip(toks[k], buf, len);
         int32_t *ids;
         for (size_t i = 0; i < len; i++)
             buf[i] = (char)(x >> (i % 56));
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < 4; k++) {
             assert_int_equal(fp_tokenizer_encode(toks[k], buf, len, 1, &ids, &n), 0);
             char *s = fp_tokenizer_decode(toks[k], ids, n, 0);
             assert_non_null(s);
@@ -573,11 +579,23 @@ static void test_load_errors(void **state)
 {
     assert_null(fp_tokenizer_load("/nonexistent/dir/tokenizer.json"));
     assert_non_null(strstr(fp_error_get(), "/nonexistent/dir/tokenizer.json"));
-    assert_null(fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/gpt2")));
-    assert_non_null(strstr(fp_error_get(), "pre_tokenizer type 'ByteLevel' is not supported"));
-    printf("  gpt2 -> %s\n", fp_error_get());
-    assert_null(fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/smollm")));
-    printf("  smollm -> %s\n", fp_error_get());
+    expect_load_error("tok-bert-pre",
+                      "{\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"model\":{"
+                      "\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      "pre_tokenizer type 'BertPreTokenizer' is not supported", NULL);
+    expect_load_error("tok-bad-regex",
+                      "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+                      "\"(a\"},\"behavior\":\"Isolated\"},\"model\":{\"type\":\"BPE\","
+                      "\"vocab\":{\"a\":0},\"merges\":[]}}", "pattern '(a'", "offset");
+    expect_load_error("tok-bad-behavior",
+                      "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":"
+                      "\"-\"},\"behavior\":\"Sideways\"},\"model\":{\"type\":\"BPE\","
+                      "\"vocab\":{\"a\":0},\"merges\":[]}}", "behavior 'Sideways'", NULL);
+    expect_load_error("tok-bad-post",
+                      "{\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":["
+                      "{\"SpecialToken\":{\"id\":\"<x>\"}}],\"special_tokens\":{}},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      "special_tokens['<x>']", NULL);
 
     expect_load_error("tok-badjson", "{\n\"model\": {\n\"type\": \"BPE\",, }", "invalid JSON",
                       "tokenizer.json:3");
@@ -595,12 +613,12 @@ static void test_load_errors(void **state)
                       "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\","
                       "\"vocab\":{\"a\":0},\"merges\":[]}}", "normalizer type 'NFKC'", NULL);
     expect_load_error("tok-regex",
-                      "{\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},"
+                      "{\"decoder\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},"
                       "\"content\":\"x\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},"
-                      "\"merges\":[]}}", "Regex", NULL);
-    expect_load_error("tok-bytelevel-dec",
-                      "{\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
-                      "\"vocab\":{\"a\":0},\"merges\":[]}}", "decoder type 'ByteLevel'", NULL);
+                      "\"merges\":[]}}", "decoder Replace with a Regex", NULL);
+    expect_load_error("tok-wordpiece-dec",
+                      "{\"decoder\":{\"type\":\"WordPiece\"},\"model\":{\"type\":\"BPE\","
+                      "\"vocab\":{\"a\":0},\"merges\":[]}}", "decoder type 'WordPiece'", NULL);
 }
 
 static void expect_convert_error(const char *tag, const void *bin, size_t len, int vocab,
@@ -638,6 +656,281 @@ static void test_convert_errors(void **state)
                                                           "stories260K/tok512.bin"), 2,
                                                   tu_path(g_tmp, "x.json")), -1);
     free(bin);
+}
+
+/* (f) Every reference line of every shared tokenizer, honouring its
+ * add_special_tokens field, and decode back to the text. With the flag
+ * flipped on, only LLaMA-2 adds anything (BOS), as their SOURCE.md files say. */
+static void check_reference(const char *name, fp_tokenizer *tok, int32_t bos_if_special)
+{
+    char *all = tu_read_file(tu_path(tu_shared_data(), tu_path(tu_path("tokenizers", name),
+                                                               "reference_ids.jsonl")), NULL);
+    assert_non_null(all);
+    int lines = 0;
+    for (char *line = strtok(all, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *text = cJSON_GetObjectItem(j, "text")->valuestring;
+        const cJSON *flag = cJSON_GetObjectItem(j, "add_special_tokens");
+        assert_true(cJSON_IsBool(flag));
+        int special = cJSON_IsTrue(flag);
+        size_t n, len = strlen(text), ns;
+        int32_t *ids = json_ids(cJSON_GetObjectItem(j, "ids"), &n), *got;
+        assert_int_equal(fp_tokenizer_encode_special(tok, text, len, special, 1, &got, &ns), 0);
+        if (ns != n || memcmp(got, ids, n * sizeof *ids) != 0) {
+            printf("%s: encode mismatch for \"%s\"\n", name, text);
+            print_ids("got ", got, ns);
+            print_ids("want", ids, n);
+            fail_msg("%s reference line %d", name, lines + 1);
+        }
+        free(got);
+        char *back = fp_tokenizer_decode(tok, ids, n, 1);
+        assert_non_null(back);
+        assert_string_equal(back, text);
+        free(back);
+        if (!special) { /* add_special_tokens=true: BOS for LLaMA-2, nothing else */
+            assert_int_equal(fp_tokenizer_encode_special(tok, text, len, 1, 1, &got, &ns), 0);
+            size_t off = bos_if_special >= 0;
+            assert_int_equal(ns, n + off);
+            if (off)
+                assert_int_equal(got[0], bos_if_special);
+            assert_memory_equal(got + off, ids, n * sizeof *ids);
+            free(got);
+        }
+        free(ids);
+        cJSON_Delete(j);
+        lines++;
+    }
+    assert_int_equal(lines, 43);
+    printf("  %s: %d reference lines reproduced\n", name, lines);
+    free(all);
+}
+
+static void test_reference_all(void **state)
+{
+    check_reference("gpt2", g_gpt2, -1);
+    check_reference("llama2", g_llama2, 1);
+    check_reference("smollm", g_smollm, -1);
+    assert_int_equal(fp_tokenizer_vocab_size(g_gpt2), 50257);
+    assert_int_equal(fp_tokenizer_vocab_size(g_smollm), 49152);
+    /* published SmolLM2 ids (cpldcpu/smollm.c reference.json) */
+    assert_encodes(g_smollm, "Hello", 5, 1, IDS(19556));
+    assert_encodes(g_smollm, "The capital of France is", 24, 1, IDS(504, 3575, 282, 4649, 314));
+    assert_encodes(g_smollm, "def fibonacci(n):", 17, 1, IDS(1604, 3987, 46477, 24, 94, 727));
+    /* Digits(individual_digits): every digit alone, '0'..'9' = 32..41 */
+    assert_encodes(g_smollm, "12345", 5, 0, IDS(33, 34, 35, 36, 37));
+}
+
+/* Special tokens: matched in the text by default, plain text when asked;
+ * lookups by name; BOS/EOS from the configs. */
+static void test_special_tokens(void **state)
+{
+    assert_int_equal(fp_tokenizer_token_id(g_gpt2, "<|endoftext|>"), 50256);
+    assert_int_equal(fp_tokenizer_token_id(g_gpt2, "\xc4\xa0the"), 262); /* "Ġthe" */
+    assert_int_equal(fp_tokenizer_token_id(g_gpt2, "no such token"), -1);
+    assert_string_equal(fp_tokenizer_id_to_token(g_gpt2, 50256), "<|endoftext|>");
+    assert_null(fp_tokenizer_id_to_token(g_gpt2, 50257));
+    assert_true(fp_tokenizer_is_special(g_gpt2, 50256));
+    assert_false(fp_tokenizer_is_special(g_gpt2, 262));
+    assert_int_equal(fp_tokenizer_bos(g_gpt2), -1); /* GPT-2 adds nothing */
+    assert_int_equal(fp_tokenizer_eos(g_gpt2), 50256);
+    assert_int_equal(fp_tokenizer_token_id(g_smollm, "<|im_start|>"), 1);
+    assert_int_equal(fp_tokenizer_token_id(g_smollm, "<|im_end|>"), 2);
+    assert_int_equal(fp_tokenizer_bos(g_smollm), -1);
+    assert_int_equal(fp_tokenizer_eos(g_smollm), -1); /* no tokenizer_config.json */
+
+    const char *t = "a<|endoftext|>b";
+    int32_t *ids;
+    size_t n;
+    assert_encodes(g_gpt2, t, strlen(t), 0, IDS(64, 50256, 65));
+    assert_int_equal(fp_tokenizer_encode_special(g_gpt2, t, strlen(t), 1, 0, &ids, &n), 0);
+    assert_true(n > 3);
+    for (size_t i = 0; i < n; i++)
+        assert_int_not_equal(ids[i], 50256);
+    char *s = fp_tokenizer_decode(g_gpt2, ids, n, 1);
+    assert_string_equal(s, t); /* as plain text it survives skip_special */
+    free(s);
+    free(ids);
+    s = fp_tokenizer_decode(g_gpt2, IDS(64, 50256, 65), 1);
+    assert_string_equal(s, "ab");
+    free(s);
+    s = fp_tokenizer_decode(g_gpt2, IDS(64, 50256, 65), 0);
+    assert_string_equal(s, t);
+    free(s);
+    const char *chat = "<|im_start|>user\nHi 42<|im_end|>\n";
+    assert_int_equal(fp_tokenizer_encode(g_smollm, chat, strlen(chat), 0, &ids, &n), 0);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[n - 2], 2);
+    s = fp_tokenizer_decode(g_smollm, ids, n, 0);
+    assert_string_equal(s, chat);
+    free(s);
+    free(ids);
+    /* a byte-level decoder turns stray halves of a character into U+FFFD */
+    int32_t half[] = { (int32_t)fp_tokenizer_token_id(g_gpt2, "\xc3\xa4") }; /* byte 0xE4 */
+    assert_true(half[0] >= 0);
+    s = fp_tokenizer_decode(g_gpt2, half, 1, 1);
+    assert_string_equal(s, "\xef\xbf\xbd");
+    free(s);
+}
+
+static fp_tokenizer *load_json(const char *tag, const char *json, const char *config)
+{
+    const char *dir = tu_tempdir(tag);
+    assert_int_equal(tu_write_file(tu_path(dir, "tokenizer.json"), json, strlen(json)), 0);
+    if (config)
+        assert_int_equal(tu_write_file(tu_path(dir, "tokenizer_config.json"), config,
+                                       strlen(config)), 0);
+    fp_tokenizer *t = fp_tokenizer_load(dir);
+    if (!t)
+        fail_msg("%s: %s", tag, fp_error_get());
+    return t;
+}
+
+/* a=0 -=1 "a-"=2 "-a"=3 "--"=4: words are visible through what merges. */
+static fp_tokenizer *split_tok(const char *tag, const char *behavior, int invert)
+{
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\","
+             "\"pattern\":{\"String\":\"-\"},\"behavior\":\"%s\",\"invert\":%s}]},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"-\":1,\"a-\":2,\"-a\":3,"
+             "\"--\":4},\"merges\":[\"a -\",\"- a\",\"- -\"]}}",
+             behavior, invert ? "true" : "false");
+    return load_json(tag, json, NULL);
+}
+
+/* Split behaviors as documented by tokenizers ("the-final--countdown"). */
+static void test_split_behaviors(void **state)
+{
+    static const struct { const char *b; int inv; int32_t want[8]; size_t n; } cases[] = {
+        { "Removed", 0, { 0, 0, 0 }, 3 },
+        { "Isolated", 0, { 0, 1, 0, 1, 1, 0 }, 6 },
+        { "MergedWithPrevious", 0, { 2, 2, 1, 0 }, 4 },
+        { "MergedWithNext", 0, { 0, 3, 1, 3 }, 4 },
+        { "Contiguous", 0, { 0, 1, 0, 4, 0 }, 5 },
+        { "Removed", 1, { 1, 1, 1 }, 3 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fp_tokenizer *t = split_tok("tok-split", cases[i].b, cases[i].inv);
+        printf("  Split %s%s\n", cases[i].b, cases[i].inv ? " (invert)" : "");
+        assert_encodes(t, "a-a--a", 6, 0, cases[i].want, cases[i].n);
+        fp_tokenizer_free(&t);
+    }
+    /* ignore_merges: a word already in the vocab is one token, merges or not */
+    const char *im = "{\"model\":{\"type\":\"BPE\",\"ignore_merges\":%s,\"vocab\":{\"a\":0,"
+                     "\"b\":1,\"c\":2,\"bc\":3,\"abc\":4},\"merges\":[\"b c\"]}}";
+    char json[512];
+    snprintf(json, sizeof json, im, "true");
+    fp_tokenizer *t = load_json("tok-im1", json, NULL);
+    assert_encodes(t, "abc", 3, 0, IDS(4));
+    fp_tokenizer_free(&t);
+    snprintf(json, sizeof json, im, "false");
+    t = load_json("tok-im0", json, NULL);
+    assert_encodes(t, "abc", 3, 0, IDS(0, 3));
+    fp_tokenizer_free(&t);
+    /* Digits(individual_digits=false) keeps runs; WhitespaceSplit drops spaces */
+    t = load_json("tok-digits",
+                  "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":"
+                  "\"WhitespaceSplit\"},{\"type\":\"Digits\",\"individual_digits\":false}]},"
+                  "\"model\":{\"type\":\"BPE\",\"vocab\":{\"1\":0,\"2\":1,\"12\":2,\"x\":3,"
+                  "\"x1\":4},\"merges\":[\"1 2\",\"x 1\"]}}", NULL);
+    assert_encodes(t, "x12  12x", 8, 0, IDS(3, 2, 2, 3));
+    fp_tokenizer_free(&t);
+}
+
+/* Added-token flags, and what add_special adds per post-processor/config. */
+static void test_added_and_post(void **state)
+{
+    const char *fmt = "{\"added_tokens\":[{\"id\":3,\"content\":\"<m>\",\"special\":true,"
+                      "\"lstrip\":%s,\"rstrip\":%s},{\"id\":4,\"content\":\"ab\",\"special\":"
+                      "false,\"single_word\":true}],\"model\":{\"type\":\"BPE\",\"vocab\":{"
+                      "\"a\":0,\"b\":1,\" \":2},\"merges\":[]},\"post_processor\":{\"type\":"
+                      "\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<m>\"}},"
+                      "{\"Sequence\":{\"id\":\"A\"}},{\"SpecialToken\":{\"id\":\"<m>\"}}],"
+                      "\"special_tokens\":{\"<m>\":{\"id\":\"<m>\",\"ids\":[3]}}}}";
+    char json[1024];
+    snprintf(json, sizeof json, fmt, "true", "true");
+    fp_tokenizer *t = load_json("tok-strip", json, NULL);
+    assert_encodes(t, "a <m> b", 7, 0, IDS(0, 3, 1));
+    assert_encodes(t, "ab", 2, 0, IDS(4));             /* single_word, alone */
+    assert_encodes(t, "aab", 3, 0, IDS(0, 0, 1));      /* inside a word: not matched */
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(fp_tokenizer_encode_special(t, "a", 1, 1, 1, &ids, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[0], 3);
+    assert_int_equal(ids[2], 3);
+    free(ids);
+    assert_encodes(t, "a", 1, 1, IDS(3, 0)); /* encode(add_bos) never appends EOS */
+    assert_int_equal(fp_tokenizer_bos(t), 3);
+    assert_int_equal(fp_tokenizer_eos(t), 3);
+    fp_tokenizer_free(&t);
+    snprintf(json, sizeof json, fmt, "false", "false");
+    t = load_json("tok-nostrip", json, "{\"add_bos_token\":false,\"add_eos_token\":false,"
+                                       "\"eos_token\":\"<m>\"}");
+    assert_encodes(t, "a <m> b", 7, 0, IDS(0, 2, 3, 2, 1));
+    assert_int_equal(fp_tokenizer_encode_special(t, "a", 1, 1, 1, &ids, &n), 0);
+    assert_int_equal(n, 1); /* the config turned both off */
+    free(ids);
+    fp_tokenizer_free(&t);
+    /* RobertaProcessing + add_eos_token from the config on a plain template */
+    t = load_json("tok-roberta",
+                  "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":0,\"</s>\":1,\"a\":2},"
+                  "\"merges\":[]},\"post_processor\":{\"type\":\"RobertaProcessing\","
+                  "\"sep\":[\"</s>\",1],\"cls\":[\"<s>\",0]}}", NULL);
+    assert_int_equal(fp_tokenizer_encode_special(t, "a", 1, 1, 1, &ids, &n), 0);
+    assert_int_equal(n, 3);
+    assert_true(ids[0] == 0 && ids[1] == 2 && ids[2] == 1);
+    free(ids);
+    fp_tokenizer_free(&t);
+    t = load_json("tok-addeos",
+                  "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":0,\"</s>\":1,\"a\":2},"
+                  "\"merges\":[]}}", "{\"add_bos_token\":true,\"add_eos_token\":true,"
+                  "\"bos_token\":\"<s>\",\"eos_token\":{\"content\":\"</s>\"}}");
+    assert_int_equal(fp_tokenizer_encode_special(t, "a", 1, 1, 1, &ids, &n), 0);
+    assert_int_equal(n, 3);
+    assert_true(ids[0] == 0 && ids[1] == 2 && ids[2] == 1);
+    free(ids);
+    fp_tokenizer_free(&t);
+}
+
+/* `fedpeft tokenize` through the real binary. */
+static void run_tool(const char *stdin_text, const char *args, int want_rc, const char *needle)
+{
+    const char *dir = tu_tempdir("tok-cli");
+    const char *in = tu_path(dir, "in.txt");
+    char cmd[8192], *out = NULL;
+    assert_int_equal(tu_write_file(in, stdin_text, strlen(stdin_text)), 0);
+    snprintf(cmd, sizeof cmd, FP_TOOL " tokenize %s < %s", args, in);
+    int rc = tu_run(cmd, &out);
+    if (rc != want_rc || !out || !strstr(out, needle))
+        fail_msg("%s: rc %d (want %d), output '%s' lacks '%s'", cmd, rc, want_rc,
+                 out ? out : "(none)", needle);
+    printf("  tokenize %s -> %.*s\n", args, (int)strcspn(out, "\n"), out);
+    free(out);
+}
+
+static void test_cli(void **state)
+{
+    char gpt2[1024], llama2[1024];
+    snprintf(gpt2, sizeof gpt2, "--tokenizer %s", tu_path(tu_shared_data(), "tokenizers/gpt2"));
+    snprintf(llama2, sizeof llama2, "--tokenizer %s",
+             tu_path(tu_shared_data(), "tokenizers/llama2/tokenizer.json"));
+    run_tool("Hello world", gpt2, 0, "[15496,995]");
+    char args[1200];
+    snprintf(args, sizeof args, "%s --special", llama2);
+    run_tool("How are you doing?", args, 0, "[1,1128,526,366,2599,29973]");
+    run_tool("How are you doing?", llama2, 0, "[1128,526,366,2599,29973]");
+    snprintf(args, sizeof args, "%s --decode", gpt2);
+    run_tool("[15496, 995, 50256]", args, 0, "Hello world");
+    run_tool("[15496, 995", args, 1, "JSON array");
+    run_tool("[15496, \"x\"]", args, 1, "element 1");
+    run_tool("[15496, 50257]", args, 1, "cannot decode id 50257");
+    snprintf(args, sizeof args, "%s --decode --special", gpt2);
+    run_tool("[15496, 50256]", args, 0, "Hello<|endoftext|>");
+    run_tool("x", "", 1, "--tokenizer is required");
+    run_tool("x", "--tokenizer /nonexistent/tok", 1, "/nonexistent/tok");
+    run_tool("x", "--bogus", 2, "--help");
 }
 
 /* Not asserted: encoding speed on the whole of tinyshakespeare (1.1 MB as one
@@ -678,6 +971,11 @@ int main(void)
         cmocka_unit_test(test_metaspace),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_convert_errors),
+        cmocka_unit_test(test_reference_all),
+        cmocka_unit_test(test_special_tokens),
+        cmocka_unit_test(test_split_behaviors),
+        cmocka_unit_test(test_added_and_post),
+        cmocka_unit_test(test_cli),
         cmocka_unit_test(test_throughput),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

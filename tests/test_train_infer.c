@@ -146,6 +146,10 @@ static void test_train_matches_infer(void **state)
     double d2 = compare_train_infer(m, lo, 2, 6);
     printf("  train vs infer (tied, MHA): max |diff| %.3g\n", d2);
     assert_true(d2 < 1e-4);
+    /* longer than the 64-row attention block, with a partial last block */
+    double d3 = compare_train_infer(m, lo, 2, 150);
+    printf("  train vs infer (T 150): max |diff| %.3g\n", d3);
+    assert_true(d3 < 1e-4);
     fp_lora_free(&lo);
     fp_model_free(&m);
 }

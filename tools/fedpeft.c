@@ -14,7 +14,10 @@ static const struct {
     {"generate", cmd_generate, "generate text from a model (and optionally a LoRA adapter)"},
     {"finetune", cmd_finetune, "train a LoRA adapter on local data; writes a PEFT directory"},
     {"eval", cmd_eval, "mean loss and perplexity of a model (+ adapter) on data"},
+    {"tokenize", cmd_tokenize, "text on stdin -> token ids (or ids -> text with --decode)"},
     {"bench", cmd_bench, "measure training speed (fedpeft bench train --help)"},
+    {"partition", cmd_partition, "split a data file into worker shards (iid, dirichlet, field, speaker)"},
+    {"simulate", cmd_simulate, "run a whole federation on this machine (coordinator + N workers)"},
 };
 
 static void usage(FILE *f)

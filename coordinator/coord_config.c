@@ -1,0 +1,99 @@
+/* coord_config.c - the coordinator's key table and cross-key checks. */
+#include "coord_config.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#define F(field) offsetof(coord_config, field)
+#define S(field) sizeof(((coord_config *)0)->field)
+
+static const char *const optimizers[] = {"adamw", "sgd", NULL};
+static const char *const strategies[] = {"fedavg", NULL};
+
+const char *const coord_config_ignore[] = {"worker", "simulate", NULL};
+
+/* {section, name, type, min, max, default, offset, size, enum names, help} */
+const fp_cfg_key coord_config_keys[] = {
+    {"run", "rounds", FP_CFG_INT, 1, 100000, "10", F(rounds), 0, NULL,
+     "federated rounds to run (round 0, the initial evaluation, is extra)"},
+    {"run", "seed", FP_CFG_U64, 0, 0, "1234", F(seed), 0, NULL,
+     "seeds the initial adapter, worker sampling and local training"},
+    {"run", "target_loss", FP_CFG_DOUBLE, 0, 1e9, "0", F(target_loss), 0, NULL,
+     "stop early once the federated validation loss is <= this (0 = off)"},
+    {"run", "state_dir", FP_CFG_STRING, 0, 0, "fedpeft-state", F(state_dir), S(state_dir), NULL,
+     "checkpoint.bin and metrics.jsonl live here; a restart resumes from it"},
+    {"run", "out_dir", FP_CFG_STRING, 0, 0, "", F(out_dir), S(out_dir), NULL,
+     "final adapter (PEFT directory); empty = STATE_DIR/adapter"},
+    {"model", "path", FP_CFG_STRING, 0, 0, "", F(model_path), S(model_path), NULL,
+     "base model: Hugging Face directory (required; workers must use the same model)"},
+    {"lora", "rank", FP_CFG_INT, 1, 4096, "8", F(lora_rank), 0, NULL, "LoRA rank r"},
+    {"lora", "alpha", FP_CFG_FLOAT, 1e-6, 1e6, "16", F(lora_alpha), 0, NULL,
+     "LoRA alpha (scale alpha/r, or alpha/sqrt(r) with rslora)"},
+    {"lora", "targets", FP_CFG_STRING, 0, 0, "q_proj,k_proj,v_proj,o_proj", F(lora_targets),
+     S(lora_targets), NULL, "target modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all"},
+    {"lora", "rslora", FP_CFG_BOOL, 0, 1, "false", F(lora_rslora), 0, NULL, "rank-stabilised scale"},
+    {"train", "local_steps", FP_CFG_INT, 1, 1000000, "20", F(local_steps), 0, NULL,
+     "optimizer steps each sampled worker trains per round"},
+    {"train", "batch", FP_CFG_INT, 1, 4096, "4", F(batch), 0, NULL, "rows per step (a worker may override)"},
+    {"train", "seq", FP_CFG_INT, 2, 1048576, "128", F(seq), 0, NULL, "tokens per row (training and evaluation)"},
+    {"train", "lr", FP_CFG_FLOAT, 0, 10, "1e-3", F(lr), 0, NULL, "learning rate"},
+    {"train", "optimizer", FP_CFG_ENUM, 0, 0, "adamw", F(optimizer), 0, optimizers, "adamw or sgd"},
+    {"train", "weight_decay", FP_CFG_FLOAT, 0, 10, "0", F(weight_decay), 0, NULL, "decoupled weight decay"},
+    {"train", "max_grad_norm", FP_CFG_FLOAT, 0, 1e9, "1.0", F(max_grad_norm), 0, NULL,
+     "clip the gradient norm to this (0 = off)"},
+    {"sampling", "fraction", FP_CFG_DOUBLE, 0, 1, "1.0", F(fraction), 0, NULL,
+     "fraction of live workers sampled each round"},
+    {"sampling", "min_workers", FP_CFG_INT, 1, 1000000, "1", F(min_workers), 0, NULL,
+     "sample at least this many; a round waits until this many are live"},
+    {"sampling", "max_workers", FP_CFG_INT, 0, 1000000, "0", F(max_workers), 0, NULL,
+     "sample at most this many (0 = all)"},
+    {"round", "deadline_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(deadline_s), 0, NULL,
+     "seconds a training round waits for updates"},
+    {"round", "min_quorum", FP_CFG_INT, 1, 1000000, "1", F(min_quorum), 0, NULL,
+     "updates needed at the deadline; fewer abandons the round"},
+    {"round", "eval_deadline_s", FP_CFG_DOUBLE, 0.1, 1e7, "60", F(eval_deadline_s), 0, NULL,
+     "seconds the evaluation phase waits for results"},
+    {"round", "start_timeout_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(start_timeout_s), 0, NULL,
+     "seconds to wait for min_workers before starting with fewer (at least min_quorum)"},
+    {"network", "endpoint", FP_CFG_STRING, 0, 0, "tcp://127.0.0.1:5555", F(endpoint),
+     S(endpoint), NULL, "ZeroMQ address the coordinator binds"},
+    {"network", "heartbeat_ms", FP_CFG_INT, 10, 3600000, "1000", F(heartbeat_ms), 0, NULL,
+     "heartbeat period; 3x silence marks a worker dead or a stalled upload"},
+    {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, strategies,
+     "aggregation strategy"},
+    {NULL, NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL},
+};
+
+int coord_config_load(coord_config *c, const char *file, int argc, char **argv)
+{
+    memset(c, 0, sizeof *c);
+    if (fp_cfg_defaults(coord_config_keys, c) < 0)
+        return -1;
+    const char *where = file ? file : "command line";
+    if (file) {
+        snprintf(c->config_path, sizeof c->config_path, "%s", file);
+        if (fp_cfg_load_file(coord_config_keys, c, file, coord_config_ignore) < 0)
+            return -1;
+    }
+    if (fp_cfg_apply_args(coord_config_keys, c, argc, argv) < 0)
+        return -1;
+    if (!c->model_path[0])
+        return fp_error_set("%s: [model] path is required: the base model's Hugging Face "
+                            "directory (or pass --model.path=DIR)", where);
+    if (!c->state_dir[0])
+        return fp_error_set("%s: [run] state_dir must not be empty", where);
+    if (!c->endpoint[0])
+        return fp_error_set("%s: [network] endpoint must not be empty", where);
+    if (c->max_workers > 0 && c->max_workers < c->min_workers)
+        return fp_error_set("%s: [sampling] max_workers = %d is below min_workers = %d", where,
+                            c->max_workers, c->min_workers);
+    if (c->max_workers > 0 && c->min_quorum > c->max_workers)
+        return fp_error_set("%s: [round] min_quorum = %d can never be met: at most "
+                            "max_workers = %d are sampled", where, c->min_quorum, c->max_workers);
+    if (!c->out_dir[0]) {
+        int n = snprintf(c->out_dir, sizeof c->out_dir, "%s/adapter", c->state_dir);
+        if (n < 0 || (size_t)n >= sizeof c->out_dir)
+            return fp_error_set("%s: [run] state_dir is too long", where);
+    }
+    return 0;
+}

@@ -1,0 +1,60 @@
+/* coord_config.h - the coordinator's settings: the fp_cfg_key table for its
+ * sections of the (shared) INI file, [run] [model] [lora] [train] [sampling]
+ * [round] [network] [strategy]. [worker] and [simulate] belong to the other
+ * programs and are skipped. docs/config.md lists every key. */
+#ifndef COORD_CONFIG_H
+#define COORD_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "fp_error.h"
+
+enum { COORD_STRATEGY_FEDAVG };
+
+typedef struct {
+    /* [run] */
+    int rounds;
+    uint64_t seed;
+    double target_loss;
+    char state_dir[1024];
+    char out_dir[1024];
+    /* [model] */
+    char model_path[1024];
+    /* [lora] */
+    int lora_rank;
+    float lora_alpha;
+    char lora_targets[256];
+    int lora_rslora;
+    /* [train] */
+    int local_steps, batch, seq;
+    float lr;
+    int optimizer;              /* fp_opt_kind: adamw 0, sgd 1 */
+    float weight_decay, max_grad_norm;
+    /* [sampling] */
+    double fraction;
+    int min_workers, max_workers;
+    /* [round] */
+    double deadline_s;
+    int min_quorum;
+    double eval_deadline_s, start_timeout_s;
+    /* [network] */
+    char endpoint[256];
+    int heartbeat_ms;
+    /* [strategy] */
+    int strategy;
+    /* Not keys: where the settings came from (for messages). */
+    char config_path[1024];
+} coord_config;
+
+extern const fp_cfg_key coord_config_keys[];
+/* Sections that belong to the other programs (NULL-terminated). */
+extern const char *const coord_config_ignore[];
+
+/* Defaults, then FILE (may be NULL), then --section.key overrides from argv,
+ * then checks across keys ([model] path given, min_quorum vs min_workers...).
+ * -1 with a message naming the file, line or key. */
+int coord_config_load(coord_config *c, const char *file, int argc, char **argv) FP_WUR;
+
+#endif

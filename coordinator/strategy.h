@@ -1,0 +1,64 @@
+/* strategy.h - how a round's updates become the next global adapter.
+ *
+ * A strategy is an object behind a small table of functions, so that others
+ * (FedProx, FedAdam, FLoRA, ...) can be added without touching the rounds:
+ *
+ *     strategy_begin(s, round)            a new round: forget partial sums
+ *     strategy_add(s, delta, weight)      one validated update (n floats), streamed:
+ *                                         the strategy must not keep `delta`
+ *     strategy_finish(s, global)          applies the round's result to global (n floats)
+ *     strategy_state_save / _load         opaque bytes for the checkpoint (optimizer
+ *                                         moments etc.; FedAvg has a version word only)
+ *
+ * Memory stays O(n) whatever the number of workers: the coordinator keeps one
+ * staging buffer and the strategy its running sums.
+ */
+#ifndef COORD_STRATEGY_H
+#define COORD_STRATEGY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fp_error.h"
+
+typedef struct strategy strategy;
+
+typedef struct {
+    const char *name;
+    int (*begin)(strategy *s, uint64_t round);
+    int (*add)(strategy *s, const float *delta, double weight);
+    int (*finish)(strategy *s, float *global);
+    /* Bytes of state; save writes exactly that many into buf. */
+    size_t (*state_size)(const strategy *s);
+    int (*state_save)(const strategy *s, uint8_t *buf, size_t len);
+    int (*state_load)(strategy *s, const uint8_t *buf, size_t len);
+    void (*destroy)(strategy *s);
+} strategy_ops;
+
+struct strategy {
+    const strategy_ops *ops;
+    size_t n;               /* floats in the adapter */
+    size_t n_added;         /* updates added this round */
+    double weight_sum;      /* their total weight */
+};
+
+/* FedAvg (strategy_fedavg.c): global += sum_k w_k delta_k / sum_k w_k, with the
+ * sum in double, in arrival order. Caller destroys. */
+strategy *strategy_fedavg_new(size_t n) FP_WUR;
+
+/* By name ("fedavg"); NULL with an error listing the known names. */
+strategy *strategy_new(const char *name, size_t n) FP_WUR;
+void strategy_destroy(strategy **s_p);
+
+int strategy_begin(strategy *s, uint64_t round) FP_WUR;
+/* weight > 0 and finite; delta's values finite (the caller validated them). */
+int strategy_add(strategy *s, const float *delta, double weight) FP_WUR;
+/* -1 if nothing was added this round (global untouched). */
+int strategy_finish(strategy *s, float *global) FP_WUR;
+size_t strategy_state_size(const strategy *s);
+int strategy_state_save(const strategy *s, uint8_t *buf, size_t len) FP_WUR;
+/* Refuses state of another strategy or version, with a clear error. */
+int strategy_state_load(strategy *s, const uint8_t *buf, size_t len) FP_WUR;
+const char *strategy_name(const strategy *s);
+
+#endif

@@ -1,0 +1,63 @@
+/* connection.h - the worker's link to the coordinator: a ZeroMQ DEALER,
+ * registration (Hello -> Welcome), heartbeats and reconnects.
+ *
+ * Registration tries connect_retries + 1 times. Attempt k waits
+ * retry_backoff_ms * 2^(k-1) ms (capped at 8000) for an answer, then closes the
+ * socket (dropping anything queued), logs "no coordinator at ENDPOINT,
+ * retry k/N" and tries again on a fresh socket. Once welcomed it sends a
+ * Heartbeat every heartbeat_ms (the coordinator answers each), and after
+ * 3 * heartbeat_ms without hearing anything it reconnects the same way.
+ * Reject(UNKNOWN_WORKER) (a restarted coordinator) makes it say Hello again.
+ */
+#ifndef FP_WK_CONNECTION_H
+#define FP_WK_CONNECTION_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "fp_error.h"
+#include "wire.h"
+#include "worker_config.h"
+
+typedef struct wk_conn wk_conn;
+
+/* What wk_conn_register / wk_conn_poll return besides 0 and -1. */
+enum { WK_MSG = 1, WK_SHUTDOWN = 2 };
+
+/* The adapter every worker trains, from the last Welcome. */
+typedef struct {
+    int rank;
+    float alpha;
+    unsigned targets;
+    int use_rslora;
+    uint64_t n_params;
+} wk_lora_spec;
+
+/* Takes nothing; cfg and stop must outlive the connection. stop (set by a
+ * signal handler) makes every call return WK_SHUTDOWN. Caller destroys. */
+wk_conn *wk_conn_new(const wk_config *cfg, const char *model_hash, uint64_t n_examples,
+                     uint64_t n_tokens, volatile sig_atomic_t *stop) FP_WUR;
+void wk_conn_destroy(wk_conn **self_p);
+
+/* Connects and registers, retrying as above. 0 when welcomed; WK_SHUTDOWN
+ * on Reject(SHUTDOWN) or stop; -1 with an error when no coordinator answered
+ * or it refused us (Reject VERSION/MODEL: the reason is in the error). */
+int wk_conn_register(wk_conn *self) FP_WUR;
+
+/* Waits up to timeout_ms (0: just look) for a message for the task layer
+ * (Task, TensorChunk, Pull), sending heartbeats (round, busy) when due and
+ * handling Heartbeat, Welcome, Reject and silence itself. WK_MSG with *out
+ * set (caller frees with wire_msg_free); 0 when there was nothing for the
+ * caller; WK_SHUTDOWN; -1 with an error (fatal: exit 1). */
+int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_msg **out) FP_WUR;
+
+/* Sends env on the socket (not taken). -1 with an error. */
+int wk_conn_send(wk_conn *self, wire_msg *env) FP_WUR;
+/* The socket, for wire_send_slab. */
+void *wk_conn_socket(wk_conn *self);
+
+const wk_lora_spec *wk_conn_spec(const wk_conn *self);
+/* Counts Welcomes: changes whenever the worker (re)registered. */
+unsigned wk_conn_generation(const wk_conn *self);
+
+#endif

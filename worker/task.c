@@ -1,0 +1,318 @@
+/* task.c - receiving tasks, local training, evaluation, uploads (see task.h). */
+#include "task.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "finetune.h"
+#include "lora.h"
+#include "wk_log.h"
+
+typedef struct {
+    wk_conn *conn;
+    const wk_config *cfg;
+    const fp_model *model;
+    const fp_dataset *data;
+    fp_lora *global, *local;    /* shapes from the Welcome */
+    float *delta;               /* local - global: the update */
+    unsigned spec_generation;
+    /* The task whose adapter is arriving. */
+    int receiving;
+    Fedpeft__Task__Kind kind;
+    uint64_t task_id, round;
+    Fedpeft__TrainParams params;
+    wire_assembler as;
+    /* The update waiting for Pull. */
+    int have_update;
+    uint64_t update_task;
+    /* Training in progress. */
+    wire_msg *stash;            /* the message that interrupted training */
+    int abort_rc;               /* WK_SHUTDOWN or -1 when the callback stopped for that */
+    unsigned train_generation;
+    double loss_sum;
+    int loss_n;
+} wk_task;
+
+uint64_t wk_fnv1a64(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* (Re)shapes the adapters after a Welcome; -1 when the coordinator's adapter
+ * cannot be this model's. */
+static int shape_adapters(wk_task *t)
+{
+    const wk_lora_spec *s = wk_conn_spec(t->conn);
+    if (t->global && t->global->n_params == s->n_params && t->global->cfg.rank == s->rank &&
+        t->global->cfg.targets == s->targets)
+        return 0;
+    fp_lora_free(&t->global);
+    fp_lora_free(&t->local);
+    free(t->delta);
+    t->delta = NULL;
+    fp_lora_config lc;
+    fp_lora_config_default(&lc);
+    lc.rank = s->rank;
+    lc.alpha = s->alpha;
+    lc.targets = s->targets;
+    lc.use_rslora = s->use_rslora;
+    snprintf(lc.base_model, sizeof lc.base_model, "%s", t->cfg->model_path);
+    if (s->rank < 1 || !s->targets)
+        return fp_error_set("the coordinator sent an invalid LoRA spec (rank %d, targets 0x%x)",
+                            s->rank, s->targets);
+    if (!(t->global = fp_lora_new(&t->model->cfg, &lc)) ||
+        !(t->local = fp_lora_new(&t->model->cfg, &lc)))
+        return -1;
+    if (t->global->n_params != s->n_params)
+        return fp_error_set("the coordinator's adapter has %llu floats but rank %d on these "
+                            "targets gives %zu for this model: wrong base model?",
+                            (unsigned long long)s->n_params, s->rank, t->global->n_params);
+    if (!(t->delta = calloc(t->global->n_params, sizeof(float))))
+        return fp_error_set("out of memory for the update (%zu floats)", t->global->n_params);
+    return 0;
+}
+
+static void on_task(wk_task *t, const Fedpeft__Task *task)
+{
+    size_t n = t->global->n_params;
+    t->have_update = 0;     /* a new task supersedes any update not pulled yet */
+    t->receiving = 0;
+    if (task->n_chunks != wire_n_chunks(n) || !task->params ||
+        (task->kind != FEDPEFT__TASK__KIND__TRAIN && task->kind != FEDPEFT__TASK__KIND__EVAL)) {
+        wk_log("ignored task %llu: %u chunks for %zu floats (expected %u), or no params",
+               (unsigned long long)task->task_id, task->n_chunks, n, wire_n_chunks(n));
+        return;
+    }
+    t->receiving = 1;
+    t->kind = task->kind;
+    t->task_id = task->task_id;
+    t->round = task->round;
+    t->params = *task->params;
+    wire_asm_begin(&t->as, t->global->params, n, task->n_chunks, task->task_id);
+}
+
+/* Training's progress callback: heartbeats, and stops for a new Task,
+ * SHUTDOWN, a re-registration or a signal. */
+static int on_progress(void *ctx, const fp_progress *p)
+{
+    wk_task *t = ctx;
+    t->loss_sum += p->loss;
+    t->loss_n++;
+    for (;;) {
+        wire_msg *m = NULL;
+        int rc = wk_conn_poll(t->conn, 0, t->round, 1, &m);
+        if (rc == WK_SHUTDOWN || rc < 0) {
+            t->abort_rc = rc;
+            return 1;
+        }
+        if (wk_conn_generation(t->conn) != t->train_generation)
+            return 1;       /* re-registered: the coordinator will send tasks again */
+        if (rc == 0)
+            return 0;
+        if (m->body_case == FEDPEFT__ENVELOPE__BODY_TASK) {
+            t->stash = m;
+            return 1;
+        }
+        wire_msg_free(&m);  /* chunks or pulls of older tasks */
+    }
+}
+
+static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
+{
+    const Fedpeft__TrainParams *p = &t->params;
+    fp_finetune_config_default(ft);
+    ft->steps = (int)p->local_steps;
+    ft->batch = t->cfg->batch ? t->cfg->batch : (int)p->batch;
+    ft->seq = (int)p->seq;
+    ft->accum = 1;
+    ft->shuffle = 1;
+    ft->seed = p->seed ^ wk_fnv1a64(t->cfg->id) ^ (t->round * 0x9E3779B97F4A7C15ULL);
+    ft->first_step = (int)((t->round ? t->round - 1 : 0) * p->local_steps);
+    ft->optim.kind = p->optimizer == FP_OPT_SGD ? FP_OPT_SGD : FP_OPT_ADAMW;
+    ft->optim.lr = p->lr;
+    ft->optim.weight_decay = p->weight_decay;
+    ft->optim.max_grad_norm = p->max_grad_norm;
+    ft->optim.schedule = FP_SCHED_CONSTANT;
+}
+
+static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
+{
+    Fedpeft__UpdateReady ur = FEDPEFT__UPDATE_READY__INIT;
+    Fedpeft__Envelope env = FEDPEFT__ENVELOPE__INIT;
+    ur.task_id = t->task_id;
+    ur.round = t->round;
+    ur.n_examples = t->data->train_examples ? t->data->train_examples
+                                            : fp_data_rows(&t->data->train, (int)t->params.seq);
+    ur.n_tokens = n_tokens;
+    ur.train_loss = loss;
+    ur.n_chunks = wire_n_chunks(t->global->n_params);
+    env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
+    env.update_ready = &ur;
+    return wk_conn_send(t->conn, &env);
+}
+
+/* 0, or WK_SHUTDOWN / -1 when training stopped for that. */
+static int run_train(wk_task *t)
+{
+    fp_finetune_config ft;
+    fill_finetune(t, &ft);
+    size_t n = t->global->n_params;
+    memcpy(t->local->params, t->global->params, n * sizeof(float));
+    t->loss_sum = 0;
+    t->loss_n = 0;
+    t->abort_rc = 0;
+    t->train_generation = wk_conn_generation(t->conn);
+    wk_log("round %llu: training %d steps of %d x %d (task %llu)", (unsigned long long)t->round,
+           ft.steps, ft.batch, ft.seq, (unsigned long long)t->task_id);
+    int rc = fp_finetune(t->model, t->local, &t->data->train, &ft, on_progress, t, NULL);
+    if (rc < 0) {
+        wk_log("round %llu: training failed: %s", (unsigned long long)t->round, fp_error_get());
+        return 0;
+    }
+    if (rc == 1) {
+        wk_log("round %llu: training abandoned after %d of %d steps", (unsigned long long)t->round,
+               t->loss_n, ft.steps);
+        return t->abort_rc;
+    }
+    for (size_t i = 0; i < n; i++)
+        t->delta[i] = t->local->params[i] - t->global->params[i];
+    float loss = t->loss_n ? (float)(t->loss_sum / t->loss_n) : 0.0f;
+    uint64_t n_tokens = (uint64_t)ft.steps * (uint64_t)ft.batch * (uint64_t)ft.seq;
+    if (send_update_ready(t, n_tokens, loss) != 0) {
+        wk_log("round %llu: sending UpdateReady failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+        return 0;
+    }
+    t->have_update = 1;
+    t->update_task = t->task_id;
+    wk_log("round %llu: trained, mean loss %.4f; update ready (%zu floats)",
+           (unsigned long long)t->round, (double)loss, n);
+    return 0;
+}
+
+static void run_eval(wk_task *t)
+{
+    int T = (int)t->params.seq;
+    int B = t->cfg->batch ? t->cfg->batch : (int)(t->params.batch ? t->params.batch : 1);
+    double loss = 0.0;
+    size_t ntok = 0;
+    if (T < 1 || fp_data_rows(&t->data->valid, T) == 0) {
+        wk_log("round %llu: the validation split (%zu tokens) is shorter than one row of %d + 1: "
+               "reporting 0 tokens", (unsigned long long)t->round, t->data->valid.n, T);
+    } else if (fp_evaluate(t->model, t->global, &t->data->valid, T, B, &loss, &ntok) != 0) {
+        wk_log("round %llu: evaluation failed: %s", (unsigned long long)t->round, fp_error_get());
+        return;
+    }
+    Fedpeft__EvalResult er = FEDPEFT__EVAL_RESULT__INIT;
+    Fedpeft__Envelope env = FEDPEFT__ENVELOPE__INIT;
+    er.task_id = t->task_id;
+    er.round = t->round;
+    er.loss = ntok ? loss : 0.0;
+    er.n_tokens = ntok;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_EVAL_RESULT;
+    env.eval_result = &er;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending EvalResult failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+    else
+        wk_log("round %llu: validation loss %.4f over %zu tokens", (unsigned long long)t->round,
+               loss, ntok);
+}
+
+/* A chunk of the adapter being received; runs the task when it is whole. */
+static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
+{
+    if (!t->receiving || c->task_id != t->task_id) {
+        wk_log("ignored a chunk of task %llu (not being received)",
+               (unsigned long long)c->task_id);
+        return 0;
+    }
+    if (wire_asm_add(&t->as, c) != 0) {
+        wk_log("task %llu: bad adapter chunk, task dropped: %s", (unsigned long long)t->task_id,
+               fp_error_get());
+        t->receiving = 0;
+        return 0;
+    }
+    if (!wire_asm_complete(&t->as))
+        return 0;
+    t->receiving = 0;
+    if (t->kind == FEDPEFT__TASK__KIND__EVAL) {
+        run_eval(t);
+        return 0;
+    }
+    return run_train(t);
+}
+
+static void on_pull(wk_task *t, const Fedpeft__Pull *p)
+{
+    if (!t->have_update || p->task_id != t->update_task) {
+        wk_log("ignored a Pull for task %llu (no such update here)", (unsigned long long)p->task_id);
+        return;
+    }
+    if (wire_send_slab(wk_conn_socket(t->conn), NULL, t->update_task, t->delta,
+                       t->global->n_params) != 0)
+        wk_log("round %llu: uploading the update failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+    else
+        wk_log("round %llu: update sent", (unsigned long long)t->round);
+}
+
+/* Handles one message (takes it). 0, WK_SHUTDOWN or -1. */
+static int dispatch(wk_task *t, wire_msg *m)
+{
+    int rc = 0;
+    if (wk_conn_generation(t->conn) != t->spec_generation) {
+        t->spec_generation = wk_conn_generation(t->conn);
+        t->receiving = t->have_update = 0;
+        if (shape_adapters(t) != 0) {
+            wire_msg_free(&m);
+            return -1;
+        }
+    }
+    switch (m->body_case) {
+    case FEDPEFT__ENVELOPE__BODY_TASK: on_task(t, m->task); break;
+    case FEDPEFT__ENVELOPE__BODY_CHUNK: rc = on_chunk(t, m->chunk); break;
+    case FEDPEFT__ENVELOPE__BODY_PULL: on_pull(t, m->pull); break;
+    default: break;
+    }
+    wire_msg_free(&m);
+    return rc;
+}
+
+int wk_serve(wk_conn *conn, const wk_config *cfg, const fp_model *model, const fp_dataset *data)
+{
+    wk_task t = {.conn = conn, .cfg = cfg, .model = model, .data = data};
+    int rc;
+    t.spec_generation = wk_conn_generation(conn);
+    if ((rc = shape_adapters(&t)) != 0)
+        goto out;
+    for (;;) {
+        wire_msg *m = t.stash;
+        t.stash = NULL;
+        if (!m) {
+            rc = wk_conn_poll(conn, 1000, t.round, 0, &m);
+            if (rc != WK_MSG)
+                goto check;
+        }
+        rc = dispatch(&t, m);
+check:
+        if (rc == WK_SHUTDOWN) {
+            rc = 0;
+            break;
+        }
+        if (rc < 0)
+            break;
+    }
+out:
+    wire_msg_free(&t.stash);
+    fp_lora_free(&t.global);
+    fp_lora_free(&t.local);
+    free(t.delta);
+    return rc;
+}

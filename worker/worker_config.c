@@ -1,0 +1,61 @@
+/* worker_config.c - the worker's key table (see worker_config.h). */
+#include "worker_config.h"
+
+#include <stddef.h>
+#include <string.h>
+
+static const char *const format_names[] = {"auto", "text", "json", "alpaca", "ids", NULL};
+
+#define F(field) offsetof(wk_config, field)
+#define S(field) sizeof(((wk_config *)0)->field)
+
+const fp_cfg_key wk_config_keys[] = {
+    {"model", "path", FP_CFG_STRING, 0, 0, "", F(model_path), S(model_path), NULL,
+     "base model directory (Hugging Face layout); must be the coordinator's model"},
+    {"worker", "id", FP_CFG_STRING, 0, 0, "", F(id), S(id), NULL,
+     "this worker's unique name (required; also its ZeroMQ routing id)"},
+    {"worker", "endpoint", FP_CFG_STRING, 0, 0, "tcp://127.0.0.1:5555", F(endpoint),
+     S(endpoint), NULL, "the coordinator's address"},
+    {"worker", "data", FP_CFG_STRING, 0, 0, "", F(data), S(data), NULL,
+     "the private training data: text, JSONL, Alpaca or ids (required)"},
+    {"worker", "format", FP_CFG_ENUM, 0, 0, "auto", F(format), 0, format_names,
+     "data form (auto detects it from the file)"},
+    {"worker", "val_fraction", FP_CFG_DOUBLE, 0, 0.9, "0.1", F(val_fraction), 0, NULL,
+     "fraction of the examples held out for validation (EVAL tasks)"},
+    {"worker", "split_seed", FP_CFG_U64, 0, 0, "0", F(split_seed), 0, NULL,
+     "which examples are held out"},
+    {"worker", "batch", FP_CFG_INT, 0, 65536, "0", F(batch), 0, NULL,
+     "rows per step (0: the coordinator's [train] batch)"},
+    {"worker", "threads", FP_CFG_INT, 0, 1024, "0", F(threads), 0, NULL,
+     "OpenBLAS threads (0: OpenBLAS's default)"},
+    {"worker", "connect_retries", FP_CFG_INT, 1, 1000000, "10", F(connect_retries), 0, NULL,
+     "attempts to reach the coordinator before giving up"},
+    {"worker", "retry_backoff_ms", FP_CFG_INT, 1, 8000, "500", F(retry_backoff_ms), 0, NULL,
+     "wait for an answer on the first attempt; doubles each retry, capped at 8000"},
+    {NULL},
+};
+
+const char *const wk_config_ignore[] = {"run", "lora", "train", "sampling", "round",
+                                        "network", "strategy", "simulate", NULL};
+
+int wk_config_load(wk_config *c, const char *file, int argc, char **argv)
+{
+    if (fp_cfg_defaults(wk_config_keys, c) != 0)
+        return -1;
+    if (file && fp_cfg_load_file(wk_config_keys, c, file, wk_config_ignore) != 0)
+        return -1;
+    if (fp_cfg_apply_args(wk_config_keys, c, argc, argv) != 0)
+        return -1;
+    if (!c->id[0])
+        return fp_error_set("[worker] id is required (e.g. --worker.id=w01)");
+    for (const char *p = c->id; *p; p++)
+        if (*p <= ' ' || *p == 127)
+            return fp_error_set("[worker] id '%s' must not contain spaces or control "
+                                "characters", c->id);
+    if (!c->model_path[0])
+        return fp_error_set("[model] path is required: the base model directory "
+                            "(the same model as the coordinator's)");
+    if (!c->data[0])
+        return fp_error_set("[worker] data is required: the file to train on");
+    return 0;
+}
