@@ -2,13 +2,11 @@
  * examples with EOS, and the seeded validation split (see data.h). */
 #include "data.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "data_records.h"
-#include "rng.h"
 #include "tokenizer.h"
 
 static const char *const format_names[] = { "auto", "text", "json", "alpaca", "ids" };

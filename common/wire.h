@@ -37,32 +37,52 @@ typedef enum {
 const char *wire_err_name(wire_err e);   /* "oversized", "undecodable", ... */
 
 /* Decodes and validates one frame. NULL on failure with fp_error set and *why
- * filled. Caller frees with wire_msg_free. Never crashes on any bytes. */
+ * filled. Caller frees with wire_msg_free. Never crashes on any bytes.
+ * Checked per body: ids (worker_id, run_id) are 1..WIRE_MAX_ID-1 bytes of
+ * printable ASCII without spaces; model_hash is 64 lowercase hex digits;
+ * counts, ranks, sizes and losses are within the protocol's bounds; a TRAIN
+ * Task has params (an EVAL Task's params may be NULL); a chunk holds
+ * 1..WIRE_CHUNK_FLOATS floats (their values are checked by the assembler).
+ * Control bytes in Reject.reason are replaced with '?'. */
 wire_msg *wire_decode(const void *data, size_t len, wire_err *why) FP_WUR;
 void wire_msg_free(wire_msg **msg_p);
 
-/* Sockets. Both set ZMQ_MAXMSGSIZE, ZMQ_LINGER 0 and ZMQ_TCP_KEEPALIVE.
+/* Sockets. Both set ZMQ_MAXMSGSIZE, ZMQ_LINGER 0, ZMQ_TCP_KEEPALIVE and
+ * send/receive high-water marks of 10000 messages. libzmq disconnects a peer
+ * that sends a frame over ZMQ_MAXMSGSIZE; the message never reaches us.
  * The ROUTER also sets ZMQ_ROUTER_HANDOVER (a reconnecting worker takes over
  * its identity) and ZMQ_ROUTER_MANDATORY (unroutable sends fail, not vanish).
  * The DEALER's routing id is worker_id. NULL with an error (e.g. "port in
- * use: tcp://...: Address already in use; is another coordinator running?"). */
+ * use: tcp://...: Address already in use; is another coordinator running?").
+ * The endpoint may use port '*' (tcp://127.0.0.1:*: any free port); read the
+ * port chosen with zmq_getsockopt(ZMQ_LAST_ENDPOINT). The DEALER waits at most
+ * 5 s in a send (ZMQ_SNDTIMEO); caller closes both with zmq_close. */
 void *wire_router_bind(void *zctx, const char *endpoint) FP_WUR;
 void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_id) FP_WUR;
 
 /* Encodes env (its version is set here) and sends it. For a ROUTER pass the
  * peer's routing id (sent as the first frame); for a DEALER pass NULL.
- * Non-blocking: -1 with an error if the peer is gone or its queue is full. */
+ * env is validated as wire_decode would (an invalid message is refused, not
+ * sent); env is borrowed, not freed. ROUTER sends never block: -1 with
+ * "worker X is not connected" or a full-queue error. DEALER sends wait at
+ * most 5 s, then -1. */
 int wire_send(void *sock, const char *routing_id, wire_msg *env) FP_WUR;
 
 /* Receives one message. Returns 1 with *out set (caller frees), 0 if nothing
- * is waiting (flags ZMQ_DONTWAIT) or on timeout, and -1 for a frame that
- * failed validation: fp_error says why, *why is set, *out is NULL, and for a
- * ROUTER routing_id still names the sender. routing_id (ROUTER only) receives
- * the peer id, NUL-terminated, truncated to cap-1 bytes. */
+ * is waiting (flags ZMQ_DONTWAIT), on timeout (ZMQ_RCVTIMEO) or when a signal
+ * interrupted the wait (EINTR), and -1 for a frame that failed validation:
+ * fp_error says why, *why is set, *out is NULL, and for a ROUTER routing_id
+ * still names the sender. A message with the wrong number of frames (ROUTER:
+ * id + 1, DEALER: 1) is WIRE_ERR_UNDECODABLE; all its frames are consumed.
+ * -1 with *why == WIRE_OK is a socket error (e.g. ETERM), not the peer's fault.
+ * routing_id (ROUTER only, may be NULL) receives the peer id, NUL-terminated,
+ * truncated to cap-1 bytes; an id that is not printable ASCII (a peer that did
+ * not set one) is written as "0x" + hex and cannot be replied to. */
 int wire_recv(void *sock, int flags, char *routing_id, size_t cap, wire_msg **out,
               wire_err *why) FP_WUR;
 
-/* Builders for each body: fill a stack Envelope and send. */
+/* Builders for each body: fill a stack Envelope and send (rid: as wire_send).
+ * A reject reason longer than 1023 bytes is truncated. */
 int wire_send_hello(void *sock, const char *worker_id, const char *model_hash,
                     uint64_t n_examples, uint64_t n_tokens) FP_WUR;
 int wire_send_reject(void *sock, const char *rid, Fedpeft__Reject__Code code,
@@ -72,7 +92,8 @@ int wire_send_pull(void *sock, const char *rid, uint64_t task_id) FP_WUR;
 
 /* Number of chunks a slab of n floats travels in. */
 uint32_t wire_n_chunks(size_t n);
-/* Sends floats [0, n) of slab as wire_n_chunks(n) TensorChunk messages. */
+/* Sends floats [0, n) of slab as wire_n_chunks(n) TensorChunk messages
+ * (n == 0: none), packed straight from the slab. */
 int wire_send_slab(void *sock, const char *rid, uint64_t task_id, const float *slab,
                    size_t n) FP_WUR;
 
@@ -91,7 +112,8 @@ void wire_asm_begin(wire_assembler *a, float *dst, size_t n, uint32_t n_chunks, 
  * finite) must be right. -1 with a reason otherwise (the assembler is then
  * unusable; begin again). */
 int wire_asm_add(wire_assembler *a, const Fedpeft__TensorChunk *c) FP_WUR;
-/* 1 when all chunks arrived and exactly n floats are filled. */
+/* 1 when all chunks arrived and exactly n floats are filled. The assembler
+ * also refuses (at the first chunk) an n_chunks other than wire_n_chunks(n). */
 int wire_asm_complete(const wire_assembler *a);
 
 #endif

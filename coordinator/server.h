@@ -85,6 +85,8 @@ void server_shutdown_workers(server *srv, const char *reason);
  * take resets them. */
 void server_take_counters(server *srv, uint64_t rejected[REJ_COUNT], uint64_t *bytes_up,
                           uint64_t *bytes_down);
+/* Round number echoed in heartbeats. */
+void server_set_round(server *srv, uint64_t round);
 /* Lets queued messages out before the socket closes (ms). */
 void server_set_linger(server *srv, int ms);
 

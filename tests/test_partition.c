@@ -214,8 +214,8 @@ static void load_play(const char *path, fp_part_data *d)
 static void test_speaker(void **state)
 {
     (void)state;
-    const char *dir = tu_tempdir("part-speaker");
-    char play[4096];
+    char dir[4096], play[4096];   /* tu_* paths live in a rotating buffer: copy */
+    snprintf(dir, sizeof dir, "%s", tu_tempdir("part-speaker"));
     snprintf(play, sizeof play, "%s/data/tinyshakespeare/input.txt", FP_SOURCE_DIR);
     enum { W = 8 };
     char *o = partition(play, "speaker", W, 3, dir, NULL);
@@ -260,7 +260,7 @@ static void test_speaker(void **state)
     free(a), free(b), free(owner);
 
     /* --workers 0: one shard per speaker with at least 2 speeches. */
-    dir = tu_tempdir("part-speaker0");
+    snprintf(dir, sizeof dir, "%s", tu_tempdir("part-speaker0"));
     o = partition(play, "speaker", 0, 3, dir, NULL);
     HAS(o, "dropped ");
     HAS(o, "non-IID (mean total variation distance");

@@ -394,6 +394,24 @@ static void test_random_text(void **state)
 {
     fp_tokenizer *toks[4] = { g_tok512, g_llama2, g_gpt2, g_smollm };
     uint64_t x = 0x9E3779B97F4A7C15ull;
+    /* A byte-level vocab may lack some of the 256 byte characters: SmolLM2
+     * has no piece for 21 bytes never seen in training (0x04, 0xC0, 0xF1,
+     * ...), which are then dropped, as tokenizers drops them (no unk, no
+     * byte_fallback). Text with those bytes cannot round-trip there. */
+    static int byte_ok[4][256];
+    int missing[4] = { 0 };
+    for (int k = 0; k < 4; k++)
+        for (int b = 0; b < 256; b++) {
+            char c = (char)b;
+            int32_t *ids;
+            size_t n;
+            assert_int_equal(fp_tokenizer_encode(toks[k], &c, 1, 0, &ids, &n), 0);
+            byte_ok[k][b] = n > 0;
+            missing[k] += n == 0;
+            free(ids);
+        }
+    assert_int_equal(missing[0] + missing[1] + missing[2], 0);
+    assert_int_equal(missing[3], 21);
     char buf[512];
     for (int iter = 0; iter < 400; iter++) {
         size_t len = 0, n;
@@ -409,8 +427,13 @@ static void test_random_text(void **state)
                 cp = 'x';
             len += put_utf8(buf + len, cp);
         }
-        for (int k = 0; k < 4; k++)
-            assert_roundtrip(toks[k], buf, len);
+        for (int k = 0; k < 4; k++) {
+            int ok = 1;
+            for (size_t i = 0; i < len; i++)
+                ok &= byte_ok[k][(unsigned char)buf[i]];
+            if (ok)
+                assert_roundtrip(toks[k], buf, len);
+        }
         int32_t *ids;
         for (size_t i = 0; i < len; i++)
             buf[i] = (char)(x >> (i % 56));
@@ -903,9 +926,12 @@ static void run_tool(const char *stdin_text, const char *args, int want_rc, cons
     assert_int_equal(tu_write_file(in, stdin_text, strlen(stdin_text)), 0);
     snprintf(cmd, sizeof cmd, FP_TOOL " tokenize %s < %s", args, in);
     int rc = tu_run(cmd, &out);
-    if (rc != want_rc || !out || !strstr(out, needle))
-        fail_msg("%s: rc %d (want %d), output '%s' lacks '%s'", cmd, rc, want_rc,
-                 out ? out : "(none)", needle);
+    if (rc != want_rc || !out || !strstr(out, needle)) {
+        static char msg[1024];
+        snprintf(msg, sizeof msg, "%s", out ? out : "(none)");
+        free(out);
+        fail_msg("%s: rc %d (want %d), output '%s' lacks '%s'", cmd, rc, want_rc, msg, needle);
+    }
     printf("  tokenize %s -> %.*s\n", args, (int)strcspn(out, "\n"), out);
     free(out);
 }

@@ -92,6 +92,23 @@ static void print_table(const fp_part_data *d, const size_t *shard_of, size_t n_
     free(cnt);
 }
 
+/* --by speaker reads a play script: refuse JSON before reading labels. */
+static int check_speaker_input(const char *cmd, const part_opts *o)
+{
+    char head[4096];
+    FILE *f = fopen(o->data, "rb");
+    size_t n = f ? fread(head, 1, sizeof head - 1, f) : 0;
+    if (f)
+        fclose(f);
+    head[n] = '\0';
+    char first = head[strspn(head, " \t\r\n")];
+    if (o->format != FP_FORMAT_TEXT && (o->format != FP_FORMAT_AUTO || first == '{' ||
+                                        first == '['))
+        return cli_fail(cmd, "--by speaker needs a plain-text play script; for JSON use "
+                        "field:NAME");
+    return 0;
+}
+
 static int run(const char *cmd, const part_opts *o, const fp_part_spec *spec)
 {
     int rc = 1;
@@ -99,6 +116,8 @@ static int run(const char *cmd, const part_opts *o, const fp_part_spec *spec)
     fp_part_data d;
     size_t *shard_of = NULL, n_shards = 0;
     const char *label = spec->kind == FP_PART_IID ? o->label : spec->field;
+    if (spec->kind == FP_PART_SPEAKER && check_speaker_input(cmd, o) != 0)
+        return 1;
     if (o->tokenizer && !(tok = fp_tokenizer_load(o->tokenizer)))
         return cli_fail_lib(cmd);
     if (fp_part_data_load(o->data, o->format, o->skip_bad, label, tok, &d) != 0)

@@ -13,7 +13,8 @@
 
 #define DATA_HELP \
     "  --format auto|text|json|alpaca|ids (auto)  --skip-bad\n" \
-    "  --val-fraction F (0.1; 0 disables)  --split-seed S (42)\n" \
+    "  --val-fraction F (0: no split; e.g. 0.1 holds out 10% of the examples)\n" \
+    "  --split-seed S (42)\n" \
     "  Data forms: plain text (blocks split at blank lines; one token stream, no EOS);\n" \
     "  JSONL or a JSON array of {\"text\": ...} (EOS after each); Alpaca records\n" \
     "  {\"instruction\", \"input\", \"output\"} (Stanford template, loss on the response\n" \
@@ -192,6 +193,7 @@ int cmd_finetune(int argc, char **argv)
     fp_lora_config_default(&o.lora);
     fp_finetune_config_default(&o.ft);
     fp_data_options_default(&o.dopt);
+    o.dopt.val_fraction = 0.0;  /* the tool splits only when asked (workers always do) */
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", ft_long, NULL)) != -1) {
@@ -287,8 +289,9 @@ static int eval_run(const char *model, const char *adapter, const char *data_pat
     report_data("eval", data_path, &data, 0);  /* stdout stays one JSON line */
     const fp_tokens *t = split == SPLIT_VALID ? &data.valid : &data.train;
     if (split == SPLIT_VALID && data.valid_examples == 0) {
-        fp_error_set("%s has no validation split (%zu examples, --val-fraction %g)",
-                     data_path, data.examples, dopt->val_fraction);
+        fp_error_set("%s has no validation split (%zu examples, --val-fraction %g): pass the "
+                     "--val-fraction and --split-seed that finetune used", data_path,
+                     data.examples, dopt->val_fraction);
         goto out;
     }
     if ((adapter && !(lora = fp_lora_load(adapter, &m->cfg))) ||
@@ -309,6 +312,7 @@ int cmd_eval(int argc, char **argv)
     int seq = 128, batch = 4, threads = 0, split = SPLIT_ALL;
     fp_data_options dopt;
     fp_data_options_default(&dopt);
+    dopt.val_fraction = 0.0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"adapter", required_argument, 0, 'a'},
         {"data", required_argument, 0, 'd'},  {"seq", required_argument, 0, 'T'},

@@ -1,0 +1,62 @@
+/* rounds_internal.h - the round state shared by rounds.c (phases, persistence)
+ * and rounds_msgs.c (the workers' messages during a phase). Not for others. */
+#ifndef COORD_ROUNDS_INTERNAL_H
+#define COORD_ROUNDS_INTERNAL_H
+
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "lora.h"
+#include "metrics.h"
+#include "rounds.h"
+#include "strategy.h"
+#include "wire.h"
+
+typedef enum { PH_WAIT, PH_TRAIN, PH_EVAL, PH_FINISHING, PH_DONE } round_phase;
+
+/* A worker's part in the current phase. */
+enum { ST_NONE, ST_PENDING, ST_READY, ST_STAGING, ST_DONE, ST_FAILED };
+
+enum { TASK_TRAIN = 0, TASK_EVAL = 1 };
+
+struct rounds {
+    const coord_config *cfg;
+    server *srv;
+    strategy *strat;
+    fp_lora *global;
+    float *staging;                 /* one upload being received */
+    char run_id[40], model_hash[72];
+    char ckpt_path[1100], metrics_path[1100];
+    uint64_t nonce;                 /* task ids: nonce + 2 * round + kind */
+    uint64_t round;                 /* the round in progress */
+    round_phase ph;
+    int64_t phase_start_ms, deadline_ms, wait_log_ms;
+    /* Per worker (server index), this phase. */
+    uint8_t *status;
+    uint64_t *examples;
+    float *loss;
+    int *queue;                     /* READY workers waiting for Pull, FIFO */
+    int q_head, q_len;
+    int staging_worker;             /* -1: the staging buffer is free */
+    int64_t staging_last_ms;
+    wire_assembler as;
+    unsigned n_targets, n_reported;
+    double loss_wsum, weight_sum;   /* train loss weighted by examples */
+    double val_sum;
+    uint64_t val_tokens;
+    round_metrics m;
+    char **lines;                   /* metrics lines of completed rounds */
+    size_t n_lines;
+    int finished_flag;              /* the checkpoint says the run is over */
+    int exit_code;
+};
+
+uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
+/* rounds_msgs.c */
+void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg);
+void rounds_on_bad_frame(void *ctx, int w);
+void rounds_try_pull(rounds *r, int64_t now);
+void rounds_check_stall(rounds *r, int64_t now);
+void rounds_drop_staging(rounds *r);
+
+#endif

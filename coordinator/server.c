@@ -1,0 +1,391 @@
+/* server.c - ROUTER event loop, worker registry, liveness and dispatch (server.h). */
+#include "server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "clog.h"
+
+#define SERVER_DRAIN_MAX 1024   /* messages handled per poll before timers run */
+
+struct server {
+    void *zctx, *sock;
+    server_config cfg;
+    char model_hash[72], run_id[40], endpoint[256];
+    server_hooks hooks;
+    worker_info *workers;
+    int n_workers;
+    uint64_t rejected[REJ_COUNT];
+    uint64_t bytes_up, bytes_down;
+    uint64_t round;             /* echoed in heartbeats */
+};
+
+server *server_new(const server_config *cfg)
+{
+    server *srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        fp_error_set("out of memory");
+        return NULL;
+    }
+    srv->cfg = *cfg;
+    snprintf(srv->model_hash, sizeof srv->model_hash, "%s", cfg->model_hash);
+    snprintf(srv->run_id, sizeof srv->run_id, "%s", cfg->run_id);
+    snprintf(srv->endpoint, sizeof srv->endpoint, "%s", cfg->endpoint);
+    srv->cfg.model_hash = srv->model_hash;
+    srv->cfg.run_id = srv->run_id;
+    srv->cfg.endpoint = srv->endpoint;
+    srv->workers = calloc(SERVER_MAX_WORKERS, sizeof *srv->workers);
+    srv->zctx = zmq_ctx_new();
+    if (!srv->workers || !srv->zctx) {
+        fp_error_set("cannot create the ZeroMQ context");
+        goto err;
+    }
+    srv->sock = wire_router_bind(srv->zctx, cfg->endpoint);
+    if (!srv->sock)
+        goto err;
+    return srv;
+err:
+    server_destroy(&srv);
+    return NULL;
+}
+
+void server_destroy(server **srv_p)
+{
+    if (!srv_p || !*srv_p)
+        return;
+    server *srv = *srv_p;
+    if (srv->sock)
+        zmq_close(srv->sock);
+    if (srv->zctx)
+        zmq_ctx_term(srv->zctx);
+    free(srv->workers);
+    free(srv);
+    *srv_p = NULL;
+}
+
+void server_set_hooks(server *srv, const server_hooks *hooks) { srv->hooks = *hooks; }
+
+void server_set_linger(server *srv, int ms)
+{
+    zmq_setsockopt(srv->sock, ZMQ_LINGER, &ms, sizeof ms);
+}
+
+/* ---- registry ---------------------------------------------------------------- */
+
+int server_n_workers(const server *srv) { return srv->n_workers; }
+const worker_info *server_worker(const server *srv, int i) { return &srv->workers[i]; }
+
+int server_n_live(const server *srv)
+{
+    int n = 0;
+    for (int i = 0; i < srv->n_workers; i++)
+        n += srv->workers[i].alive;
+    return n;
+}
+
+static int find_worker(const server *srv, const char *rid)
+{
+    if (!rid || !*rid)
+        return -1;
+    for (int i = 0; i < srv->n_workers; i++)
+        if (strcmp(srv->workers[i].id, rid) == 0)
+            return i;
+    return -1;
+}
+
+static void touch(server *srv, int w, int64_t now)
+{
+    worker_info *wi = &srv->workers[w];
+    wi->last_seen_ms = now;
+    if (!wi->alive) {
+        wi->alive = 1;
+        clog_info("worker %s is alive again (%d live)", wi->id, server_n_live(srv));
+    }
+}
+
+static void check_liveness(server *srv, int64_t now)
+{
+    int64_t limit = 3 * (int64_t)srv->cfg.heartbeat_ms;
+    for (int i = 0; i < srv->n_workers; i++) {
+        worker_info *wi = &srv->workers[i];
+        if (!wi->alive || now - wi->last_seen_ms <= limit)
+            continue;
+        wi->alive = 0;
+        clog_info("worker %s is dead: no message for %lld ms (%d live)", wi->id,
+                  (long long)(now - wi->last_seen_ms), server_n_live(srv));
+        if (srv->hooks.on_dead)
+            srv->hooks.on_dead(srv->hooks.ctx, i);
+    }
+}
+
+/* ---- sending -------------------------------------------------------------------- */
+
+static int send_to(server *srv, const char *rid, wire_msg *env)
+{
+    env->version = WIRE_PROTOCOL_VERSION;
+    size_t bytes = fedpeft__envelope__get_packed_size(env);
+    if (wire_send(srv->sock, rid, env) < 0)
+        return -1;
+    srv->bytes_down += bytes;
+    return 0;
+}
+
+int server_send(server *srv, int worker, wire_msg *env)
+{
+    const char *rid = srv->workers[worker].id;
+    if (send_to(srv, rid, env) < 0) {
+        clog_info("cannot send to worker %s: %s", rid, fp_error_get());
+        return -1;
+    }
+    return 0;
+}
+
+int server_send_slab(server *srv, int worker, uint64_t task_id, const float *slab, size_t n)
+{
+    uint32_t n_chunks = wire_n_chunks(n);
+    for (uint32_t i = 0; i < n_chunks; i++) {
+        size_t off = (size_t)i * WIRE_CHUNK_FLOATS;
+        size_t len = n - off < WIRE_CHUNK_FLOATS ? n - off : WIRE_CHUNK_FLOATS;
+        Fedpeft__TensorChunk c = FEDPEFT__TENSOR_CHUNK__INIT;
+        c.task_id = task_id;
+        c.index = i;
+        c.offset = off;
+        c.n_data = len;
+        c.data = (float *)(slab + off);
+        wire_msg env = FEDPEFT__ENVELOPE__INIT;
+        env.body_case = FEDPEFT__ENVELOPE__BODY_CHUNK;
+        env.chunk = &c;
+        if (server_send(srv, worker, &env) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void reject_v(server *srv, int worker, const char *rid, reject_reason why,
+                     Fedpeft__Reject__Code code, const char *fmt, va_list ap)
+{
+    char reason[512];
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    if (worker >= 0)
+        rid = srv->workers[worker].id;
+    srv->rejected[why]++;
+    clog_info("rejected (%s) from %s: %s", reject_reason_name(why),
+              rid && *rid ? rid : "an unnamed peer", reason);
+    if (!rid || !*rid)
+        return;
+    Fedpeft__Reject r = FEDPEFT__REJECT__INIT;
+    r.code = code;
+    r.reason = reason;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_REJECT;
+    env.reject = &r;
+    (void)send_to(srv, rid, &env); /* the peer may be gone: nothing to do */
+}
+
+void server_reject(server *srv, int worker, const char *rid, reject_reason why,
+                   Fedpeft__Reject__Code code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reject_v(srv, worker, rid, why, code, fmt, ap);
+    va_end(ap);
+}
+
+void server_shutdown_workers(server *srv, const char *reason)
+{
+    for (int i = 0; i < srv->n_workers; i++) {
+        if (!srv->workers[i].alive)
+            continue;
+        Fedpeft__Reject r = FEDPEFT__REJECT__INIT;
+        r.code = FEDPEFT__REJECT__CODE__SHUTDOWN;
+        r.reason = (char *)reason;
+        wire_msg env = FEDPEFT__ENVELOPE__INIT;
+        env.body_case = FEDPEFT__ENVELOPE__BODY_REJECT;
+        env.reject = &r;
+        (void)server_send(srv, i, &env);
+    }
+}
+
+void server_take_counters(server *srv, uint64_t rejected[REJ_COUNT], uint64_t *bytes_up,
+                          uint64_t *bytes_down)
+{
+    memcpy(rejected, srv->rejected, sizeof srv->rejected);
+    *bytes_up = srv->bytes_up;
+    *bytes_down = srv->bytes_down;
+    memset(srv->rejected, 0, sizeof srv->rejected);
+    srv->bytes_up = srv->bytes_down = 0;
+}
+
+void server_set_round(server *srv, uint64_t round) { srv->round = round; }
+
+/* ---- dispatch ------------------------------------------------------------------ */
+
+static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, int64_t now)
+{
+    if (strcmp(h->worker_id, rid) != 0) {
+        server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
+                      "Hello names worker '%.64s' but its socket's routing id is '%s'",
+                      h->worker_id, rid);
+        return;
+    }
+    if (strcmp(h->model_hash, srv->model_hash) != 0) {
+        server_reject(srv, -1, rid, REJ_MODEL, FEDPEFT__REJECT__CODE__MODEL,
+                      "base model differs: worker %.12s..., coordinator %.12s...: the "
+                      "worker's [model] path points to a different base model",
+                      h->model_hash, srv->model_hash);
+        return;
+    }
+    int w = find_worker(srv, rid);
+    if (w < 0) {
+        if (srv->n_workers >= SERVER_MAX_WORKERS) {
+            server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__OTHER,
+                          "too many workers: this coordinator registers at most %d",
+                          SERVER_MAX_WORKERS);
+            return;
+        }
+        w = srv->n_workers++;
+        snprintf(srv->workers[w].id, sizeof srv->workers[w].id, "%s", rid);
+    }
+    worker_info *wi = &srv->workers[w];
+    wi->n_examples = h->n_train_examples;
+    wi->n_tokens = h->n_train_tokens;
+    wi->alive = 1;
+    wi->last_seen_ms = now;
+    clog_info("worker %s registered: %llu examples, %llu tokens (%d live)", wi->id,
+              (unsigned long long)wi->n_examples, (unsigned long long)wi->n_tokens,
+              server_n_live(srv));
+    Fedpeft__LoraSpec spec = srv->cfg.lora;
+    Fedpeft__Welcome wel = FEDPEFT__WELCOME__INIT;
+    wel.run_id = srv->run_id;
+    wel.lora = &spec;
+    wel.heartbeat_ms = (uint32_t)srv->cfg.heartbeat_ms;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_WELCOME;
+    env.welcome = &wel;
+    if (server_send(srv, w, &env) < 0)
+        return;
+    if (srv->hooks.on_hello)
+        srv->hooks.on_hello(srv->hooks.ctx, w);
+}
+
+static void handle_bad_frame(server *srv, const char *rid, wire_err why)
+{
+    static const reject_reason map[WIRE_ERR_COUNT] = {
+        [WIRE_ERR_OVERSIZED] = REJ_OVERSIZED, [WIRE_ERR_UNDECODABLE] = REJ_UNDECODABLE,
+        [WIRE_ERR_VERSION] = REJ_VERSION, [WIRE_ERR_INVALID] = REJ_INVALID,
+    };
+    reject_reason r = (unsigned)why < WIRE_ERR_COUNT && why != WIRE_OK ? map[why]
+                                                                        : REJ_UNDECODABLE;
+    int w = find_worker(srv, rid);
+    if (w >= 0)
+        touch(srv, w, clog_now_ms());
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", fp_error_get());
+    if (r == REJ_VERSION)
+        server_reject(srv, w, rid, r, FEDPEFT__REJECT__CODE__VERSION,
+                      "protocol version differs (%s); this coordinator speaks version %u: "
+                      "upgrade one side", msg, WIRE_PROTOCOL_VERSION);
+    else
+        server_reject(srv, w, rid, r, FEDPEFT__REJECT__CODE__BAD_MESSAGE, "%s", msg);
+    if (w >= 0 && srv->hooks.on_bad_frame)
+        srv->hooks.on_bad_frame(srv->hooks.ctx, w);
+}
+
+static const char *body_name(Fedpeft__Envelope__BodyCase c)
+{
+    switch (c) {
+    case FEDPEFT__ENVELOPE__BODY_WELCOME: return "Welcome";
+    case FEDPEFT__ENVELOPE__BODY_REJECT: return "Reject";
+    case FEDPEFT__ENVELOPE__BODY_TASK: return "Task";
+    case FEDPEFT__ENVELOPE__BODY_PULL: return "Pull";
+    default: return "this message";
+    }
+}
+
+static void handle_msg(server *srv, const char *rid, const wire_msg *msg, int64_t now)
+{
+    srv->bytes_up += fedpeft__envelope__get_packed_size(msg);
+    if (msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO) {
+        handle_hello(srv, rid, msg->hello, now);
+        return;
+    }
+    int w = find_worker(srv, rid);
+    if (w < 0) {
+        server_reject(srv, -1, rid, REJ_UNKNOWN_WORKER, FEDPEFT__REJECT__CODE__UNKNOWN_WORKER,
+                      "unknown worker '%s': say Hello (the coordinator may have restarted)",
+                      rid);
+        return;
+    }
+    touch(srv, w, now);
+    switch (msg->body_case) {
+    case FEDPEFT__ENVELOPE__BODY_HEARTBEAT: {
+        Fedpeft__Heartbeat hb = FEDPEFT__HEARTBEAT__INIT;
+        hb.round = srv->round;
+        wire_msg env = FEDPEFT__ENVELOPE__INIT;
+        env.body_case = FEDPEFT__ENVELOPE__BODY_HEARTBEAT;
+        env.heartbeat = &hb;
+        (void)server_send(srv, w, &env);
+        break;
+    }
+    case FEDPEFT__ENVELOPE__BODY_UPDATE_READY:
+    case FEDPEFT__ENVELOPE__BODY_CHUNK:
+    case FEDPEFT__ENVELOPE__BODY_EVAL_RESULT:
+        if (srv->hooks.on_task_msg)
+            srv->hooks.on_task_msg(srv->hooks.ctx, w, msg);
+        break;
+    default:
+        server_reject(srv, w, NULL, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
+                      "a worker does not send %s", body_name(msg->body_case));
+        break;
+    }
+}
+
+/* Handles what is waiting. -1 only when the socket itself fails. */
+static int drain(server *srv)
+{
+    for (int k = 0; k < SERVER_DRAIN_MAX; k++) {
+        char rid[WIRE_MAX_ID] = "";
+        wire_msg *msg = NULL;
+        wire_err why = WIRE_OK;
+        int rc = wire_recv(srv->sock, ZMQ_DONTWAIT, rid, sizeof rid, &msg, &why);
+        if (rc == 0)
+            return 0;
+        if (rc < 0) {
+            handle_bad_frame(srv, rid, why);
+            continue;
+        }
+        handle_msg(srv, rid, msg, clog_now_ms());
+        wire_msg_free(&msg);
+    }
+    return 0;
+}
+
+int server_run(server *srv, volatile sig_atomic_t *stop)
+{
+    int liveness_ms = srv->cfg.heartbeat_ms / 2 > 0 ? srv->cfg.heartbeat_ms / 2 : 1;
+    while (!*stop) {
+        int64_t now = clog_now_ms();
+        check_liveness(srv, now);
+        int done = 0, wait = -1;
+        if (srv->hooks.tick)
+            wait = srv->hooks.tick(srv->hooks.ctx, now, &done);
+        if (done)
+            return 0;
+        if (wait < 0 || wait > liveness_ms)
+            wait = liveness_ms;
+        zmq_pollitem_t item = {srv->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&item, 1, wait);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return fp_error_set("zmq_poll: %s", zmq_strerror(errno));
+        }
+        if ((item.revents & ZMQ_POLLIN) && drain(srv) < 0)
+            return -1;
+    }
+    return 1;
+}

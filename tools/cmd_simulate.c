@@ -1,0 +1,438 @@
+/* cmd_simulate.c - `fedpeft simulate`: a whole federation on this machine.
+ *
+ *   fedpeft simulate --config FILE [--section.key=value ...]
+ *
+ * 1. converts the llama2.c model ([simulate] llama2c + tokenizer_bin) into
+ *    OUT/model (`fedpeft convert`);
+ * 2. partitions [simulate] data into one shard per worker (`fedpeft partition
+ *    --by PARTITION --seed [run] seed`) in OUT/shards;
+ * 3. starts fedpeft-coordinator and N fedpeft-worker processes (found next to
+ *    this binary) on 127.0.0.1, each with the same config file plus overrides,
+ *    logging to OUT/logs/{coordinator,wNN}.log;
+ * 4. prints one table row per round as OUT/state/metrics.jsonl grows, and
+ *    leaves the final adapter in OUT/adapter.
+ * Overrides go to the program whose section they name: [simulate] here,
+ * [model] and [worker] to the workers, [model] and the coordinator's sections
+ * to the coordinator. Ctrl-C (or SIGTERM) stops every process and exits 130.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "sim_table.h"
+
+#define SIM_MAX_WORKERS 256
+#define SIM_MAX_ARGS 256
+
+typedef struct {
+    int workers;
+    char data[1024], partition[256], llama2c[1024], tokenizer_bin[1024], out_dir[1024];
+    int port;
+} sim_config;
+
+#define F(field) offsetof(sim_config, field)
+#define S(field) sizeof(((sim_config *)0)->field)
+static const fp_cfg_key sim_keys[] = {
+    {"simulate", "workers", FP_CFG_INT, 1, SIM_MAX_WORKERS, "8", F(workers), 0, NULL,
+     "worker processes to start (one data shard each)"},
+    {"simulate", "data", FP_CFG_STRING, 0, 0, "data/tinyshakespeare/input.txt", F(data), S(data),
+     NULL, "the data file partitioned among the workers"},
+    {"simulate", "partition", FP_CFG_STRING, 0, 0, "speaker", F(partition), S(partition), NULL,
+     "fedpeft partition --by: speaker, iid, dirichlet:ALPHA:FIELD, field:NAME"},
+    {"simulate", "llama2c", FP_CFG_STRING, 0, 0, "data/stories260K/stories260K.bin", F(llama2c),
+     S(llama2c), NULL, "llama2.c checkpoint converted into OUT/model"},
+    {"simulate", "tokenizer_bin", FP_CFG_STRING, 0, 0, "data/stories260K/tok512.bin",
+     F(tokenizer_bin), S(tokenizer_bin), NULL, "its llama2.c tokenizer"},
+    {"simulate", "out_dir", FP_CFG_STRING, 0, 0, "sim-out", F(out_dir), S(out_dir), NULL,
+     "everything goes here: model, shards, logs, state (metrics.jsonl), adapter"},
+    {"simulate", "port", FP_CFG_INT, 0, 65535, "0", F(port), 0, NULL,
+     "coordinator port on 127.0.0.1 (0 = pick a free one)"},
+    {NULL},
+};
+#undef F
+#undef S
+
+/* The coordinator's [run] keys, read only for the table's "round r/R" and the
+ * partition seed (mirrors coordinator/coord_config.c; if they drift, the
+ * table just omits R). */
+typedef struct {
+    int rounds;
+    uint64_t seed;
+    double target_loss;
+    char state_dir[1024], out_dir[1024];
+} sim_run_view;
+#define F(field) offsetof(sim_run_view, field)
+#define S(field) sizeof(((sim_run_view *)0)->field)
+static const fp_cfg_key run_keys[] = {
+    {"run", "rounds", FP_CFG_INT, 1, 100000, "10", F(rounds), 0, NULL, ""},
+    {"run", "seed", FP_CFG_U64, 0, 0, "1234", F(seed), 0, NULL, ""},
+    {"run", "target_loss", FP_CFG_DOUBLE, 0, 1e9, "0", F(target_loss), 0, NULL, ""},
+    {"run", "state_dir", FP_CFG_STRING, 0, 0, "", F(state_dir), S(state_dir), NULL, ""},
+    {"run", "out_dir", FP_CFG_STRING, 0, 0, "", F(out_dir), S(out_dir), NULL, ""},
+    {NULL},
+};
+#undef F
+#undef S
+
+static const char *const not_simulate[] = {"run", "model", "lora", "train", "sampling", "round",
+                                           "network", "strategy", "worker", NULL};
+static const char *const not_run[] = {"simulate", "model", "lora", "train", "sampling", "round",
+                                      "network", "strategy", "worker", NULL};
+static const char *const coord_sections[] = {"run", "model", "lora", "train", "sampling",
+                                             "round", "network", "strategy", NULL};
+static const char *const worker_sections[] = {"model", "worker", NULL};
+
+static volatile sig_atomic_t sim_stop;
+static void on_signal(int sig) { sim_stop = sig; }
+
+static const char usage[] =
+    "usage: fedpeft simulate --config FILE [--section.key=value ...]\n"
+    "  Runs a whole federation on this machine: converts [simulate] llama2c into\n"
+    "  OUT/model, partitions [simulate] data into one shard per worker, starts\n"
+    "  fedpeft-coordinator and [simulate] workers fedpeft-worker processes on\n"
+    "  127.0.0.1 and prints one row per round. OUT = [simulate] out_dir: model/,\n"
+    "  shards/, logs/ (one log per process), state/ (metrics.jsonl, checkpoint),\n"
+    "  adapter/ (the final PEFT adapter). The same file configures the coordinator\n"
+    "  ([run] [lora] [train] [sampling] [round] [network] [strategy]) and the\n"
+    "  workers ([worker]); overrides go to the program owning the section.\n"
+    "  Simulate sets [sampling] min_workers to the number of workers (override it\n"
+    "  to sample a fraction). Ctrl-C stops every process.\n\n";
+
+typedef struct {
+    const char *config;
+    char *own[SIM_MAX_ARGS], *coord[SIM_MAX_ARGS], *worker[SIM_MAX_ARGS], *run[SIM_MAX_ARGS];
+    int n_own, n_coord, n_worker, n_run;
+} sim_args;
+
+static int in_list(const char *const *list, const char *s, size_t len)
+{
+    for (; *list; list++)
+        if (strlen(*list) == len && !strncmp(*list, s, len))
+            return 1;
+    return 0;
+}
+
+/* Sorts --section.key[=value] overrides by the program owning the section. */
+static int route_args(int argc, char **argv, sim_args *a)
+{
+    for (int i = 1; i < argc; i++) {
+        char *arg = argv[i];
+        if (!strcmp(arg, "--config") || !strncmp(arg, "--config=", 9)) {
+            if (arg[8] == '=')
+                a->config = arg + 9;
+            else if (i + 1 < argc)
+                a->config = argv[++i];
+            else
+                return cli_fail("simulate", "--config needs a FILE"), -1;
+            continue;
+        }
+        const char *dot = strchr(arg, '.');
+        if (strncmp(arg, "--", 2) != 0 || !dot)
+            return cli_fail("simulate", "unexpected argument '%s' (expected --config FILE or "
+                            "--section.key=value)", arg), -1;
+        int two = !strchr(arg, '=') && i + 1 < argc;    /* --section.key value */
+        const char *sec = arg + 2;
+        size_t len = (size_t)(dot - sec);
+        int mine = len == 8 && !strncmp(sec, "simulate", 8);
+        int coord = in_list(coord_sections, sec, len), work = in_list(worker_sections, sec, len);
+        if (!mine && !coord && !work)
+            return cli_fail("simulate", "unknown section in '%s'; sections: simulate, worker, "
+                            "model, run, lora, train, sampling, round, network, strategy", arg), -1;
+        int run = len == 3 && !strncmp(sec, "run", 3);
+        for (int k = 0; k <= two; k++) {
+            if (a->n_own + 2 >= SIM_MAX_ARGS / 2 || a->n_coord + 2 >= SIM_MAX_ARGS / 2 ||
+                a->n_worker + 2 >= SIM_MAX_ARGS / 2)
+                return cli_fail("simulate", "too many overrides"), -1;
+            if (mine)
+                a->own[a->n_own++] = argv[i + k];
+            if (run)
+                a->run[a->n_run++] = argv[i + k];
+            if (coord)
+                a->coord[a->n_coord++] = argv[i + k];
+            if (work)
+                a->worker[a->n_worker++] = argv[i + k];
+        }
+        i += two;
+    }
+    if (!a->config)
+        return cli_fail("simulate", "--config FILE is required (e.g. "
+                        "configs/simulate-shakespeare.ini)"), -1;
+    return 0;
+}
+
+/* ---- processes ---------------------------------------------------------- */
+
+typedef struct {
+    char name[32];
+    char log[1200];
+    pid_t pid;
+    int status, done;
+} sim_proc;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* fork + exec argv with stdout and stderr into log; -1 if fork fails. */
+static pid_t spawn(char **argv, const char *log)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+    }
+    int nul = open("/dev/null", O_RDONLY);
+    if (nul >= 0)
+        dup2(nul, 0);
+    signal(SIGINT, SIG_IGN);    /* the parent stops us with SIGTERM, in order */
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
+    execv(argv[0], argv);
+    fprintf(stderr, "fedpeft simulate: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+static const char *describe(int status, char *buf, size_t cap)
+{
+    if (WIFEXITED(status))
+        snprintf(buf, cap, "exited with status %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(buf, cap, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, cap, "stopped (status 0x%x)", status);
+    return buf;
+}
+
+/* Runs a step to completion; 0 when it exited 0, else prints its log's tail. */
+static int run_step(const char *what, char **argv, const char *log)
+{
+    int status;
+    pid_t pid = spawn(argv, log);
+    if (pid < 0)
+        return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return cli_fail("simulate", "waitpid: %s", strerror(errno)), -1;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    char buf[128], cmd[1400];
+    cli_fail("simulate", "%s %s; its output (%s):", what, describe(status, buf, sizeof buf), log);
+    snprintf(cmd, sizeof cmd, "tail -n 20 '%s' >&2", log);
+    if (system(cmd) != 0)
+        (void)0;
+    return -1;
+}
+
+/* Polls children; returns the index of one that ended since last time, or -1. */
+static int reap(sim_proc *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (p[i].done || p[i].pid <= 0)
+            continue;
+        pid_t r = waitpid(p[i].pid, &p[i].status, WNOHANG);
+        if (r == p[i].pid) {
+            p[i].done = 1;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* SIGTERM to everyone still running, then SIGKILL after grace_s. */
+static void stop_all(sim_proc *p, int n, double grace_s)
+{
+    for (int i = 0; i < n; i++)
+        if (!p[i].done && p[i].pid > 0)
+            kill(p[i].pid, SIGTERM);
+    double end = now_s() + grace_s;
+    for (;;) {
+        int alive = 0;
+        while (reap(p, n) >= 0)
+            ;
+        for (int i = 0; i < n; i++)
+            alive += !p[i].done && p[i].pid > 0;
+        if (!alive)
+            return;
+        if (now_s() > end)
+            break;
+        usleep(50000);
+    }
+    for (int i = 0; i < n; i++)
+        if (!p[i].done && p[i].pid > 0) {
+            kill(p[i].pid, SIGKILL);
+            waitpid(p[i].pid, &p[i].status, 0);
+            p[i].done = 1;
+        }
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static int mkdirs(const char *path)
+{
+    char buf[1200];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* A free TCP port on 127.0.0.1 (the kernel's pick), or -1. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+/* OUT/shards/shard-NNN.txt or .jsonl for worker i (0-based). */
+static int shard_path(const char *out, int i, char *buf, size_t cap)
+{
+    const char *ext[] = {"txt", "jsonl"};
+    for (int e = 0; e < 2; e++) {
+        snprintf(buf, cap, "%s/shards/shard-%03d.%s", out, i, ext[e]);
+        if (access(buf, R_OK) == 0)
+            return 0;
+    }
+    return cli_fail("simulate", "the partition wrote no shard %d (%s/shards/shard-%03d.txt "
+                    "or .jsonl): see %s/logs/partition.log", i, out, i, out), -1;
+}
+
+/* A relative path that does not exist here is tried relative to the config
+ * file's parent directory (configs/x.ini -> the project root). */
+static void resolve(char *path, size_t cap, const char *config)
+{
+    if (path[0] == '/' || access(path, F_OK) == 0)
+        return;
+    char cfg[1200], cand[2400];
+    snprintf(cfg, sizeof cfg, "%s", config);
+    char *dir = dirname(cfg);
+    snprintf(cand, sizeof cand, "%s/../%s", dir, path);
+    if (access(cand, F_OK) == 0 && strlen(cand) < cap)
+        snprintf(path, cap, "%s", cand);
+}
+
+/* Defaults, the file, then the overrides routed to us. */
+static int load_configs(const sim_args *a, sim_config *c, sim_run_view *rv)
+{
+    char *own[SIM_MAX_ARGS + 1], *run[SIM_MAX_ARGS + 1];
+    own[0] = run[0] = "simulate";
+    memcpy(own + 1, a->own, (size_t)a->n_own * sizeof(char *));
+    memcpy(run + 1, a->run, (size_t)a->n_run * sizeof(char *));
+    if (fp_cfg_defaults(sim_keys, c) != 0 ||
+        fp_cfg_load_file(sim_keys, c, a->config, not_simulate) != 0 ||
+        fp_cfg_apply_args(sim_keys, c, a->n_own + 1, own) != 0)
+        return -1;
+    if (fp_cfg_defaults(run_keys, rv) != 0 ||
+        fp_cfg_load_file(run_keys, rv, a->config, not_run) != 0 ||
+        fp_cfg_apply_args(run_keys, rv, a->n_run + 1, run) != 0) {
+        rv->rounds = 0;     /* display only: the coordinator validates [run] itself */
+        rv->seed = 0;
+    }
+    resolve(c->data, sizeof c->data, a->config);
+    resolve(c->llama2c, sizeof c->llama2c, a->config);
+    resolve(c->tokenizer_bin, sizeof c->tokenizer_bin, a->config);
+    return 0;
+}
+
+/* Fresh OUT: state, logs, shards and adapter of an earlier run are removed
+ * (an old checkpoint would otherwise resume). */
+static int prepare_out(const char *out)
+{
+    const char *sub[] = {"state", "logs", "shards", "adapter", "model"};
+    char p[1200];
+    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", out, sub[i]);
+        if (access(p, F_OK) == 0 && nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+            return cli_fail("simulate", "cannot remove %s: %s", p, strerror(errno)), -1;
+    }
+    snprintf(p, sizeof p, "%s/logs", out);
+    if (mkdirs(p) != 0)
+        return cli_fail("simulate", "cannot create %s: %s", p, strerror(errno)), -1;
+    snprintf(p, sizeof p, "%s/state", out);
+    if (mkdirs(p) != 0)
+        return cli_fail("simulate", "cannot create %s: %s", p, strerror(errno)), -1;
+    return 0;
+}
+
+typedef struct {
+    char exe[1024], coord[1100], worker[1100];
+} sim_bins;
+
+static int find_bins(sim_bins *b)
+{
+    ssize_t n = readlink("/proc/self/exe", b->exe, sizeof b->exe - 1);
+    if (n <= 0)
+        return cli_fail("simulate", "cannot find this program: %s", strerror(errno)), -1;
+    b->exe[n] = '\0';
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", b->exe);
+    char *d = dirname(dir);
+    snprintf(b->coord, sizeof b->coord, "%s/fedpeft-coordinator", d);
+    snprintf(b->worker, sizeof b->worker, "%s/fedpeft-worker", d);
+    if (access(b->coord, X_OK) != 0 || access(b->worker, X_OK) != 0)
+        return cli_fail("simulate", "fedpeft-coordinator and fedpeft-worker must be next to %s "
+                        "(build all targets)", b->exe), -1;
+    return 0;
+}
+
+/* convert + partition. */
+static int prepare_inputs(const sim_bins *b, const sim_config *c, const sim_run_view *rv)
+{
+    char model[1200], log[1200], shards[1200], n[16], seed[32];
+    snprintf(model, sizeof model, "%s/model", c->out_dir);
+    snprintf(log, sizeof log, "%s/logs/convert.log", c->out_dir);
+    char *conv[] = {(char *)b->exe, "convert", "--llama2c", (char *)c->llama2c, "--tokenizer",
+                    (char *)c->tokenizer_bin, "--out", model, NULL};
+    if (run_step("fedpeft convert", conv, log) != 0)
+        return -1;
+    snprintf(log, sizeof log, "%s/logs/partition.log", c->out_dir);
+    snprintf(shards, sizeof shards, "%s/shards", c->out_dir);
+    snprintf(n, sizeof n, "%d", c->workers);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)rv->seed);
+    char *part[] = {(char *)b->exe, "partition", "--data", (char *)c->data, "--workers", n,
+                    "--by", (char *)c->partition, "--out", shards, "--seed", seed, NULL};
+    if (run_step("fedpeft partition", part, log) != 0)
+        return -1;
+    printf("simulate: %s partitioned by %s into %d shards (%s; table in %s)\n", c->data,
+           c->partition, c->workers, shards, log);
+    return 0;
+}
