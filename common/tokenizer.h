@@ -18,8 +18,9 @@
  * Semantics are those of huggingface/tokenizers: added tokens are matched
  * literally (longest first) in the raw text before normalizing, the normalizer
  * runs on each piece between them, and BPE merges the adjacent pair of lowest
- * merge rank (leftmost on ties). A loaded tokenizer is read-only: encode and
- * decode may be called from several threads at once.
+ * merge rank (leftmost on ties). A loaded tokenizer is read-only but for a
+ * word -> ids memo behind a try-lock (a call that finds it busy uses a private
+ * one): encode and decode may be called from several threads at once.
  */
 #ifndef FP_TOKENIZER_H
 #define FP_TOKENIZER_H

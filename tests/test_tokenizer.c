@@ -2,8 +2,9 @@
  *
  * Independent references: llama2.c's greedy output for stories260K, a
  * reimplementation of llama2.c's encode() (merge by score), and the real
- * LLaMA-2 tokenizer.json with ids from @huggingface/transformers (also
- * cross-checked against sentencepiece, see its SOURCE.md).
+ * LLaMA-2, GPT-2 and SmolLM2 tokenizer.json files with ids from
+ * @huggingface/transformers (cross-checked elsewhere, see their SOURCE.md),
+ * tokenizers' documented Split behaviors, and the `fedpeft tokenize` tool.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -436,3 +436,178 @@ static int prepare_inputs(const sim_bins *b, const sim_config *c, const sim_run_
            c->partition, c->workers, shards, log);
     return 0;
 }
+
+/* ---- the federation ----------------------------------------------------- */
+
+typedef struct {
+    sim_bins bins;
+    sim_config cfg;
+    sim_run_view run;
+    sim_args args;
+    char endpoint[64];
+    sim_proc procs[SIM_MAX_WORKERS + 1];    /* [0] is the coordinator */
+    int n_procs;
+} sim_state;
+
+/* Starts the coordinator (procs[0]) and the workers. */
+static int start_all(sim_state *s)
+{
+    char out[1024];     /* a copy: p->log below lives in *s too */
+    snprintf(out, sizeof out, "%s", s->cfg.out_dir);
+    static char o_model[1200], o_state[1200], o_adapter[1200], o_ep[128], o_wep[128], o_minw[64];
+    snprintf(o_model, sizeof o_model, "--model.path=%s/model", out);
+    snprintf(o_state, sizeof o_state, "--run.state_dir=%s/state", out);
+    snprintf(o_adapter, sizeof o_adapter, "--run.out_dir=%s/adapter", out);
+    snprintf(o_ep, sizeof o_ep, "--network.endpoint=%s", s->endpoint);
+    snprintf(o_wep, sizeof o_wep, "--worker.endpoint=%s", s->endpoint);
+    snprintf(o_minw, sizeof o_minw, "--sampling.min_workers=%d", s->cfg.workers);
+    char *argv[SIM_MAX_ARGS + 16];
+    int n = 0;
+    argv[n++] = s->bins.coord;
+    argv[n++] = "--config";
+    argv[n++] = (char *)s->args.config;
+    argv[n++] = o_minw;     /* before the user's overrides, which win */
+    for (int i = 0; i < s->args.n_coord; i++)
+        argv[n++] = s->args.coord[i];
+    argv[n++] = o_model, argv[n++] = o_state, argv[n++] = o_adapter, argv[n++] = o_ep;
+    argv[n] = NULL;
+    sim_proc *c = &s->procs[s->n_procs++];
+    snprintf(c->name, sizeof c->name, "coordinator");
+    snprintf(c->log, sizeof c->log, "%s/logs/coordinator.log", out);
+    if ((c->pid = spawn(argv, c->log)) < 0)
+        return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
+    for (int w = 0; w < s->cfg.workers; w++) {
+        char shard[1200], o_id[64], o_data[1300];
+        if (shard_path(out, w, shard, sizeof shard) != 0)
+            return -1;
+        sim_proc *p = &s->procs[s->n_procs++];
+        char name[32];
+        snprintf(name, sizeof name, s->cfg.workers > 99 ? "w%03d" : "w%02d", w + 1);
+        snprintf(p->name, sizeof p->name, "%s", name);
+        snprintf(p->log, sizeof p->log, "%s/logs/%s.log", out, name);
+        snprintf(o_id, sizeof o_id, "--worker.id=%s", name);
+        snprintf(o_data, sizeof o_data, "--worker.data=%s", shard);
+        n = 0;
+        argv[n++] = s->bins.worker;
+        argv[n++] = "--config";
+        argv[n++] = (char *)s->args.config;
+        argv[n++] = "--worker.threads=1";
+        for (int i = 0; i < s->args.n_worker; i++)
+            argv[n++] = s->args.worker[i];
+        argv[n++] = o_model, argv[n++] = o_id, argv[n++] = o_data, argv[n++] = o_wep;
+        argv[n] = NULL;
+        if ((p->pid = spawn(argv, p->log)) < 0)
+            return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
+    }
+    return 0;
+}
+
+/* Follows the run until the coordinator exits. 0 when it exited 0, 1 on
+ * failure, 130 when interrupted. */
+static int follow(sim_state *s, sim_table *table)
+{
+    int dead_workers = 0;
+    char buf[128];
+    for (;;) {
+        sim_table_poll(table);
+        if (sim_stop) {
+            printf("simulate: interrupted: stopping the coordinator and %d workers\n",
+                   s->n_procs - 1);
+            stop_all(s->procs, s->n_procs, 5.0);
+            return 130;
+        }
+        int i;
+        while ((i = reap(s->procs, s->n_procs)) >= 0) {
+            sim_proc *p = &s->procs[i];
+            if (i == 0) {
+                sim_table_poll(table);
+                if (WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)
+                    return 0;
+                cli_fail("simulate", "the coordinator (pid %d) %s; see %s", (int)p->pid,
+                         describe(p->status, buf, sizeof buf), p->log);
+                return 1;
+            }
+            dead_workers++;
+            fprintf(stderr, "simulate: worker %s (pid %d) %s before the run ended; see %s\n",
+                    p->name, (int)p->pid, describe(p->status, buf, sizeof buf), p->log);
+            if (dead_workers == s->n_procs - 1) {
+                cli_fail("simulate", "every worker has died; stopping (logs in %s/logs)",
+                         s->cfg.out_dir);
+                return 1;
+            }
+        }
+        usleep(200000);
+    }
+}
+
+int cmd_simulate(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            fp_cfg_print_help(sim_keys, stdout);
+            return 0;
+        }
+    sim_state *s = calloc(1, sizeof *s);
+    sim_table *table = NULL;
+    int rc = 1;
+    if (!s)
+        return cli_fail("simulate", "out of memory");
+    if (route_args(argc, argv, &s->args) != 0) {
+        free(s);
+        return 2;
+    }
+    if (load_configs(&s->args, &s->cfg, &s->run) != 0) {
+        cli_fail_lib("simulate");
+        goto out;
+    }
+    if (find_bins(&s->bins) != 0 || prepare_out(s->cfg.out_dir) != 0)
+        goto out;
+    double t0 = now_s();
+    if (prepare_inputs(&s->bins, &s->cfg, &s->run) != 0)
+        goto out;
+    int port = s->cfg.port ? s->cfg.port : free_port();
+    if (port <= 0) {
+        cli_fail("simulate", "cannot find a free port on 127.0.0.1");
+        goto out;
+    }
+    snprintf(s->endpoint, sizeof s->endpoint, "tcp://127.0.0.1:%d", port);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    char metrics[1200];
+    snprintf(metrics, sizeof metrics, "%s/state/metrics.jsonl", s->cfg.out_dir);
+    if (!(table = sim_table_new(metrics, s->run.rounds, stdout)))
+        goto out;
+    printf("simulate: coordinator on %s, %d workers; logs in %s/logs\n", s->endpoint,
+           s->cfg.workers, s->cfg.out_dir);
+    fflush(stdout);
+    if (start_all(s) != 0) {
+        stop_all(s->procs, s->n_procs, 5.0);
+        goto out;
+    }
+    rc = follow(s, table);
+    /* Workers leave by themselves on the coordinator's SHUTDOWN; give them a moment. */
+    double end = now_s() + (rc == 0 ? 10.0 : 0.0);
+    while (now_s() < end) {
+        int alive = 0;
+        while (reap(s->procs, s->n_procs) >= 0)
+            ;
+        for (int i = 1; i < s->n_procs; i++)
+            alive += !s->procs[i].done;
+        if (!alive)
+            break;
+        usleep(100000);
+    }
+    stop_all(s->procs, s->n_procs, 5.0);
+    if (rc == 0)
+        printf("simulate: %d rounds in %.1f s; validation loss %.4f -> %.4f\n"
+               "simulate: adapter in %s/adapter, metrics in %s, logs in %s/logs\n",
+               sim_table_rows(table) - 1, now_s() - t0, sim_table_first_val(table),
+               sim_table_last_val(table), s->cfg.out_dir, metrics, s->cfg.out_dir);
+out:
+    sim_table_destroy(&table);
+    free(s);
+    return rc;
+}
