@@ -41,17 +41,8 @@ fp_infer *fp_infer_new(const fp_model *model, const fp_lora *lora, int max_seq)
         fp_error_set("infer: max_seq must be >= 1 (got %d)", max_seq);
         return NULL;
     }
-    if (c->n_layers < 1 || c->dim < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
-        c->dim % c->n_heads || c->n_heads % c->n_kv_heads || fp_head_dim(c) % 2 ||
-        c->hidden_dim < 1 || c->vocab_size < 1) {
-        fp_error_set("infer: invalid model shape");
+    if (fp_config_validate(c, "infer") != 0 || (lora && fp_lora_check_model(lora, c) != 0))
         return NULL;
-    }
-    if (lora && (lora->model.dim != c->dim || lora->model.hidden_dim != c->hidden_dim ||
-                 lora->model.n_layers != c->n_layers || fp_kv_dim(&lora->model) != fp_kv_dim(c))) {
-        fp_error_set("infer: adapter shapes do not match the model; wrong base model?");
-        return NULL;
-    }
     self = calloc(1, sizeof *self);
     if (!self)
         goto oom;

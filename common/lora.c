@@ -233,3 +233,15 @@ float *fp_lora_b(const fp_lora *self, int layer, int t)
     size_t off = self->off_b[(size_t)layer * FP_T_COUNT + (size_t)t];
     return off == SIZE_MAX ? NULL : self->params + off;
 }
+
+int fp_lora_check_model(const fp_lora *self, const fp_model_config *c)
+{
+    const fp_model_config *a = &self->model;
+    if (a->dim == c->dim && a->hidden_dim == c->hidden_dim && a->n_layers == c->n_layers &&
+        fp_kv_dim(a) == fp_kv_dim(c))
+        return 0;
+    return fp_error_set("adapter shapes (dim %d, hidden %d, layers %d, kv %d) do not match the "
+                        "model (dim %d, hidden %d, layers %d, kv %d); wrong base model?",
+                        a->dim, a->hidden_dim, a->n_layers, fp_kv_dim(a), c->dim, c->hidden_dim,
+                        c->n_layers, fp_kv_dim(c));
+}

@@ -65,6 +65,10 @@ fp_lora *fp_lora_new(const fp_model_config *m, const fp_lora_config *c) FP_WUR;
 void fp_lora_free(fp_lora **self_p);
 /* PEFT initialisation from a seed (A Kaiming-uniform, B zero). */
 void fp_lora_init(fp_lora *self, uint64_t seed);
+/* Checks that the adapter was made for a model of config m's shapes; -1 with
+ * an error naming both shapes ("wrong base model?") otherwise. */
+int fp_lora_check_model(const fp_lora *self, const fp_model_config *m) FP_WUR;
+
 /* A and B of (layer, target), or NULL when not targeted. */
 float *fp_lora_a(const fp_lora *self, int layer, int t);
 float *fp_lora_b(const fp_lora *self, int layer, int t);

@@ -472,20 +472,8 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
         fp_error_set("train: batch %d x %d tokens: both must be >= 1", B, T);
         return NULL;
     }
-    if (c->n_layers < 1 || c->dim < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
-        c->dim % c->n_heads || c->n_heads % c->n_kv_heads || fp_head_dim(c) % 2 ||
-        c->hidden_dim < 1 || c->vocab_size < 1) {
-        fp_error_set("train: invalid model shape");
+    if (fp_config_validate(c, "train") != 0 || (lora && fp_lora_check_model(lora, c) != 0))
         return NULL;
-    }
-    if (lora && (lora->model.dim != c->dim || lora->model.hidden_dim != c->hidden_dim ||
-                 lora->model.n_layers != c->n_layers || fp_kv_dim(&lora->model) != fp_kv_dim(c))) {
-        fp_error_set("train: adapter shapes (dim %d, hidden %d, layers %d) do not match the model "
-                     "(dim %d, hidden %d, layers %d); wrong base model?",
-                     lora->model.dim, lora->model.hidden_dim, lora->model.n_layers, c->dim,
-                     c->hidden_dim, c->n_layers);
-        return NULL;
-    }
     self = calloc(1, sizeof *self);
     if (!self)
         goto oom;

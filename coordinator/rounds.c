@@ -1,0 +1,366 @@
+/* rounds.c - the round state machine: phases, deadlines, aggregation, and the
+ * checkpoint / metrics written after each round (rounds.h). The workers'
+ * messages are handled in rounds_msgs.c. */
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "clog.h"
+#include "rng.h"
+#include "rounds_internal.h"
+
+uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind)
+{
+    return r->nonce + 2 * round + (uint64_t)kind;
+}
+
+const char *rounds_run_id(const rounds *r) { return r->run_id; }
+int rounds_exit_code(const rounds *r) { return r->exit_code; }
+
+void rounds_lora_spec(const rounds *r, Fedpeft__LoraSpec *spec)
+{
+    const fp_lora_config *c = &r->global->cfg;
+    spec->rank = (uint32_t)c->rank;
+    spec->alpha = c->alpha;
+    spec->targets = c->targets;
+    spec->use_rslora = c->use_rslora;
+    spec->n_params = r->global->n_params;
+}
+
+static double secs(int64_t ms) { return (double)ms / 1000.0; }
+
+/* ---- persistence --------------------------------------------------------------- */
+
+static int mkdir_p(const char *dir)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        mkdir(tmp, 0755);
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) < 0) {
+        struct stat st;
+        if (stat(tmp, &st) < 0 || !S_ISDIR(st.st_mode))
+            return fp_error_set("cannot create the state directory %s", dir);
+    }
+    return 0;
+}
+
+static int save_checkpoint(rounds *r, uint64_t round, int finished)
+{
+    checkpoint ck;
+    memset(&ck, 0, sizeof ck);
+    snprintf(ck.run_id, sizeof ck.run_id, "%s", r->run_id);
+    snprintf(ck.model_hash, sizeof ck.model_hash, "%s", r->model_hash);
+    snprintf(ck.strategy, sizeof ck.strategy, "%s", strategy_name(r->strat));
+    ck.flags = finished ? CKPT_FLAG_FINISHED : 0;
+    ck.round = round;
+    ck.n_params = r->global->n_params;
+    ck.adapter = r->global->params;     /* borrowed: not cleared */
+    ck.strategy_len = strategy_state_size(r->strat);
+    ck.strategy_state = malloc(ck.strategy_len ? ck.strategy_len : 1);
+    ck.metrics = r->lines;
+    ck.n_metrics = r->n_lines;
+    int rc = -1;
+    if (!ck.strategy_state)
+        fp_error_set("out of memory");
+    else if (strategy_state_save(r->strat, ck.strategy_state, ck.strategy_len) == 0)
+        rc = checkpoint_save(&ck, r->ckpt_path);
+    free(ck.strategy_state);
+    return rc;
+}
+
+/* Takes over the checkpoint's state after checking it belongs to this run. */
+static int resume(rounds *r, checkpoint *ck)
+{
+    if (strcmp(ck->model_hash, r->model_hash) != 0)
+        return fp_error_set("%s was written for base model %.12s..., [model] path has "
+                            "%.12s...: use another [run] state_dir or the run's model",
+                            r->ckpt_path, ck->model_hash, r->model_hash);
+    if (ck->n_params != r->global->n_params)
+        return fp_error_set("%s holds an adapter of %zu floats, the [lora] settings give %zu: "
+                            "use the run's [lora] settings or another state_dir",
+                            r->ckpt_path, ck->n_params, r->global->n_params);
+    if (strcmp(ck->strategy, strategy_name(r->strat)) != 0)
+        return fp_error_set("%s was written by strategy '%s', the config says '%s'",
+                            r->ckpt_path, ck->strategy, strategy_name(r->strat));
+    if (strategy_state_load(r->strat, ck->strategy_state, ck->strategy_len) < 0)
+        return fp_error_prefix("%s: ", r->ckpt_path);
+    memcpy(r->global->params, ck->adapter, ck->n_params * sizeof(float));
+    snprintf(r->run_id, sizeof r->run_id, "%s", ck->run_id);
+    r->lines = ck->metrics;
+    r->n_lines = ck->n_metrics;
+    ck->metrics = NULL;
+    ck->n_metrics = 0;
+    r->round = ck->round + 1;
+    r->finished_flag = (ck->flags & CKPT_FLAG_FINISHED) != 0;
+    clog_info("resuming run %s from %s: round %llu completed%s", r->run_id, r->ckpt_path,
+              (unsigned long long)ck->round, r->finished_flag ? " (the run had finished)" : "");
+    return 0;
+}
+
+static int load_state(rounds *r)
+{
+    checkpoint ck;
+    int rc = checkpoint_load(&ck, r->ckpt_path);
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        rc = resume(r, &ck);
+        checkpoint_clear(&ck);
+        if (rc < 0)
+            return -1;
+    } else {
+        unsigned char id[12];
+        randombytes_buf(id, sizeof id);
+        for (size_t i = 0; i < sizeof id; i++)
+            snprintf(r->run_id + 2 * i, 3, "%02x", id[i]);
+        fp_lora_init(r->global, r->cfg->seed);
+        r->round = 0;
+        clog_info("new run %s (no checkpoint in %s)", r->run_id, r->cfg->state_dir);
+    }
+    if (metrics_rewrite(r->metrics_path, r->lines, r->n_lines) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------- */
+
+static fp_lora *make_adapter(const coord_config *cfg, const fp_model_config *model)
+{
+    fp_lora_config lc;
+    fp_lora_config_default(&lc);
+    lc.rank = cfg->lora_rank;
+    lc.alpha = cfg->lora_alpha;
+    lc.use_rslora = cfg->lora_rslora;
+    snprintf(lc.base_model, sizeof lc.base_model, "%s", cfg->model_path);
+    if (fp_lora_parse_targets(cfg->lora_targets, &lc.targets) < 0) {
+        fp_error_prefix("[lora] targets: ");
+        return NULL;
+    }
+    return fp_lora_new(model, &lc);
+}
+
+rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const char *model_hash)
+{
+    rounds *r = calloc(1, sizeof *r);
+    if (!r) {
+        fp_error_set("out of memory");
+        return NULL;
+    }
+    r->cfg = cfg;
+    r->staging_worker = -1;
+    r->exit_code = 1;
+    snprintf(r->model_hash, sizeof r->model_hash, "%s", model_hash);
+    snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.bin", cfg->state_dir);
+    snprintf(r->metrics_path, sizeof r->metrics_path, "%s/metrics.jsonl", cfg->state_dir);
+    randombytes_buf(&r->nonce, sizeof r->nonce);
+    r->nonce |= (uint64_t)1 << 63; /* never 0 for any round we will see */
+    r->global = make_adapter(cfg, model);
+    if (!r->global)
+        goto err;
+    r->strat = strategy_new(cfg->strategy == COORD_STRATEGY_FEDAVG ? "fedavg" : "?",
+                            r->global->n_params);
+    r->staging = malloc(r->global->n_params * sizeof(float));
+    r->status = calloc(SERVER_MAX_WORKERS, 1);
+    r->examples = calloc(SERVER_MAX_WORKERS, sizeof *r->examples);
+    r->loss = calloc(SERVER_MAX_WORKERS, sizeof *r->loss);
+    r->queue = calloc(SERVER_MAX_WORKERS, sizeof *r->queue);
+    if (!r->strat || !r->staging || !r->status || !r->examples || !r->loss || !r->queue) {
+        if (r->strat)
+            fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
+        goto err;
+    }
+    if (mkdir_p(cfg->state_dir) < 0 || load_state(r) < 0)
+        goto err;
+    return r;
+err:
+    rounds_destroy(&r);
+    return NULL;
+}
+
+void rounds_destroy(rounds **r_p)
+{
+    if (!r_p || !*r_p)
+        return;
+    rounds *r = *r_p;
+    fp_lora_free(&r->global);
+    strategy_destroy(&r->strat);
+    free(r->staging);
+    free(r->status);
+    free(r->examples);
+    free(r->loss);
+    free(r->queue);
+    for (size_t i = 0; i < r->n_lines; i++)
+        free(r->lines[i]);
+    free(r->lines);
+    free(r);
+    *r_p = NULL;
+}
+
+/* ---- phases ---------------------------------------------------------------------- */
+
+static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_s)
+{
+    memset(r->status, ST_NONE, SERVER_MAX_WORKERS);
+    r->q_head = r->q_len = 0;
+    r->staging_worker = -1;
+    r->n_targets = r->n_reported = 0;
+    r->ph = ph;
+    r->phase_start_ms = now;
+    r->deadline_ms = now + (int64_t)(deadline_s * 1000.0);
+}
+
+static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
+{
+    const coord_config *c = r->cfg;
+    p->local_steps = (uint32_t)c->local_steps;
+    p->batch = (uint32_t)c->batch;
+    p->seq = (uint32_t)c->seq;
+    p->lr = c->lr;
+    p->optimizer = (uint32_t)c->optimizer;
+    p->weight_decay = c->weight_decay;
+    p->max_grad_norm = c->max_grad_norm;
+    p->seed = c->seed;
+}
+
+/* Task + the global adapter to worker w for the current phase. */
+static void send_task(rounds *r, int w)
+{
+    int kind = r->ph == PH_TRAIN ? TASK_TRAIN : TASK_EVAL;
+    Fedpeft__TrainParams params = FEDPEFT__TRAIN_PARAMS__INIT;
+    fill_params(r, &params);
+    Fedpeft__Task t = FEDPEFT__TASK__INIT;
+    t.kind = kind == TASK_TRAIN ? FEDPEFT__TASK__KIND__TRAIN : FEDPEFT__TASK__KIND__EVAL;
+    t.round = r->round;
+    t.task_id = rounds_task_id(r, r->round, kind);
+    t.params = &params;
+    t.n_chunks = wire_n_chunks(r->global->n_params);
+    t.deadline_unix_ms = (uint64_t)(clog_wall_ms() + (r->deadline_ms - clog_now_ms()));
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
+    env.task = &t;
+    if (server_send(r->srv, w, &env) == 0)
+        (void)server_send_slab(r->srv, w, t.task_id, r->global->params, r->global->n_params);
+}
+
+static int cmp_ids(const void *a, const void *b, void *srv)
+{
+    return strcmp(server_worker(srv, *(const int *)a)->id, server_worker(srv, *(const int *)b)->id);
+}
+
+/* Live workers sorted by id; k of them by a partial Fisher-Yates seeded from
+ * (seed, round); the chosen ones sorted by id again. Returns k. */
+static int sample(rounds *r, int *chosen)
+{
+    int n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (server_worker(r->srv, i)->alive)
+            chosen[n++] = i;
+    qsort_r(chosen, (size_t)n, sizeof *chosen, cmp_ids, r->srv);
+    long k = lround(r->cfg->fraction * n);
+    if (k < r->cfg->min_workers)
+        k = r->cfg->min_workers;
+    if (r->cfg->max_workers > 0 && k > r->cfg->max_workers)
+        k = r->cfg->max_workers;
+    if (k > n)
+        k = n;
+    fp_rng rng;
+    fp_rng_seed(&rng, r->cfg->seed * 1000003u + r->round);
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)fp_rng_below(&rng, (uint64_t)(n - i));
+        int t = chosen[i];
+        chosen[i] = chosen[j];
+        chosen[j] = t;
+    }
+    qsort_r(chosen, (size_t)k, sizeof *chosen, cmp_ids, r->srv);
+    return (int)k;
+}
+
+static void start_train(rounds *r, int64_t now)
+{
+    static int chosen[SERVER_MAX_WORKERS];
+    reset_phase(r, PH_TRAIN, now, r->cfg->deadline_s);
+    metrics_reset(&r->m, r->round);
+    if (strategy_begin(r->strat, r->round) < 0)
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    r->loss_wsum = r->weight_sum = 0;
+    int k = sample(r, chosen);
+    char names[1024] = "";
+    for (int i = 0; i < k; i++) {
+        size_t len = strlen(names);
+        if (len + WIRE_MAX_ID + 6 < sizeof names)
+            snprintf(names + len, sizeof names - len, "%s%s", i ? " " : "",
+                     server_worker(r->srv, chosen[i])->id);
+        else if (i == k - 1)
+            snprintf(names + len, sizeof names - len, " ...");
+        r->status[chosen[i]] = ST_PENDING;
+    }
+    r->n_targets = (unsigned)k;
+    r->m.live = (unsigned)server_n_live(r->srv);
+    r->m.sampled = (unsigned)k;
+    clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
+              server_n_live(r->srv), names);
+    for (int i = 0; i < k; i++)
+        send_task(r, chosen[i]);
+}
+
+static void start_eval(rounds *r, int64_t now)
+{
+    reset_phase(r, PH_EVAL, now, r->cfg->eval_deadline_s);
+    r->val_sum = 0;
+    r->val_tokens = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (server_worker(r->srv, i)->alive) {
+            r->status[i] = ST_PENDING;
+            r->n_targets++;
+        }
+    clog_info("round %llu: evaluating the global adapter on %u workers",
+              (unsigned long long)r->round, r->n_targets);
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (r->status[i] == ST_PENDING)
+            send_task(r, i);
+}
+
+static void finish_run(rounds *r)
+{
+    const char *out = r->cfg->out_dir;
+    if (fp_lora_save(r->global, out) < 0) {
+        clog_error("cannot write the final adapter: %s", fp_error_get());
+        r->exit_code = 1;
+    } else {
+        clog_info("run %s complete: final adapter written to %s", r->run_id, out);
+        r->exit_code = 0;
+    }
+    server_shutdown_workers(r->srv, "run complete");
+    r->ph = PH_DONE;
+}
+
+/* Checkpoint, metrics line, then the next round or the end. */
+static void complete_round(rounds *r, int64_t now)
+{
+    round_metrics *m = &r->m;
+    if (r->ph == PH_EVAL || m->abandoned)
+        m->t_eval = m->abandoned ? 0 : secs(now - r->phase_start_ms);
+    if (r->val_tokens > 0 && !m->abandoned) {
+        m->val_loss = r->val_sum / (double)r->val_tokens;
+        m->val_tokens = r->val_tokens;
+    }
+    server_take_counters(r->srv, m->rejected, &m->bytes_up, &m->bytes_down);
+    int finished = r->round >= (uint64_t)r->cfg->rounds ||
+                   (r->cfg->target_loss > 0 && isfinite(m->val_loss) &&
+                    m->val_loss <= r->cfg->target_loss);
+    char *line = metrics_render(m);
+    int64_t t0 = clog_now_ms();
+    if (!line || checkpoint_add_metrics(&(checkpoint){.metrics = r->lines, .n_metrics = r->n_lines}, "") < 0) {
+        /* unreachable in practice; see below */
+    }
+    free(line);
+}
