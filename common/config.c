@@ -221,7 +221,7 @@ static int cfg_parse_u64(const fp_cfg_key *k, void *obj, const char *v)
 }
 
 /* FLOAT bounds are compared in float precision, so that a written value
- * ("%.9g" of the stored float) always loads again. */
+ * (the shortest text that reads back as the stored float) always loads again. */
 static int cfg_parse_real(const fp_cfg_key *k, void *obj, const char *v)
 {
     char *end;
@@ -553,7 +553,15 @@ static void cfg_format_value(const fp_cfg_key *k, const void *obj, char *buf, si
     switch (k->type) {
     case FP_CFG_INT: snprintf(buf, cap, "%d", *(const int *)p); break;
     case FP_CFG_U64: snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)p); break;
-    case FP_CFG_FLOAT: snprintf(buf, cap, "%.9g", (double)*(const float *)p); break;
+    case FP_CFG_FLOAT: { /* the shortest text that reads back as the same float */
+        float v = *(const float *)p;
+        for (int prec = 6; prec <= 9; prec++) {
+            snprintf(buf, cap, "%.*g", prec, (double)v);
+            if (strtof(buf, NULL) == v)
+                break;
+        }
+        break;
+    }
     case FP_CFG_DOUBLE: snprintf(buf, cap, "%.17g", *(const double *)p); break;
     case FP_CFG_BOOL: snprintf(buf, cap, "%s", *(const int *)p ? "true" : "false"); break;
     case FP_CFG_STRING: snprintf(buf, cap, "%.*s", (int)k->size, (const char *)p); break;
@@ -644,7 +652,7 @@ void fp_cfg_print_help(const fp_cfg_key *table, FILE *f)
             } else if ((k->type == FP_CFG_INT || k->type == FP_CFG_U64 ||
                         k->type == FP_CFG_FLOAT || k->type == FP_CFG_DOUBLE) &&
                        !(k->min == 0 && k->max == 0)) {
-                snprintf(range, sizeof range, "%g..%g", k->min, k->max);
+                snprintf(range, sizeof range, "%.15g..%.15g", k->min, k->max);
             } else if (k->type == FP_CFG_STRING) {
                 snprintf(range, sizeof range, "up to %zu bytes", k->size - 1);
             }

@@ -343,24 +343,282 @@ static void finish_run(rounds *r)
     r->ph = PH_DONE;
 }
 
+static int add_line(rounds *r, const round_metrics *m)
+{
+    char *line = metrics_render(m);
+    char **lines = line ? realloc(r->lines, (r->n_lines + 1) * sizeof *lines) : NULL;
+    if (!lines) {
+        free(line);
+        return fp_error_set("out of memory for the metrics");
+    }
+    r->lines = lines;
+    r->lines[r->n_lines++] = line;
+    return 0;
+}
+
+/* Re-renders the last line (once the checkpoint time is known). */
+static void patch_last_line(rounds *r, const round_metrics *m)
+{
+    char *line = metrics_render(m);
+    if (!line)
+        return;
+    free(r->lines[r->n_lines - 1]);
+    r->lines[r->n_lines - 1] = line;
+}
+
+static void log_round(const rounds *r, const round_metrics *m)
+{
+    uint64_t rej = 0;
+    for (int i = 0; i < REJ_COUNT; i++)
+        rej += m->rejected[i];
+    clog_info("round %llu %s: train loss %.4f, val loss %.4f (%llu tokens), %u of %u reported, "
+              "%llu rejected, %llu bytes up, %llu down, %.3fs train, %.3fs eval, %.3fs checkpoint",
+              (unsigned long long)m->round, m->abandoned ? "abandoned" : "complete",
+              m->train_loss, m->val_loss, (unsigned long long)m->val_tokens, m->reported,
+              m->sampled, (unsigned long long)rej, (unsigned long long)m->bytes_up,
+              (unsigned long long)m->bytes_down, m->t_train, m->t_eval, m->t_checkpoint);
+    for (int i = 0; i < REJ_COUNT; i++)
+        if (m->rejected[i])
+            clog_info("round %llu: rejected %llu message(s): %s", (unsigned long long)m->round,
+                      (unsigned long long)m->rejected[i], reject_reason_name(i));
+}
+
 /* Checkpoint, metrics line, then the next round or the end. */
 static void complete_round(rounds *r, int64_t now)
 {
     round_metrics *m = &r->m;
-    if (r->ph == PH_EVAL || m->abandoned)
-        m->t_eval = m->abandoned ? 0 : secs(now - r->phase_start_ms);
-    if (r->val_tokens > 0 && !m->abandoned) {
-        m->val_loss = r->val_sum / (double)r->val_tokens;
-        m->val_tokens = r->val_tokens;
+    if (r->ph == PH_EVAL) {
+        m->t_eval = secs(now - r->phase_start_ms);
+        if (r->val_tokens > 0) {
+            m->val_loss = r->val_sum / (double)r->val_tokens;
+            m->val_tokens = r->val_tokens;
+        }
     }
     server_take_counters(r->srv, m->rejected, &m->bytes_up, &m->bytes_down);
     int finished = r->round >= (uint64_t)r->cfg->rounds ||
                    (r->cfg->target_loss > 0 && isfinite(m->val_loss) &&
                     m->val_loss <= r->cfg->target_loss);
-    char *line = metrics_render(m);
-    int64_t t0 = clog_now_ms();
-    if (!line || checkpoint_add_metrics(&(checkpoint){.metrics = r->lines, .n_metrics = r->n_lines}, "") < 0) {
-        /* unreachable in practice; see below */
+    if (add_line(r, m) < 0) {
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    } else {
+        int64_t t0 = clog_now_ms();
+        if (save_checkpoint(r, r->round, finished) < 0)
+            clog_error("round %llu: checkpoint failed, the round is kept in memory only: %s",
+                       (unsigned long long)r->round, fp_error_get());
+        m->t_checkpoint = secs(clog_now_ms() - t0);
+        patch_last_line(r, m);
+        if (metrics_append(r->metrics_path, r->lines[r->n_lines - 1]) < 0)
+            clog_error("%s", fp_error_get());
     }
-    free(line);
+    log_round(r, m);
+    if (finished) {
+        if (r->cfg->target_loss > 0 && r->round < (uint64_t)r->cfg->rounds)
+            clog_info("validation loss %.4f <= target_loss %g: stopping after round %llu",
+                      m->val_loss, r->cfg->target_loss, (unsigned long long)r->round);
+        finish_run(r);
+        return;
+    }
+    r->round++;
+    server_set_round(r->srv, r->round);
+    r->ph = PH_WAIT;
+    r->phase_start_ms = now;
+    r->wait_log_ms = now;
+}
+
+static void aggregate(rounds *r, int64_t now, const char *why)
+{
+    round_metrics *m = &r->m;
+    m->t_train = secs(now - r->phase_start_ms);
+    m->reported = r->n_reported;
+    m->dropped = m->sampled - r->n_reported;
+    if (r->weight_sum > 0)
+        m->train_loss = r->loss_wsum / r->weight_sum;
+    int64_t t0 = clog_now_ms();
+    if (strategy_finish(r->strat, r->global->params) < 0) {
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+        return;
+    }
+    m->t_aggregate = secs(clog_now_ms() - t0);
+    clog_info("round %llu: aggregated %u of %u updates (%s) with %s", (unsigned long long)r->round,
+              r->n_reported, r->n_targets, why, strategy_name(r->strat));
+    start_eval(r, clog_now_ms());
+}
+
+static void abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b)
+{
+    round_metrics *m = &r->m;
+    m->abandoned = 1;
+    snprintf(m->reason, sizeof m->reason, fmt, a, b);
+    m->t_train = secs(now - r->phase_start_ms);
+    m->reported = r->n_reported;
+    m->dropped = m->sampled - r->n_reported;
+    clog_info("round %llu abandoned: %s; the global adapter is unchanged",
+              (unsigned long long)r->round, m->reason);
+    complete_round(r, now);
+}
+
+/* Counts the sampled workers still able to answer (not done or refused, and
+ * alive or mid-upload). */
+static unsigned active_targets(const rounds *r)
+{
+    unsigned n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        uint8_t s = r->status[i];
+        if (s == ST_READY || s == ST_STAGING || (s == ST_PENDING && server_worker(r->srv, i)->alive))
+            n++;
+    }
+    return n;
+}
+
+static unsigned settled(const rounds *r)
+{
+    unsigned n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        n += r->status[i] == ST_DONE || r->status[i] == ST_FAILED;
+    return n;
+}
+
+static void check_train(rounds *r, int64_t now)
+{
+    rounds_check_stall(r, now);
+    rounds_try_pull(r, now);
+    unsigned quorum = (unsigned)r->cfg->min_quorum;
+    unsigned active = active_targets(r);
+    if (r->n_reported == r->n_targets && r->n_targets > 0)
+        aggregate(r, now, "all sampled workers reported");
+    else if (active == 0 && r->n_reported >= quorum)
+        aggregate(r, now, "the others failed or are dead");
+    else if (r->n_targets == 0)
+        abandon(r, now, "no live worker to sample (%u of %u)", 0, 0);
+    else if (settled(r) == r->n_targets)
+        abandon(r, now, "every sampled worker answered but only %u updates were accepted, "
+                        "below min_quorum = %u", r->n_reported, quorum);
+    else if (now >= r->deadline_ms && r->n_reported >= quorum)
+        aggregate(r, now, "deadline");
+    else if (now >= r->deadline_ms)
+        abandon(r, now, "deadline passed with %u updates, below min_quorum = %u", r->n_reported,
+                quorum);
+}
+
+static void check_eval(rounds *r, int64_t now)
+{
+    unsigned active = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (r->status[i] == ST_PENDING && server_worker(r->srv, i)->alive)
+            active++;
+    if (r->n_targets > 0 && active > 0 && now < r->deadline_ms)
+        return;
+    if (active > 0 && r->n_reported == 0)
+        clog_info("round %llu: no evaluation result before the deadline",
+                  (unsigned long long)r->round);
+    else if (r->n_targets > 0 && active == 0 && r->n_reported == 0 && now < r->deadline_ms &&
+             settled(r) < r->n_targets)
+        return; /* the targets died; one may come back before the deadline */
+    complete_round(r, now);
+}
+
+static void check_wait(rounds *r, int64_t now)
+{
+    int live = server_n_live(r->srv);
+    int need = r->cfg->min_workers;
+    int64_t waited = now - r->phase_start_ms;
+    int timed_out = waited >= (int64_t)(r->cfg->start_timeout_s * 1000.0);
+    int enough_late = live >= 1 && (r->round == 0 || live >= r->cfg->min_quorum);
+    if (live >= need || (timed_out && enough_late)) {
+        if (live < need)
+            clog_info("round %llu: only %d of min_workers = %d live after %.0fs; starting anyway",
+                      (unsigned long long)r->round, live, need, secs(waited));
+        server_set_round(r->srv, r->round);
+        if (r->round == 0) {
+            metrics_reset(&r->m, 0);
+            r->m.live = (unsigned)live;
+            start_eval(r, now);
+        } else {
+            start_train(r, now);
+        }
+        return;
+    }
+    if (now - r->wait_log_ms >= (int64_t)(r->cfg->start_timeout_s * 1000.0) ||
+        r->wait_log_ms == 0) {
+        clog_info("round %llu: waiting for workers: %d live, min_workers = %d",
+                  (unsigned long long)r->round, live, need);
+        r->wait_log_ms = now;
+    }
+}
+
+/* ---- hooks ------------------------------------------------------------------------ */
+
+static int tick(void *ctx, int64_t now, int *done)
+{
+    rounds *r = ctx;
+    switch (r->ph) {
+    case PH_WAIT: check_wait(r, now); break;
+    case PH_TRAIN: check_train(r, now); break;
+    case PH_EVAL: check_eval(r, now); break;
+    case PH_FINISHING:
+        if (now >= r->deadline_ms)
+            finish_run(r);
+        break;
+    case PH_DONE: break;
+    }
+    if (r->ph == PH_DONE) {
+        *done = 1;
+        return 0;
+    }
+    if (r->ph == PH_TRAIN || r->ph == PH_EVAL || r->ph == PH_FINISHING) {
+        int64_t left = r->deadline_ms - now;
+        return left < 0 ? 0 : left > 100 ? 100 : (int)left;
+    }
+    return 100;
+}
+
+static void queue_remove(rounds *r, int w)
+{
+    int n = 0;
+    for (int i = 0; i < r->q_len; i++) {
+        int x = r->queue[(r->q_head + i) % SERVER_MAX_WORKERS];
+        if (x != w)
+            r->queue[(r->q_head + n++) % SERVER_MAX_WORKERS] = x;
+    }
+    r->q_len = n;
+}
+
+/* A worker said Hello again: it restarted or reconnected and lost its task. */
+static void on_hello(void *ctx, int w)
+{
+    rounds *r = ctx;
+    if (r->ph == PH_FINISHING || r->ph == PH_DONE) {
+        server_shutdown_workers(r->srv, "run complete");
+        return;
+    }
+    if (r->ph != PH_TRAIN && r->ph != PH_EVAL)
+        return;
+    uint8_t s = r->status[w];
+    if (s == ST_STAGING)
+        rounds_drop_staging(r);
+    if (s == ST_READY)
+        queue_remove(r, w);
+    if (s == ST_PENDING || s == ST_READY || s == ST_STAGING) {
+        r->status[w] = ST_PENDING;
+        clog_info("round %llu: %s rejoined; resending its %s task", (unsigned long long)r->round,
+                  server_worker(r->srv, w)->id, r->ph == PH_TRAIN ? "training" : "evaluation");
+        send_task(r, w);
+    }
+}
+
+void rounds_attach(rounds *r, server *srv)
+{
+    r->srv = srv;
+    server_hooks h = {r, rounds_on_task_msg, rounds_on_bad_frame, on_hello, NULL, tick};
+    server_set_hooks(srv, &h);
+    server_set_round(srv, r->round);
+    int64_t now = clog_now_ms();
+    r->phase_start_ms = now;
+    if (r->finished_flag || r->round > (uint64_t)r->cfg->rounds) {
+        /* Done before the restart: let reconnecting workers hear SHUTDOWN. */
+        r->ph = PH_FINISHING;
+        r->deadline_ms = now + 5 * (int64_t)r->cfg->heartbeat_ms + 2000;
+        return;
+    }
+    r->ph = PH_WAIT;
 }

@@ -334,7 +334,7 @@ static void test_print_help(void **state)
             assert_contains(buf, k->help);
     }
     assert_contains(buf, "adamw|sgd");
-    assert_contains(buf, "1..1e+06");
+    assert_contains(buf, "1..1000000");
     free(buf);
 }
 
