@@ -64,7 +64,7 @@ const fp_cfg_key coord_config_keys[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL},
 };
 
-int coord_config_load(coord_config *c, const char *file, int argc, char **argv)
+int coord_config_load(coord_config *c, const char *file, int argc, char **argv, int check)
 {
     memset(c, 0, sizeof *c);
     if (fp_cfg_defaults(coord_config_keys, c) < 0)
@@ -77,6 +77,8 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv)
     }
     if (fp_cfg_apply_args(coord_config_keys, c, argc, argv) < 0)
         return -1;
+    if (!check)
+        return 0;
     if (!c->model_path[0])
         return fp_error_set("%s: [model] path is required: the base model's Hugging Face "
                             "directory (or pass --model.path=DIR)", where);
@@ -90,10 +92,7 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv)
     if (c->max_workers > 0 && c->min_quorum > c->max_workers)
         return fp_error_set("%s: [round] min_quorum = %d can never be met: at most "
                             "max_workers = %d are sampled", where, c->min_quorum, c->max_workers);
-    if (!c->out_dir[0]) {
-        int n = snprintf(c->out_dir, sizeof c->out_dir, "%s/adapter", c->state_dir);
-        if (n < 0 || (size_t)n >= sizeof c->out_dir)
-            return fp_error_set("%s: [run] state_dir is too long", where);
-    }
+    if (strlen(c->state_dir) + 40 >= sizeof c->state_dir)
+        return fp_error_set("%s: [run] state_dir is too long", where);
     return 0;
 }

@@ -53,8 +53,9 @@ extern const fp_cfg_key coord_config_keys[];
 extern const char *const coord_config_ignore[];
 
 /* Defaults, then FILE (may be NULL), then --section.key overrides from argv,
- * then checks across keys ([model] path given, min_quorum vs min_workers...).
- * -1 with a message naming the file, line or key. */
-int coord_config_load(coord_config *c, const char *file, int argc, char **argv) FP_WUR;
+ * then (when `check`) checks across keys ([model] path given, min_quorum vs
+ * max_workers...). -1 with a message naming the file, line or key. */
+int coord_config_load(coord_config *c, const char *file, int argc, char **argv,
+                      int check) FP_WUR;
 
 #endif

@@ -54,10 +54,10 @@ static int parse_args(int argc, char **argv, args *a)
             a->config = argv[++i];
         } else if (strncmp(s, "--config=", 9) == 0) {
             a->config = s + 9;
-        } else if (strncmp(s, "--", 2) == 0 && strchr(s, '.') &&
-                   (!strchr(s, '=') || strchr(s, '.') < strchr(s, '='))) {
-            if (!strchr(s, '='))
-                i++; /* --section.key VALUE: fp_cfg_apply_args checks it */
+        } else if (strcmp(s, "--") == 0) {
+            break;
+        } else if (fp_cfg_arg_span(s) > 0) {
+            i += fp_cfg_arg_span(s) - 1; /* a key: fp_cfg_apply_args checks it */
         } else {
             return fp_error_set("unexpected argument '%s' (see --help)", s);
         }
@@ -100,7 +100,8 @@ static int run(const coord_config *cfg)
     clog_info("listening on %s: run %s, %d rounds, adapter of %llu floats, state in %s",
               cfg->endpoint, rounds_run_id(r), cfg->rounds, (unsigned long long)sc.lora.n_params,
               cfg->state_dir);
-    rounds_attach(r, srv);
+    if (rounds_attach(r, srv) < 0)
+        goto err;
     int rc = server_run(srv, &stop_signal);
     if (rc < 0)
         goto err;
@@ -138,7 +139,7 @@ int main(int argc, char **argv)
         clog_error("--config FILE is required (see --help)");
         return 2;
     }
-    if (coord_config_load(&cfg, a.config, argc - 1, argv + 1) < 0) {
+    if (coord_config_load(&cfg, a.config, argc - 1, argv + 1, !a.print_config) < 0) {
         clog_error("%s", fp_error_get());
         return 2;
     }

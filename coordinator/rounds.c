@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "clog.h"
 #include "rng.h"
@@ -126,8 +130,22 @@ static int load_state(rounds *r)
         r->round = 0;
         clog_info("new run %s (no checkpoint in %s)", r->run_id, r->cfg->state_dir);
     }
-    if (metrics_rewrite(r->metrics_path, r->lines, r->n_lines) < 0)
-        return -1;
+    return 0;
+}
+
+/* One coordinator per state directory: a second one would fight over the
+ * checkpoint. The lock goes with the process (also on kill -9). */
+static int lock_state(rounds *r)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/lock", r->cfg->state_dir);
+    r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (r->lock_fd < 0)
+        return fp_error_set("cannot open %s: %s", path, strerror(errno));
+    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) < 0)
+        return fp_error_set("state directory %s is in use by another coordinator (%s is "
+                            "locked); stop it or use another [run] state_dir",
+                            r->cfg->state_dir, path);
     return 0;
 }
 
@@ -158,6 +176,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->cfg = cfg;
     r->staging_worker = -1;
     r->exit_code = 1;
+    r->lock_fd = -1;
     snprintf(r->model_hash, sizeof r->model_hash, "%s", model_hash);
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.bin", cfg->state_dir);
     snprintf(r->metrics_path, sizeof r->metrics_path, "%s/metrics.jsonl", cfg->state_dir);
@@ -178,7 +197,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
             fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
         goto err;
     }
-    if (mkdir_p(cfg->state_dir) < 0 || load_state(r) < 0)
+    if (mkdir_p(cfg->state_dir) < 0 || lock_state(r) < 0 || load_state(r) < 0)
         goto err;
     return r;
 err:
@@ -201,6 +220,8 @@ void rounds_destroy(rounds **r_p)
     for (size_t i = 0; i < r->n_lines; i++)
         free(r->lines[i]);
     free(r->lines);
+    if (r->lock_fd >= 0)
+        close(r->lock_fd);
     free(r);
     *r_p = NULL;
 }
@@ -331,7 +352,11 @@ static void start_eval(rounds *r, int64_t now)
 
 static void finish_run(rounds *r)
 {
-    const char *out = r->cfg->out_dir;
+    char out[1100];
+    if (r->cfg->out_dir[0])
+        snprintf(out, sizeof out, "%s", r->cfg->out_dir);
+    else
+        snprintf(out, sizeof out, "%s/adapter", r->cfg->state_dir);
     if (fp_lora_save(r->global, out) < 0) {
         clog_error("cannot write the final adapter: %s", fp_error_get());
         r->exit_code = 1;
@@ -606,8 +631,11 @@ static void on_hello(void *ctx, int w)
     }
 }
 
-void rounds_attach(rounds *r, server *srv)
+int rounds_attach(rounds *r, server *srv)
 {
+    /* Only now that this process owns the port: metrics.jsonl = the checkpoint's. */
+    if (metrics_rewrite(r->metrics_path, r->lines, r->n_lines) < 0)
+        return -1;
     r->srv = srv;
     server_hooks h = {r, rounds_on_task_msg, rounds_on_bad_frame, on_hello, NULL, tick};
     server_set_hooks(srv, &h);
@@ -618,7 +646,8 @@ void rounds_attach(rounds *r, server *srv)
         /* Done before the restart: let reconnecting workers hear SHUTDOWN. */
         r->ph = PH_FINISHING;
         r->deadline_ms = now + 5 * (int64_t)r->cfg->heartbeat_ms + 2000;
-        return;
+        return 0;
     }
     r->ph = PH_WAIT;
+    return 0;
 }

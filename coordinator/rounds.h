@@ -31,8 +31,9 @@ void rounds_destroy(rounds **r_p);
 const char *rounds_run_id(const rounds *r);
 void rounds_lora_spec(const rounds *r, Fedpeft__LoraSpec *spec);
 
-/* Hooks the state machine into the server's loop. */
-void rounds_attach(rounds *r, server *srv);
+/* Hooks the state machine into the server's loop and rewrites metrics.jsonl
+ * from the checkpoint. -1 with an error. */
+int rounds_attach(rounds *r, server *srv) FP_WUR;
 /* 0 when the run completed (final adapter written), 1 otherwise. */
 int rounds_exit_code(const rounds *r);
 

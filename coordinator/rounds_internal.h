@@ -49,6 +49,7 @@ struct rounds {
     size_t n_lines;
     int finished_flag;              /* the checkpoint says the run is over */
     int exit_code;
+    int lock_fd;                    /* flock on STATE_DIR/lock */
 };
 
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);

@@ -287,8 +287,7 @@ static void handle_bad_frame(server *srv, const char *rid, wire_err why)
     snprintf(msg, sizeof msg, "%s", fp_error_get());
     if (r == REJ_VERSION)
         server_reject(srv, w, rid, r, FEDPEFT__REJECT__CODE__VERSION,
-                      "protocol version differs (%s); this coordinator speaks version %u: "
-                      "upgrade one side", msg, WIRE_PROTOCOL_VERSION);
+                      "protocol version differs: %s", msg);
     else
         server_reject(srv, w, rid, r, FEDPEFT__REJECT__CODE__BAD_MESSAGE, "%s", msg);
     if (w >= 0 && srv->hooks.on_bad_frame)

@@ -1,0 +1,225 @@
+/* test_simulate.c - `fedpeft simulate` end to end with the shipped config
+ * (smaller: 3 workers, 2 rounds), and the worker's errors a user meets first.
+ * Real processes: the fedpeft tool, fedpeft-coordinator, fedpeft-worker.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "model.h"
+#include "test_util.h"
+
+static char sim_dir[4096];      /* the simulate run's OUT, reused by later tests */
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected '%s' in:\n%s", needle, hay ? hay : "(nothing)");
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static double num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v))
+        fail_msg("metrics line without a number '%s'", key);
+    return v->valuedouble;
+}
+
+/* The shipped demo, smaller: table, metrics, adapter, logs. */
+static void test_simulate_small(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL;
+    snprintf(sim_dir, sizeof sim_dir, "%s", tu_tempdir("simulate"));
+    /* From the build dir: the config's relative data paths resolve against
+     * the project root (the config file's parent directory). */
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=3 --run.rounds=2 --train.local_steps=10 --train.seq=64 "
+             "--simulate.out_dir='%s'", FP_BINARY_DIR, FP_TOOL, FP_SOURCE_DIR, sim_dir);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    if (rc != 0)
+        fail_msg("simulate exited %d", rc);
+    assert_contains(out, "train loss");
+    assert_contains(out, "val loss");
+    assert_contains(out, "0/2");
+    assert_contains(out, "1/2");
+    assert_contains(out, "2/2");
+    assert_contains(out, "3 workers");
+    assert_contains(out, "2 rounds in");
+    free(out);
+
+    char *text = tu_read_file(tu_path(sim_dir, "state/metrics.jsonl"), NULL);
+    assert_non_null(text);
+    cJSON *rows[3] = {0};
+    int n = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        assert_true(n < 3);
+        assert_non_null(rows[n] = cJSON_Parse(l));
+        assert_int_equal((int)num(rows[n], "round"), n);
+        n++;
+    }
+    free(text);
+    assert_int_equal(n, 3);
+    assert_int_equal((int)num(rows[1], "sampled"), 3);
+    assert_int_equal((int)num(rows[2], "reported"), 3);
+    double v0 = num(rows[0], "val_loss"), v2 = num(rows[2], "val_loss");
+    printf("simulate: validation loss %.4f -> %.4f\n", v0, v2);
+    assert_true(v2 < v0 - 0.1);
+    for (int i = 0; i < 3; i++)
+        cJSON_Delete(rows[i]);
+
+    const char *files[] = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                           "logs/coordinator.log", "logs/w01.log", "logs/w03.log",
+                           "model/config.json", "shards/shard-000.txt", "shards/shard-002.txt"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char *f = tu_read_file(tu_path(sim_dir, files[i]), NULL);
+        if (!f)
+            fail_msg("simulate left no %s/%s", sim_dir, files[i]);
+        free(f);
+    }
+}
+
+/* Every worker failing (bad data form): simulate names them and their logs. */
+static void test_simulate_dead_workers(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL;
+    const char *dir = tu_tempdir("simulate-dead");
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=2 --run.rounds=1 --worker.format=alpaca "
+             "--round.start_timeout_s=60 --simulate.out_dir='%s'", FP_TOOL, FP_SOURCE_DIR, dir);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    assert_int_equal(rc, 1);
+    assert_contains(out, "worker w01 (pid");
+    assert_contains(out, "exited with status 1");
+    assert_contains(out, "logs/w01.log");
+    assert_contains(out, "every worker has died");
+    free(out);
+}
+
+/* Overrides naming no program are refused before anything starts. */
+static void test_simulate_bad_override(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--bogus.key=1", FP_TOOL, FP_SOURCE_DIR);
+    assert_int_equal(tu_run(cmd, &out), 2);
+    assert_contains(out, "unknown section in '--bogus.key=1'");
+    free(out);
+}
+
+/* No coordinator: retries with backoff, then exit 1 naming the endpoint. */
+static void test_worker_no_coordinator(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL, ep[64], line[128];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(cmd, sizeof cmd, "'%s' --worker.id=w1 --model.path='%s/model' "
+             "--worker.data='%s/shards/shard-000.txt' --worker.endpoint=%s "
+             "--worker.connect_retries=3 --worker.retry_backoff_ms=50", FP_WORKER, sim_dir,
+             sim_dir, ep);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    assert_int_equal(rc, 1);
+    for (int k = 1; k <= 3; k++) {
+        snprintf(line, sizeof line, "no coordinator at %s, retry %d/3", ep, k);
+        assert_contains(out, line);
+    }
+    snprintf(line, sizeof line, "error: no coordinator at %s after 3 retries", ep);
+    assert_contains(out, line);
+    free(out);
+}
+
+/* A worker on a different base model is refused (Reject MODEL): exit 1 with
+ * the coordinator's reason; SIGTERM-free, no retries. */
+static void test_worker_wrong_model(void **state)
+{
+    (void)state;
+    const char *dir = tu_tempdir("wrong-model");
+    fp_model *m = fp_model_load(tu_path(sim_dir, "model"));
+    assert_non_null(m);
+    m->slab[0] += 0.5f;     /* one weight differs: another base model */
+    assert_int_equal(fp_model_save(m, tu_path(dir, "other")), 0);
+    fp_model_free(&m);
+    char cmd[16384], *out = NULL, ep[64];
+    snprintf(cmd, sizeof cmd, "cp '%s/model/tokenizer.json' '%s/other/'", sim_dir, dir);
+    assert_int_equal(tu_run(cmd, NULL), 0);
+    const char *ini = "[run]\nrounds = 1\n";
+    assert_int_equal(tu_write_file(tu_path(dir, "c.ini"), ini, strlen(ini)), 0);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(cmd, sizeof cmd,
+             "'%s' --config '%s/c.ini' --model.path='%s/model' --run.state_dir='%s/state' --network.endpoint=%s "
+             "--network.heartbeat_ms=200 > '%s/coord.log' 2>&1 & c=$!; "
+             "'%s' --worker.id=w1 --model.path='%s/other' --worker.data='%s/shards/shard-000.txt' "
+             "--worker.endpoint=%s --worker.retry_backoff_ms=200; rc=$?; kill $c; wait $c; exit $rc",
+             FP_COORDINATOR, dir, sim_dir, dir, ep, dir, FP_WORKER, dir, sim_dir, ep);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    assert_int_equal(rc, 1);
+    assert_contains(out, "refused this worker: wrong base model");
+    free(out);
+}
+
+/* Ctrl-C: simulate stops every process (workers abandon their round and exit
+ * 0 on SIGTERM) and exits 130. */
+static void test_simulate_interrupt(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL;
+    const char *dir = tu_tempdir("simulate-int");
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=2 --run.rounds=500 --train.seq=64 --simulate.out_dir='%s/out' "
+             "> '%s/sim.txt' 2>&1 & p=$!; i=0; "
+             "while ! grep -q ' 1/500 ' '%s/sim.txt' && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; "
+             "kill -INT $p; wait $p; echo \"rc=$?\"; cat '%s/sim.txt'",
+             FP_TOOL, FP_SOURCE_DIR, dir, dir, dir, dir);
+    tu_run(cmd, &out);
+    printf("%s", out);
+    assert_contains(out, "rc=130");
+    assert_contains(out, "interrupted: stopping the coordinator and 2 workers");
+    free(out);
+    char *log = tu_read_file(tu_path(dir, "out/logs/w01.log"), NULL);
+    assert_contains(log, "stopped by signal 15");
+    free(log);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_simulate_small),    /* first: the others use its OUT */
+        cmocka_unit_test(test_simulate_bad_override),
+        cmocka_unit_test(test_worker_no_coordinator),
+        cmocka_unit_test(test_worker_wrong_model),
+        cmocka_unit_test(test_simulate_dead_workers),
+        cmocka_unit_test(test_simulate_interrupt),
+    };
+    if (getenv("FP_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("FP_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
