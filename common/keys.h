@@ -9,7 +9,13 @@
  * crypto_box / crypto_scalarmult, so one identity serves both.
  *
  * An allowlist file has one entry per line: "<Z85 public key> [name]"; '#'
- * starts a comment. Errors name FILE:LINE.
+ * at the start of a line or after a blank starts a comment ('#' is itself a Z85
+ * character, so it never starts a comment inside a key). A key listed twice is an
+ * error. Errors name FILE:LINE.
+ *
+ * Functions return 0 / -1 (or NULL) and set fp_error (fp_error.h). Secret keys are
+ * only ever held in sodium_malloc memory (read-only once set) and wiped on free;
+ * temporaries holding secret text are wiped with sodium_memzero.
  */
 #ifndef FP_KEYS_H
 #define FP_KEYS_H
@@ -29,18 +35,24 @@ typedef struct {
     char name[64];
 } fp_keypair;
 
-/* Generates a fresh pair (secret in sodium_malloc memory). Caller destroys. */
+/* Generates a fresh pair (crypto_box_keypair; secret in sodium_malloc memory).
+ * name: 1..63 characters of [A-Za-z0-9._-], not starting with '.' (it becomes a
+ * file name). Caller destroys with fp_keypair_free. NULL (fp_error) on a bad name. */
 fp_keypair *fp_keypair_generate(const char *name) FP_WUR;
 /* Writes DIR/NAME.key (0600, created exclusively unless overwrite) and
- * DIR/NAME.pub. */
+ * DIR/NAME.pub (0644). DIR must exist. Without overwrite, fails (-1, "already
+ * exists (use --force ...)") before writing anything when either file exists. */
 int fp_keypair_save(const fp_keypair *kp, const char *dir, int overwrite) FP_WUR;
 /* Loads a secret key file (refuses one readable by group/others, saying
- * "chmod 600 FILE"). */
+ * "chmod 600 FILE"). The public key is recomputed from the secret and must match a
+ * "public =" line when present. name = the file name without ".key". Caller
+ * destroys. NULL (fp_error with FILE:LINE for a parse error). */
 fp_keypair *fp_keypair_load(const char *secret_path) FP_WUR;
-/* Wipes and frees. */
+/* Wipes and frees; NULL-safe; sets *kp_p = NULL. */
 void fp_keypair_free(fp_keypair **kp_p);
 
-/* Reads a public key: a .pub file, or the Z85 text itself. */
+/* Reads a public key: a .pub file, or the 40-character Z85 text itself (tried
+ * when no file of that name exists). out is zeroed first and on error. */
 int fp_pubkey_parse(const char *file_or_z85, uint8_t out[FP_KEY_BYTES]) FP_WUR;
 
 typedef struct {
@@ -49,9 +61,11 @@ typedef struct {
     char (*names)[64];
 } fp_allowlist;
 
-/* Parses an allowlist file into *out (replacing it only on success). */
+/* Parses an allowlist file into *out (replacing and freeing the old contents only
+ * on success; *out must be zero-initialised or a loaded list). Free with
+ * fp_allowlist_free. */
 int fp_allowlist_load(const char *path, fp_allowlist *out) FP_WUR;
-/* Index of key in the list, or -1. */
+/* Index of key in the list, or -1. Compares every entry in constant time. */
 long fp_allowlist_find(const fp_allowlist *al, const uint8_t key[FP_KEY_BYTES]);
 void fp_allowlist_free(fp_allowlist *al);
 

@@ -281,7 +281,19 @@ static int wire_common_opts(void *s)
     return 0;
 }
 
-void *wire_router_bind(void *zctx, const char *endpoint)
+/* CURVE server options; before bind (libzmq reads them per connection). */
+static int wire_curve_server_opts(void *s, const fp_keypair *server)
+{
+    if (wire_setopt_int(s, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER") < 0)
+        return -1;
+    if (zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, server->secret_key, FP_KEY_BYTES) != 0 ||
+        zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN, strlen(WIRE_ZAP_DOMAIN)) != 0)
+        return fp_error_set("cannot enable CURVE on the ROUTER: %s (is libzmq built with "
+                            "libsodium/CURVE support?)", zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+static void *wire_router_new(void *zctx, const char *endpoint, const fp_keypair *server)
 {
     void *s = zmq_socket(zctx, ZMQ_ROUTER);
     if (!s) {
@@ -291,6 +303,8 @@ void *wire_router_bind(void *zctx, const char *endpoint)
     if (wire_common_opts(s) < 0 ||
         wire_setopt_int(s, ZMQ_ROUTER_HANDOVER, 1, "ZMQ_ROUTER_HANDOVER") < 0 ||
         wire_setopt_int(s, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY") < 0)
+        goto err;
+    if (server && wire_curve_server_opts(s, server) < 0)
         goto err;
     if (zmq_bind(s, endpoint) != 0) {
         int e = zmq_errno();
@@ -308,7 +322,33 @@ err:
     return NULL;
 }
 
-void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_id)
+void *wire_router_bind(void *zctx, const char *endpoint)
+{
+    return wire_router_new(zctx, endpoint, NULL);
+}
+
+void *wire_router_bind_curve(void *zctx, const char *endpoint, const fp_keypair *server)
+{
+    if (!server || !server->secret_key) {
+        fp_error_set("wire_router_bind_curve: no server key pair");
+        return NULL;
+    }
+    return wire_router_new(zctx, endpoint, server);
+}
+
+/* CURVE client options: our pair, and the one server key we trust. */
+static int wire_curve_client_opts(void *s, const fp_keypair *client, const uint8_t *server_pub)
+{
+    if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_pub, FP_KEY_BYTES) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, client->public_key, FP_KEY_BYTES) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, client->secret_key, FP_KEY_BYTES) != 0)
+        return fp_error_set("cannot enable CURVE on the DEALER: %s (is libzmq built with "
+                            "libsodium/CURVE support?)", zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+static void *wire_dealer_new(void *zctx, const char *endpoint, const char *worker_id,
+                             const fp_keypair *client, const uint8_t *server_pub)
 {
     if (wire_check_id("worker id", worker_id) < 0)
         return NULL;
@@ -324,6 +364,8 @@ void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_i
         fp_error_set("zmq_setsockopt(ZMQ_ROUTING_ID): %s", zmq_strerror(zmq_errno()));
         goto err;
     }
+    if (client && wire_curve_client_opts(s, client, server_pub) < 0)
+        goto err;
     if (zmq_connect(s, endpoint) != 0) {
         fp_error_set("cannot connect to %s: %s; expected e.g. tcp://coordinator:5555",
                      endpoint, zmq_strerror(zmq_errno()));
@@ -333,6 +375,21 @@ void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_i
 err:
     zmq_close(s);
     return NULL;
+}
+
+void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_id)
+{
+    return wire_dealer_new(zctx, endpoint, worker_id, NULL, NULL);
+}
+
+void *wire_dealer_connect_curve(void *zctx, const char *endpoint, const char *worker_id,
+                                const fp_keypair *client, const uint8_t server_pub[FP_KEY_BYTES])
+{
+    if (!client || !client->secret_key || !server_pub) {
+        fp_error_set("wire_dealer_connect_curve: no client key pair or server key");
+        return NULL;
+    }
+    return wire_dealer_new(zctx, endpoint, worker_id, client, server_pub);
 }
 
 static const char *wire_body_name(const wire_msg *m)

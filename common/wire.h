@@ -15,6 +15,7 @@
 
 #include "fedpeft.pb-c.h"
 #include "fp_error.h"
+#include "keys.h"
 
 #define WIRE_PROTOCOL_VERSION 1u
 #define WIRE_CHUNK_FLOATS ((size_t)256 * 1024)              /* 1 MiB of floats */
@@ -59,6 +60,21 @@ void wire_msg_free(wire_msg **msg_p);
  * 5 s in a send (ZMQ_SNDTIMEO); caller closes both with zmq_close. */
 void *wire_router_bind(void *zctx, const char *endpoint) FP_WUR;
 void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_id) FP_WUR;
+
+/* The same sockets with ZeroMQ CURVE (encrypted, authenticated). The ROUTER
+ * is a CURVE server (ZMQ_CURVE_SERVER, ZMQ_CURVE_SECRETKEY = server's secret)
+ * in ZAP domain WIRE_ZAP_DOMAIN: libzmq asks the ZAP handler of zctx
+ * (common/zap.h; start it BEFORE binding) about every client key. The DEALER
+ * is a CURVE client with its own key pair that trusts only server_pub
+ * (ZMQ_CURVE_SERVERKEY). A wrong server key or a refused client key fails the
+ * handshake silently at the socket level: watch it with zmq_socket_monitor
+ * (ZMQ_EVENT_HANDSHAKE_FAILED_*). Keys are borrowed (libzmq copies them). */
+#define WIRE_ZAP_DOMAIN "fedpeft"
+void *wire_router_bind_curve(void *zctx, const char *endpoint,
+                             const fp_keypair *server) FP_WUR;
+void *wire_dealer_connect_curve(void *zctx, const char *endpoint, const char *worker_id,
+                                const fp_keypair *client,
+                                const uint8_t server_pub[FP_KEY_BYTES]) FP_WUR;
 
 /* Encodes env (its version is set here) and sends it. For a ROUTER pass the
  * peer's routing id (sent as the first frame); for a DEALER pass NULL.

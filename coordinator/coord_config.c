@@ -1,8 +1,10 @@
 /* coord_config.c - the coordinator's key table and cross-key checks. */
 #include "coord_config.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 
 #define F(field) offsetof(coord_config, field)
 #define S(field) sizeof(((coord_config *)0)->field)
@@ -61,6 +63,18 @@ const fp_cfg_key coord_config_keys[] = {
      "heartbeat period; 3x silence marks a worker dead or a stalled upload"},
     {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, strategies,
      "aggregation strategy"},
+    {"http", "port", FP_CFG_INT, 0, 65535, "0", F(http_port), 0, NULL,
+     "status server port: /, /status, /metrics, /healthz (0 = off)"},
+    {"http", "address", FP_CFG_STRING, 0, 0, "127.0.0.1", F(http_address), S(http_address),
+     NULL, "status server address (0.0.0.0: every interface)"},
+    {"security", "secret_key", FP_CFG_STRING, 0, 0, "", F(secret_key), S(secret_key), NULL,
+     "this coordinator's secret key file (fedpeft keygen --out DIR --name coordinator)"},
+    {"security", "allowlist", FP_CFG_STRING, 0, 0, "", F(allowlist), S(allowlist), NULL,
+     "file of admitted worker public keys, '<Z85> name' per line (re-read on SIGHUP)"},
+    {"security", "insecure", FP_CFG_BOOL, 0, 1, "false", F(insecure), 0, NULL,
+     "plain TCP without CURVE: unauthenticated, local tests only (also: --insecure)"},
+    {"security", "coordinator_key", FP_CFG_STRING, 0, 0, "", F(coordinator_key),
+     S(coordinator_key), NULL, "the workers' key (a shared file); ignored by the coordinator"},
     {NULL, NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL},
 };
 
@@ -94,5 +108,18 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
                             "max_workers = %d are sampled", where, c->min_quorum, c->max_workers);
     if (strlen(c->state_dir) + 40 >= sizeof c->state_dir)
         return fp_error_set("%s: [run] state_dir is too long", where);
+    if (!c->insecure && !c->secret_key[0])
+        return fp_error_set("%s: [security] secret_key is not set: run `fedpeft keygen --out "
+                            "DIR --name coordinator` and set [security] secret_key = "
+                            "DIR/coordinator.key and allowlist = FILE (or --insecure for a "
+                            "local test)", where);
+    if (!c->insecure && access(c->secret_key, F_OK) != 0)
+        return fp_error_set("%s: [security] secret_key %s: %s: run `fedpeft keygen --out DIR "
+                            "--name coordinator` and set [security] secret_key = "
+                            "DIR/coordinator.key", where, c->secret_key, strerror(errno));
+    if (!c->insecure && !c->allowlist[0])
+        return fp_error_set("%s: [security] allowlist is not set: a file with one worker "
+                            "public key per line ('<Z85> name', printed by `fedpeft keygen`)",
+                            where);
     return 0;
 }

@@ -1,6 +1,6 @@
 /* coord_config.h - the coordinator's settings: the fp_cfg_key table for its
  * sections of the (shared) INI file, [run] [model] [lora] [train] [sampling]
- * [round] [network] [strategy]. [worker] and [simulate] belong to the other
+ * [round] [network] [strategy] [security]. [worker] and [simulate] belong to the other
  * programs and are skipped. docs/config.md lists every key. */
 #ifndef COORD_CONFIG_H
 #define COORD_CONFIG_H
@@ -44,6 +44,14 @@ typedef struct {
     int heartbeat_ms;
     /* [strategy] */
     int strategy;
+    /* [http] */
+    int http_port;              /* 0 = no status server */
+    char http_address[64];
+    /* [security] */
+    char secret_key[1024];      /* NAME.key from `fedpeft keygen` */
+    char allowlist[1024];       /* worker public keys admitted */
+    int insecure;               /* plain TCP, no CURVE (local tests only) */
+    char coordinator_key[1024]; /* a worker's key in a shared file: ignored here */
     /* Not keys: where the settings came from (for messages). */
     char config_path[1024];
 } coord_config;

@@ -22,7 +22,12 @@ struct server {
     uint64_t rejected[REJ_COUNT];
     uint64_t bytes_up, bytes_down;
     uint64_t round;             /* echoed in heartbeats */
+    void (*observer)(void *ctx); /* after each loop iteration (the HTTP snapshot) */
+    void *observer_ctx;
+    fp_zap *zap;                /* CURVE: the ZAP handler thread */
 };
+
+static void zap_log(const char *line) { clog_info("%s", line); }
 
 server *server_new(const server_config *cfg)
 {
@@ -44,7 +49,15 @@ server *server_new(const server_config *cfg)
         fp_error_set("cannot create the ZeroMQ context");
         goto err;
     }
-    srv->sock = wire_router_bind(srv->zctx, cfg->endpoint);
+    if (cfg->curve) {   /* the ZAP handler must be there before the first client */
+        srv->zap = fp_zap_start(srv->zctx, cfg->allowlist, cfg->reload_allowlist, zap_log);
+        if (!srv->zap)
+            goto err;
+        srv->sock = wire_router_bind_curve(srv->zctx, cfg->endpoint, cfg->curve);
+    } else {
+        srv->sock = wire_router_bind(srv->zctx, cfg->endpoint);
+    }
+    srv->cfg.curve = NULL;  /* borrowed for the bind only */
     if (!srv->sock)
         goto err;
     return srv;
@@ -60,6 +73,7 @@ void server_destroy(server **srv_p)
     server *srv = *srv_p;
     if (srv->sock)
         zmq_close(srv->sock);
+    fp_zap_stop(&srv->zap);    /* its socket must close before the context ends */
     if (srv->zctx)
         zmq_ctx_term(srv->zctx);
     free(srv->workers);
@@ -68,6 +82,8 @@ void server_destroy(server **srv_p)
 }
 
 void server_set_hooks(server *srv, const server_hooks *hooks) { srv->hooks = *hooks; }
+
+uint64_t server_keys_refused(const server *srv) { return fp_zap_refused(srv->zap); }
 
 void server_set_linger(server *srv, int ms)
 {
@@ -222,6 +238,20 @@ void server_take_counters(server *srv, uint64_t rejected[REJ_COUNT], uint64_t *b
 
 void server_set_round(server *srv, uint64_t round) { srv->round = round; }
 
+void server_peek_counters(const server *srv, uint64_t rejected[REJ_COUNT], uint64_t *bytes_up,
+                          uint64_t *bytes_down)
+{
+    memcpy(rejected, srv->rejected, sizeof srv->rejected);
+    *bytes_up = srv->bytes_up;
+    *bytes_down = srv->bytes_down;
+}
+
+void server_set_observer(server *srv, void (*fn)(void *ctx), void *ctx)
+{
+    srv->observer = fn;
+    srv->observer_ctx = ctx;
+}
+
 /* ---- dispatch ------------------------------------------------------------------ */
 
 static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, int64_t now)
@@ -372,6 +402,8 @@ int server_run(server *srv, volatile sig_atomic_t *stop)
         int done = 0, wait = -1;
         if (srv->hooks.tick)
             wait = srv->hooks.tick(srv->hooks.ctx, now, &done);
+        if (srv->observer)
+            srv->observer(srv->observer_ctx);
         if (done)
             return 0;
         if (wait < 0 || wait > liveness_ms)

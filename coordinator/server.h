@@ -18,6 +18,7 @@
 #include "fp_error.h"
 #include "metrics.h"
 #include "wire.h"
+#include "zap.h"
 
 #define SERVER_MAX_WORKERS 4096
 
@@ -52,6 +53,13 @@ typedef struct {
     const char *model_hash;     /* hex sha256 the workers must match */
     const char *run_id;
     Fedpeft__LoraSpec lora;     /* sent in Welcome */
+    /* CURVE (docs/privacy.md): the coordinator's key pair, used by server_new
+     * only (NULL: plain TCP, --insecure); the ZAP handler (common/zap.h, its
+     * own thread) admits the keys in allowlist and re-reads it when
+     * *reload_allowlist is set (SIGHUP). */
+    const fp_keypair *curve;
+    const char *allowlist;
+    atomic_int *reload_allowlist;
 } server_config;
 
 /* Binds the ROUTER. NULL with an error ("port in use ...") on failure.
@@ -85,6 +93,13 @@ void server_shutdown_workers(server *srv, const char *reason);
  * take resets them. */
 void server_take_counters(server *srv, uint64_t rejected[REJ_COUNT], uint64_t *bytes_up,
                           uint64_t *bytes_down);
+/* The same counters without resetting them (the HTTP snapshot). */
+void server_peek_counters(const server *srv, uint64_t rejected[REJ_COUNT], uint64_t *bytes_up,
+                          uint64_t *bytes_down);
+/* fn(ctx) runs after each loop iteration, on the loop's thread (NULL: none). */
+void server_set_observer(server *srv, void (*fn)(void *ctx), void *ctx);
+/* Worker keys the ZAP handler refused since the start (0 without CURVE). */
+uint64_t server_keys_refused(const server *srv);
 /* Round number echoed in heartbeats. */
 void server_set_round(server *srv, uint64_t round);
 /* Lets queued messages out before the socket closes (ms). */

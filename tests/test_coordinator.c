@@ -298,7 +298,8 @@ static void write_ini(const char *path, int port, const char *state, int rounds)
             "start_timeout_s = 30\n"
             "[network]\nendpoint = tcp://127.0.0.1:%d\nheartbeat_ms = 500\n"
             "[worker]\nid = w01\ndata = nowhere.txt\n"
-            "[simulate]\nworkers = 3\n",
+            "[simulate]\nworkers = 3\n"
+            "[security]\ninsecure = true\n",  /* plain TCP for the scripted peers */
             rounds, state, model_dir, port);
     fclose(f);
 }
@@ -383,7 +384,8 @@ static void test_config_errors(void **state)
     assert_non_null(strstr(out, "[model] path"));
     free(out);
 
-    snprintf(cmd, sizeof cmd, FP_COORDINATOR " --config %s --model.path=%s/nowhere", ini, tmp);
+    snprintf(cmd, sizeof cmd, FP_COORDINATOR " --config %s --model.path=%s/nowhere --insecure",
+             ini, tmp);
     rc = tu_run(cmd, &out);
     printf("# model dir missing: exit %d: %s", rc, out);
     assert_true(rc > 0 && rc < 128);

@@ -2,7 +2,8 @@
  * fedpeft-coordinator and fedpeft-worker processes on loopback (free ports),
  * the bundled stories260K model and a few thousand lines of Shakespeare.
  *
- * 1. 4 workers, 3 rounds: the federated validation loss falls every round.
+ * 1. 4 workers, 3 rounds: the federated validation loss falls every round,
+ *    over CURVE with keys made here (the other scenarios run --insecure).
  * 2. a worker SIGKILLed mid-round: the round closes on quorum at the deadline
  *    and the next round samples only the living.
  * 3. the coordinator SIGKILLed after round 2 and restarted: it resumes at
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <time.h>
@@ -29,6 +31,7 @@
 #include <cjson/cJSON.h>
 #include <zmq.h>
 
+#include "keys.h"
 #include "safetensors.h"
 #include "test_util.h"
 #include "wire.h"
@@ -84,6 +87,7 @@ typedef struct {
     char endpoint[64];
     pid_t coord, workers[N_WORKERS];
     int coord_runs;     /* coordinator-N.log */
+    int curve;          /* keys in DIR/keys; else every process runs --insecure */
 } fed;
 
 /* Writes DIR/fed.ini: the whole federation in one file. `extra` is appended
@@ -112,6 +116,27 @@ static void fed_init(fed *f, const char *tag, const char *run_section, int local
     assert_int_equal(tu_write_file(f->cfg, ini, strlen(ini)), 0);
 }
 
+/* CURVE for this federation: key pairs for the coordinator and every worker
+ * in DIR/keys, and DIR/keys/allowlist admitting the workers. */
+static void fed_use_curve(fed *f)
+{
+    char dir[4300], allow[8192] = "# test_federation\n", name[16];
+    snprintf(dir, sizeof dir, "%s/keys", f->dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    for (int k = -1; k < N_WORKERS; k++) {
+        snprintf(name, sizeof name, k < 0 ? "coordinator" : "w%d", k);
+        fp_keypair *kp = fp_keypair_generate(name);
+        assert_non_null(kp);
+        assert_int_equal(fp_keypair_save(kp, dir, 0), 0);
+        if (k >= 0)
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s %s\n",
+                     kp->public_z85, name);
+        fp_keypair_free(&kp);
+    }
+    assert_int_equal(tu_write_file(tu_path(dir, "allowlist"), allow, strlen(allow)), 0);
+    f->curve = 1;
+}
+
 static pid_t spawn(char *const argv[], const char *log)
 {
     pid_t pid = fork();
@@ -129,19 +154,25 @@ static pid_t spawn(char *const argv[], const char *log)
 
 static void start_coordinator(fed *f)
 {
-    char log[4300];
+    char log[4300], sk[4400], al[4400];
     snprintf(log, sizeof log, "%s/coordinator-%d.log", f->dir, ++f->coord_runs);
-    char *argv[] = {FP_COORDINATOR, "--config", f->cfg, NULL};
+    snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/coordinator.key", f->dir);
+    snprintf(al, sizeof al, "--security.allowlist=%s/keys/allowlist", f->dir);
+    char *argv[] = {FP_COORDINATOR, "--config", f->cfg, f->curve ? sk : "--insecure",
+                    f->curve ? al : NULL, NULL};
     f->coord = spawn(argv, log);
 }
 
 static void start_worker(fed *f, int k)
 {
-    char log[4300], id[64], data[4300];
+    char log[4300], id[64], data[4300], sk[4400], ck[4400];
     snprintf(log, sizeof log, "%s/w%d.log", f->dir, k);
     snprintf(id, sizeof id, "--worker.id=w%d", k);
     snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, k);
-    char *argv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", NULL};
+    snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/w%d.key", f->dir, k);
+    snprintf(ck, sizeof ck, "--security.coordinator_key=%s/keys/coordinator.pub", f->dir);
+    char *argv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1",
+                    f->curve ? sk : "--insecure", f->curve ? ck : NULL, NULL};
     f->workers[k] = spawn(argv, log);
 }
 
@@ -309,11 +340,15 @@ static void test_loss_falls(void **state)
     (void)state;
     fed_init(&cur, "fed-basic", "rounds = 3\nseed = 7", 8,
              "[sampling]\nmin_workers = 4\n[round]\nstart_timeout_s = 60\n");
+    fed_use_curve(&cur);
     fed_start(&cur);
     fed_finish(&cur);
     int n;
     cJSON **rows = complete_metrics(&cur, 3, &n);
-    print_losses("4 workers", rows, n);
+    print_losses("4 workers over CURVE", rows, n);
+    char clog[4300];
+    snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
+    assert_true(file_contains(clog, "CURVE on: coordinator public key"));
     assert_int_equal((int)field(rows[0], "sampled"), 0);
     assert_true(field(rows[0], "val_tokens") > 0);
     for (int r = 1; r <= 3; r++) {

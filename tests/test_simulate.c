@@ -142,7 +142,7 @@ static void test_worker_no_coordinator(void **state)
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
     snprintf(cmd, sizeof cmd, "'%s' --worker.id=w1 --model.path='%s/model' "
              "--worker.data='%s/shards/shard-000.txt' --worker.endpoint=%s "
-             "--worker.connect_retries=3 --worker.retry_backoff_ms=50", FP_WORKER, sim_dir,
+             "--worker.connect_retries=3 --worker.retry_backoff_ms=50 --insecure", FP_WORKER, sim_dir,
              sim_dir, ep);
     int rc = tu_run(cmd, &out);
     printf("%s", out);
@@ -175,9 +175,10 @@ static void test_worker_wrong_model(void **state)
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
     snprintf(cmd, sizeof cmd,
              "'%s' --config '%s/c.ini' --model.path='%s/model' --run.state_dir='%s/state' --network.endpoint=%s "
-             "--network.heartbeat_ms=200 > '%s/coord.log' 2>&1 & c=$!; "
+             "--network.heartbeat_ms=200 --insecure > '%s/coord.log' 2>&1 & c=$!; "
              "'%s' --worker.id=w1 --model.path='%s/other' --worker.data='%s/shards/shard-000.txt' "
-             "--worker.endpoint=%s --worker.retry_backoff_ms=200; rc=$?; kill $c; wait $c; exit $rc",
+             "--worker.endpoint=%s --worker.retry_backoff_ms=200 --insecure; rc=$?; kill $c; "
+             "wait $c; exit $rc",
              FP_COORDINATOR, dir, sim_dir, dir, ep, dir, FP_WORKER, dir, sim_dir, ep);
     int rc = tu_run(cmd, &out);
     printf("%s", out);

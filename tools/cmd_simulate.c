@@ -14,6 +14,8 @@
  * Overrides go to the program whose section they name: [simulate] here,
  * [model] and [worker] to the workers, [model] and the coordinator's sections
  * to the coordinator. Ctrl-C (or SIGTERM) stops every process and exits 130.
+ * Unless --insecure ([simulate] insecure), it first makes CURVE key pairs for
+ * the coordinator and every worker in OUT/keys, with OUT/keys/allowlist.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +36,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "keys.h"
 #include "sim_table.h"
 
 #define SIM_MAX_WORKERS 256
@@ -43,6 +46,8 @@ typedef struct {
     int workers;
     char data[1024], partition[256], llama2c[1024], tokenizer_bin[1024], out_dir[1024];
     int port;
+    int http_port;              /* the coordinator's status page (0 = off) */
+    int insecure;               /* no CURVE keys: plain TCP (--insecure) */
 } sim_config;
 
 #define F(field) offsetof(sim_config, field)
@@ -62,6 +67,10 @@ static const fp_cfg_key sim_keys[] = {
      "everything goes here: model, shards, logs, state (metrics.jsonl), adapter"},
     {"simulate", "port", FP_CFG_INT, 0, 65535, "0", F(port), 0, NULL,
      "coordinator port on 127.0.0.1 (0 = pick a free one)"},
+    {"simulate", "http_port", FP_CFG_INT, 0, 65535, "0", F(http_port), 0, NULL,
+     "the coordinator's status page on http://127.0.0.1:PORT/ (0 = off)"},
+    {"simulate", "insecure", FP_CFG_BOOL, 0, 1, "false", F(insecure), 0, NULL,
+     "no CURVE: every program runs --insecure (plain TCP); default: keys in OUT/keys"},
     {NULL},
 };
 #undef F
@@ -90,12 +99,14 @@ static const fp_cfg_key run_keys[] = {
 #undef S
 
 static const char *const not_simulate[] = {"run", "model", "lora", "train", "sampling", "round",
-                                           "network", "strategy", "worker", NULL};
+                                           "network", "strategy", "worker", "http", "security",
+                                           NULL};
 static const char *const not_run[] = {"simulate", "model", "lora", "train", "sampling", "round",
-                                      "network", "strategy", "worker", NULL};
+                                      "network", "strategy", "worker", "http", "security", NULL};
 static const char *const coord_sections[] = {"run", "model", "lora", "train", "sampling",
-                                             "round", "network", "strategy", NULL};
-static const char *const worker_sections[] = {"model", "worker", NULL};
+                                             "round", "network", "strategy", "http", "security",
+                                             NULL};
+static const char *const worker_sections[] = {"model", "worker", "security", NULL};
 
 static volatile sig_atomic_t sim_stop;
 static void on_signal(int sig) { sim_stop = sig; }
@@ -111,12 +122,15 @@ static const char usage[] =
     "  ([run] [lora] [train] [sampling] [round] [network] [strategy]) and the\n"
     "  workers ([worker]); overrides go to the program owning the section.\n"
     "  Simulate sets [sampling] min_workers to the number of workers (override it\n"
-    "  to sample a fraction). Ctrl-C stops every process.\n\n";
+    "  to sample a fraction). Ctrl-C stops every process. Traffic uses CURVE with\n"
+    "  fresh keys in OUT/keys (allowlist included); --insecure or [simulate]\n"
+    "  insecure = true runs every program --insecure (plain TCP) instead.\n\n";
 
 typedef struct {
     const char *config;
     char *own[SIM_MAX_ARGS], *coord[SIM_MAX_ARGS], *worker[SIM_MAX_ARGS], *run[SIM_MAX_ARGS];
     int n_own, n_coord, n_worker, n_run;
+    int insecure;               /* --insecure */
 } sim_args;
 
 static int in_list(const char *const *list, const char *s, size_t len)
@@ -141,6 +155,10 @@ static int route_args(int argc, char **argv, sim_args *a)
                 return cli_fail("simulate", "--config needs a FILE"), -1;
             continue;
         }
+        if (!strcmp(arg, "--insecure")) {
+            a->insecure = 1;
+            continue;
+        }
         const char *dot = strchr(arg, '.');
         if (strncmp(arg, "--", 2) != 0 || !dot)
             return cli_fail("simulate", "unexpected argument '%s' (expected --config FILE or "
@@ -152,7 +170,7 @@ static int route_args(int argc, char **argv, sim_args *a)
         int coord = in_list(coord_sections, sec, len), work = in_list(worker_sections, sec, len);
         if (!mine && !coord && !work)
             return cli_fail("simulate", "unknown section in '%s'; sections: simulate, worker, "
-                            "model, run, lora, train, sampling, round, network, strategy", arg), -1;
+                            "model, run, lora, train, sampling, round, network, strategy, http, security", arg), -1;
         int run = len == 3 && !strncmp(sec, "run", 3);
         for (int k = 0; k <= two; k++) {
             if (a->n_own + 2 >= SIM_MAX_ARGS / 2 || a->n_coord + 2 >= SIM_MAX_ARGS / 2 ||
@@ -377,7 +395,7 @@ static int load_configs(const sim_args *a, sim_config *c, sim_run_view *rv)
  * (an old checkpoint would otherwise resume). */
 static int prepare_out(const char *out)
 {
-    const char *sub[] = {"state", "logs", "shards", "adapter", "model"};
+    const char *sub[] = {"state", "logs", "shards", "adapter", "model", "keys"};
     char p[1200];
     for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", out, sub[i]);
@@ -437,6 +455,48 @@ static int prepare_inputs(const sim_bins *b, const sim_config *c, const sim_run_
     return 0;
 }
 
+/* Worker w's name (0-based): w01.., or w001.. past 99 workers. */
+static void worker_name(const sim_config *c, int w, char *buf, size_t cap)
+{
+    snprintf(buf, cap, c->workers > 99 ? "w%03d" : "w%02d", w + 1);
+}
+
+/* CURVE identities (keys.h): OUT/keys/{coordinator,wNN}.{key,pub} and
+ * OUT/keys/allowlist with every worker's public key. Nothing when insecure. */
+static int make_keys(const sim_config *c)
+{
+    if (c->insecure)
+        return 0;
+    char dir[1200], path[1300], name[32];
+    snprintf(dir, sizeof dir, "%s/keys", c->out_dir);
+    snprintf(path, sizeof path, "%s/allowlist", dir);
+    if (mkdirs(dir) != 0)
+        return cli_fail("simulate", "cannot create %s: %s", dir, strerror(errno)), -1;
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return cli_fail("simulate", "cannot write %s: %s", path, strerror(errno)), -1;
+    fprintf(f, "# the worker keys this simulation's coordinator admits (fedpeft simulate)\n");
+    for (int w = -1; w < c->workers; w++) {
+        if (w < 0)
+            snprintf(name, sizeof name, "coordinator");
+        else
+            worker_name(c, w, name, sizeof name);
+        fp_keypair *kp = fp_keypair_generate(name);
+        int ok = kp && fp_keypair_save(kp, dir, 1) == 0;
+        if (ok && w >= 0)
+            fprintf(f, "%s %s\n", kp->public_z85, name);
+        fp_keypair_free(&kp);
+        if (!ok) {
+            fclose(f);
+            return cli_fail_lib("simulate"), -1;
+        }
+    }
+    if (fclose(f) != 0)
+        return cli_fail("simulate", "cannot write %s: %s", path, strerror(errno)), -1;
+    printf("simulate: CURVE keys for the coordinator and %d workers in %s\n", c->workers, dir);
+    return 0;
+}
+
 /* ---- the federation ----------------------------------------------------- */
 
 typedef struct {
@@ -454,7 +514,11 @@ static int start_all(sim_state *s)
 {
     char out[1024];     /* a copy: p->log below lives in *s too */
     snprintf(out, sizeof out, "%s", s->cfg.out_dir);
-    static char o_model[1200], o_state[1200], o_adapter[1200], o_ep[128], o_wep[128], o_minw[64];
+    static char o_model[1200], o_state[1200], o_adapter[1200], o_ep[128], o_wep[128], o_minw[64],
+        o_http[64], o_sk[1300], o_allow[1300], o_ck[1300];
+    snprintf(o_sk, sizeof o_sk, "--security.secret_key=%s/keys/coordinator.key", out);
+    snprintf(o_allow, sizeof o_allow, "--security.allowlist=%s/keys/allowlist", out);
+    snprintf(o_ck, sizeof o_ck, "--security.coordinator_key=%s/keys/coordinator.pub", out);
     snprintf(o_model, sizeof o_model, "--model.path=%s/model", out);
     snprintf(o_state, sizeof o_state, "--run.state_dir=%s/state", out);
     snprintf(o_adapter, sizeof o_adapter, "--run.out_dir=%s/adapter", out);
@@ -470,6 +534,14 @@ static int start_all(sim_state *s)
     for (int i = 0; i < s->args.n_coord; i++)
         argv[n++] = s->args.coord[i];
     argv[n++] = o_model, argv[n++] = o_state, argv[n++] = o_adapter, argv[n++] = o_ep;
+    if (s->cfg.http_port > 0) {
+        snprintf(o_http, sizeof o_http, "--http.port=%d", s->cfg.http_port);
+        argv[n++] = o_http;
+    }
+    if (s->cfg.insecure)
+        argv[n++] = "--insecure";
+    else
+        argv[n++] = o_sk, argv[n++] = o_allow;
     argv[n] = NULL;
     sim_proc *c = &s->procs[s->n_procs++];
     snprintf(c->name, sizeof c->name, "coordinator");
@@ -477,12 +549,12 @@ static int start_all(sim_state *s)
     if ((c->pid = spawn(argv, c->log)) < 0)
         return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
     for (int w = 0; w < s->cfg.workers; w++) {
-        char shard[1200], o_id[64], o_data[1300];
+        char shard[1200], o_id[64], o_data[1300], o_wsk[1300];
         if (shard_path(out, w, shard, sizeof shard) != 0)
             return -1;
         sim_proc *p = &s->procs[s->n_procs++];
         char name[32];
-        snprintf(name, sizeof name, s->cfg.workers > 99 ? "w%03d" : "w%02d", w + 1);
+        worker_name(&s->cfg, w, name, sizeof name);
         snprintf(p->name, sizeof p->name, "%s", name);
         snprintf(p->log, sizeof p->log, "%s/logs/%s.log", out, name);
         snprintf(o_id, sizeof o_id, "--worker.id=%s", name);
@@ -495,6 +567,11 @@ static int start_all(sim_state *s)
         for (int i = 0; i < s->args.n_worker; i++)
             argv[n++] = s->args.worker[i];
         argv[n++] = o_model, argv[n++] = o_id, argv[n++] = o_data, argv[n++] = o_wep;
+        snprintf(o_wsk, sizeof o_wsk, "--security.secret_key=%s/keys/%s.key", out, name);
+        if (s->cfg.insecure)
+            argv[n++] = "--insecure";
+        else
+            argv[n++] = o_wsk, argv[n++] = o_ck;
         argv[n] = NULL;
         if ((p->pid = spawn(argv, p->log)) < 0)
             return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
@@ -506,7 +583,8 @@ static int start_all(sim_state *s)
  * failure, 130 when interrupted. */
 static int follow(sim_state *s, sim_table *table)
 {
-    int dead_workers = 0;
+    int dead_workers = 0, left_workers = 0;    /* left: exit 0, on SHUTDOWN */
+    double all_gone_at = 0;
     char buf[128];
     for (;;) {
         sim_table_poll(table);
@@ -527,6 +605,10 @@ static int follow(sim_state *s, sim_table *table)
                          describe(p->status, buf, sizeof buf), p->log);
                 return 1;
             }
+            if (WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0) {
+                left_workers++;     /* the run is over: the coordinator exits next */
+                continue;
+            }
             dead_workers++;
             fprintf(stderr, "simulate: worker %s (pid %d) %s before the run ended; see %s\n",
                     p->name, (int)p->pid, describe(p->status, buf, sizeof buf), p->log);
@@ -535,6 +617,13 @@ static int follow(sim_state *s, sim_table *table)
                          s->cfg.out_dir);
                 return 1;
             }
+        }
+        if (dead_workers + left_workers == s->n_procs - 1 && all_gone_at == 0)
+            all_gone_at = now_s();
+        if (all_gone_at > 0 && now_s() - all_gone_at > 10.0) {
+            cli_fail("simulate", "every worker has left but the coordinator is still running; "
+                     "stopping (logs in %s/logs)", s->cfg.out_dir);
+            return 1;
         }
         usleep(200000);
     }
@@ -561,10 +650,11 @@ int cmd_simulate(int argc, char **argv)
         cli_fail_lib("simulate");
         goto out;
     }
+    s->cfg.insecure |= s->args.insecure;
     if (find_bins(&s->bins) != 0 || prepare_out(s->cfg.out_dir) != 0)
         goto out;
     double t0 = now_s();
-    if (prepare_inputs(&s->bins, &s->cfg, &s->run) != 0)
+    if (prepare_inputs(&s->bins, &s->cfg, &s->run) != 0 || make_keys(&s->cfg) != 0)
         goto out;
     int port = s->cfg.port ? s->cfg.port : free_port();
     if (port <= 0) {
@@ -580,6 +670,8 @@ int cmd_simulate(int argc, char **argv)
     snprintf(metrics, sizeof metrics, "%s/state/metrics.jsonl", s->cfg.out_dir);
     if (!(table = sim_table_new(metrics, s->run.rounds, stdout)))
         goto out;
+    if (s->cfg.http_port > 0)
+        printf("simulate: status page on http://127.0.0.1:%d/\n", s->cfg.http_port);
     printf("simulate: coordinator on %s, %d workers; logs in %s/logs\n", s->endpoint,
            s->cfg.workers, s->cfg.out_dir);
     fflush(stdout);

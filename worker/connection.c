@@ -7,9 +7,13 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "keys.h"
 #include "wk_log.h"
 
 #define WK_BACKOFF_CAP_MS 8000
+
+/* How the CURVE handshake of the last attempt went (socket monitor events). */
+enum { WK_HS_NONE, WK_HS_REFUSED, WK_HS_FAILED };
 
 struct wk_conn {
     const wk_config *cfg;
@@ -22,6 +26,12 @@ struct wk_conn {
     int hb_ms;
     unsigned generation;
     int64_t last_heard, last_hb;
+    /* CURVE (NULL kp: --insecure) and, while registering, the DEALER's monitor. */
+    fp_keypair *kp;
+    uint8_t server_pub[FP_KEY_BYTES];
+    void *mon;
+    unsigned mon_seq;
+    int hs;                     /* WK_HS_* of the current attempt */
 };
 
 static int64_t now_ms(void)
@@ -50,14 +60,102 @@ wk_conn *wk_conn_new(const wk_config *cfg, const char *model_hash, uint64_t n_ex
         free(self);
         return NULL;
     }
+    if (!cfg->insecure) {
+        if (!(self->kp = fp_keypair_load(cfg->secret_key))) {
+            fp_error_prefix("[security] secret_key: ");
+            goto err;
+        }
+        if (fp_pubkey_parse(cfg->coordinator_key, self->server_pub) < 0) {
+            fp_error_prefix("[security] coordinator_key: ");
+            goto err;
+        }
+        char z85[FP_KEY_Z85_LEN + 1];
+        zmq_z85_encode(z85, self->server_pub, FP_KEY_BYTES);
+        wk_log("CURVE on: this worker's public key %s; trusting coordinator key %s",
+               self->kp->public_z85, z85);
+    }
     return self;
+err:
+    wk_conn_destroy(&self);
+    return NULL;
+}
+
+/* Stops and closes the monitor of the DEALER (registration is over). */
+static void close_monitor(wk_conn *self)
+{
+    if (!self->mon)
+        return;
+    if (self->sock)
+        zmq_socket_monitor(self->sock, NULL, 0);
+    zmq_close(self->mon);
+    self->mon = NULL;
 }
 
 static void close_socket(wk_conn *self)
 {
+    close_monitor(self);
     if (self->sock)
         zmq_close(self->sock);
     self->sock = NULL;
+}
+
+/* A fresh DEALER: CURVE (with a monitor for handshake failures) or plain. */
+static int open_socket(wk_conn *self)
+{
+    close_socket(self);
+    if (!self->kp) {
+        self->sock = wire_dealer_connect(self->zctx, self->cfg->endpoint, self->cfg->id);
+        return self->sock ? 0 : -1;
+    }
+    self->sock = wire_dealer_connect_curve(self->zctx, self->cfg->endpoint, self->cfg->id,
+                                           self->kp, self->server_pub);
+    if (!self->sock)
+        return -1;
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://fedpeft-worker-monitor-%u", ++self->mon_seq);
+    int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+    if (zmq_socket_monitor(self->sock, ep, events) != 0 ||
+        !(self->mon = zmq_socket(self->zctx, ZMQ_PAIR)) || zmq_connect(self->mon, ep) != 0)
+        return fp_error_set("cannot monitor the connection to %s: %s", self->cfg->endpoint,
+                            zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+/* Reads the monitor's events (6 bytes: u16 event, u32 value; then the address). */
+static void take_events(wk_conn *self)
+{
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, self->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        uint16_t ev = 0;
+        uint32_t val = 0;
+        if (zmq_msg_size(&m) >= 6) {
+            memcpy(&ev, zmq_msg_data(&m), 2);
+            memcpy(&val, (char *)zmq_msg_data(&m) + 2, 4);
+        }
+        while (zmq_msg_more(&m) && zmq_msg_recv(&m, self->mon, 0) >= 0)
+            ;
+        zmq_msg_close(&m);
+        if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && self->hs != WK_HS_REFUSED) {
+            self->hs = WK_HS_REFUSED;
+            wk_log("the coordinator refused this worker's key (not in its allowlist): "
+                   "status %u for public key %s", (unsigned)val, self->kp->public_z85);
+        } else if ((ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+                    ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) && self->hs == WK_HS_NONE) {
+            self->hs = WK_HS_FAILED;
+            wk_log("the CURVE handshake with %s failed (%s): is [security] coordinator_key "
+                   "the coordinator's public key?", self->cfg->endpoint,
+                   ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol error"
+                                                             : "the coordinator hung up");
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            self->hs = WK_HS_NONE;
+        }
+    }
 }
 
 void wk_conn_destroy(wk_conn **self_p)
@@ -67,6 +165,7 @@ void wk_conn_destroy(wk_conn **self_p)
     wk_conn *self = *self_p;
     close_socket(self);
     zmq_ctx_term(self->zctx);
+    fp_keypair_free(&self->kp);
     free(self);
     *self_p = NULL;
 }
@@ -136,12 +235,14 @@ static int take_reject(wk_conn *self, const Fedpeft__Reject *r)
 /* Waits up to ms for a message. 1 with *out, 0 on timeout/bad frame, -1 on error. */
 static int recv_for(wk_conn *self, int ms, wire_msg **out)
 {
-    zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item[2] = {{self->sock, 0, ZMQ_POLLIN, 0}, {self->mon, 0, ZMQ_POLLIN, 0}};
     *out = NULL;
-    int n = zmq_poll(&item, 1, ms);
+    int n = zmq_poll(item, self->mon ? 2 : 1, ms);
     if (n < 0)
         return errno == EINTR ? 0 : fp_error_set("zmq_poll: %s", zmq_strerror(errno));
-    if (n == 0)
+    if (self->mon && (item[1].revents & ZMQ_POLLIN))
+        take_events(self);
+    if (!(item[0].revents & ZMQ_POLLIN))
         return 0;
     wire_err why = WIRE_OK;
     int rc = wire_recv(self->sock, ZMQ_DONTWAIT, NULL, 0, out, &why);
@@ -157,8 +258,8 @@ static int recv_for(wk_conn *self, int ms, wire_msg **out)
  * 0 welcomed, 1 no answer, WK_SHUTDOWN, -1 refused/error. */
 static int attempt(wk_conn *self, int ms)
 {
-    close_socket(self);
-    if (!(self->sock = wire_dealer_connect(self->zctx, self->cfg->endpoint, self->cfg->id)))
+    self->hs = WK_HS_NONE;
+    if (open_socket(self) != 0)
         return -1;
     if (send_hello(self) != 0)
         return 1;   /* nothing to talk to yet: counts as no answer */
@@ -178,6 +279,7 @@ static int attempt(wk_conn *self, int ms)
         int res = 1;
         if (m->body_case == FEDPEFT__ENVELOPE__BODY_WELCOME) {
             take_welcome(self, m->welcome);
+            close_monitor(self);
             res = 0;
         } else if (m->body_case == FEDPEFT__ENVELOPE__BODY_REJECT &&
                    m->reject->code != FEDPEFT__REJECT__CODE__UNKNOWN_WORKER) {
@@ -200,7 +302,13 @@ int wk_conn_register(wk_conn *self)
     int retries = self->cfg->connect_retries;
     int64_t wait = self->cfg->retry_backoff_ms, t0 = now_ms();
     for (int k = 0; k <= retries; k++) {
-        if (k > 0)
+        if (k > 0 && self->hs == WK_HS_REFUSED)
+            wk_log("the coordinator refused this worker's key (not in its allowlist), retry "
+                   "%d/%d", k, retries);
+        else if (k > 0 && self->hs == WK_HS_FAILED)
+            wk_log("no CURVE handshake with %s (wrong [security] coordinator_key?), retry "
+                   "%d/%d", self->cfg->endpoint, k, retries);
+        else if (k > 0)
             wk_log("no coordinator at %s, retry %d/%d", self->cfg->endpoint, k, retries);
         int rc = attempt(self, (int)wait);
         if (rc != 1)
@@ -208,6 +316,17 @@ int wk_conn_register(wk_conn *self)
         wait = wait * 2 > WK_BACKOFF_CAP_MS ? WK_BACKOFF_CAP_MS : wait * 2;
     }
     close_socket(self);
+    if (self->hs == WK_HS_REFUSED)
+        return fp_error_set("the coordinator refused this worker's key (not in its allowlist) "
+                            "after %d retries: add '%s %s' to the coordinator's [security] "
+                            "allowlist and send it SIGHUP", retries, self->kp->public_z85,
+                            self->cfg->id);
+    if (self->hs == WK_HS_FAILED)
+        return fp_error_set("cannot connect to the coordinator at %s after %d retries: the "
+                            "CURVE handshake failed; [security] coordinator_key (%s) must be "
+                            "the coordinator's public key (its coordinator.pub), and the "
+                            "coordinator must not run --insecure", self->cfg->endpoint, retries,
+                            self->cfg->coordinator_key);
     return fp_error_set("no coordinator at %s after %d retries (%.0f s): is "
                         "fedpeft-coordinator running there, and is [worker] endpoint right?",
                         self->cfg->endpoint, retries, (double)(now_ms() - t0) / 1000.0);

@@ -29,7 +29,8 @@ static void usage(FILE *f)
           "  Connects to the coordinator ([worker] endpoint), trains LoRA updates on\n"
           "  [worker] data each round it is sampled, and evaluates the global adapter\n"
           "  on its held-out split. Keys (file sections; any key can be overridden\n"
-          "  on the command line as --section.key=value):\n\n", f);
+          "  on the command line as --section.key=value; --insecure is\n"
+          "  --security.insecure=true: plain TCP, no CURVE, local tests only):\n\n", f);
     fp_cfg_print_help(wk_config_keys, f);
 }
 
@@ -47,6 +48,8 @@ static int parse_args(int argc, char **argv, const char **config)
         } else if (!strncmp(argv[i], "--config=", 9)) {
             *config = argv[i] + 9;
             argv[i] = "";
+        } else if (!strcmp(argv[i], "--insecure")) {
+            argv[i] = "--security.insecure=true";   /* the same, for the table */
         }
     }
     return 0;
@@ -95,6 +98,9 @@ int main(int argc, char **argv)
     if (wk_config_load(&cfg, config, argc, argv) != 0)
         goto err;
     wk_log_set_id(cfg.id);
+    if (cfg.insecure)
+        wk_log("WARNING: --insecure: traffic is plain TCP, unauthenticated; use only for "
+               "local tests");
     fp_blas_set_threads(cfg.threads);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;

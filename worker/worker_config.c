@@ -1,8 +1,10 @@
 /* worker_config.c - the worker's key table (see worker_config.h). */
 #include "worker_config.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const format_names[] = {"auto", "text", "json", "alpaca", "ids", NULL};
 
@@ -32,11 +34,19 @@ const fp_cfg_key wk_config_keys[] = {
      "attempts to reach the coordinator before giving up"},
     {"worker", "retry_backoff_ms", FP_CFG_INT, 1, 8000, "500", F(retry_backoff_ms), 0, NULL,
      "wait for an answer on the first attempt; doubles each retry, capped at 8000"},
+    {"security", "secret_key", FP_CFG_STRING, 0, 0, "", F(secret_key), S(secret_key), NULL,
+     "this worker's secret key file (fedpeft keygen --out DIR --name ID)"},
+    {"security", "coordinator_key", FP_CFG_STRING, 0, 0, "", F(coordinator_key),
+     S(coordinator_key), NULL, "the coordinator's public key: its .pub file or the Z85 text"},
+    {"security", "insecure", FP_CFG_BOOL, 0, 1, "false", F(insecure), 0, NULL,
+     "plain TCP without CURVE: unauthenticated, local tests only (also: --insecure)"},
+    {"security", "allowlist", FP_CFG_STRING, 0, 0, "", F(allowlist), S(allowlist), NULL,
+     "the coordinator's (a shared file); ignored by the worker"},
     {NULL},
 };
 
 const char *const wk_config_ignore[] = {"run", "lora", "train", "sampling", "round",
-                                        "network", "strategy", "simulate", NULL};
+                                        "network", "strategy", "simulate", "http", NULL};
 
 int wk_config_load(wk_config *c, const char *file, int argc, char **argv)
 {
@@ -57,5 +67,18 @@ int wk_config_load(wk_config *c, const char *file, int argc, char **argv)
                             "(the same model as the coordinator's)");
     if (!c->data[0])
         return fp_error_set("[worker] data is required: the file to train on");
+    if (c->insecure)
+        return 0;
+    if (!c->secret_key[0] || access(c->secret_key, F_OK) != 0)
+        return fp_error_set("[security] secret_key %s%s%s: run `fedpeft keygen --out DIR --name "
+                            "%s`, set [security] secret_key = DIR/%s.key and add the printed "
+                            "public key to the coordinator's allowlist (or --insecure for a "
+                            "local test)", c->secret_key[0] ? c->secret_key : "is not set",
+                            c->secret_key[0] ? ": " : "",
+                            c->secret_key[0] ? strerror(errno) : "", c->id, c->id);
+    if (!c->coordinator_key[0])
+        return fp_error_set("[security] coordinator_key is not set: the coordinator's public "
+                            "key (its coordinator.pub file, or the Z85 text `fedpeft keygen` "
+                            "printed for it)");
     return 0;
 }

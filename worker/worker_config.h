@@ -25,6 +25,11 @@ typedef struct {
     int threads;                /* OpenBLAS threads, 0: default */
     int connect_retries;        /* attempts to reach the coordinator */
     int retry_backoff_ms;       /* first wait; doubles, capped at 8000 */
+    /* [security] */
+    char secret_key[1024];      /* this worker's NAME.key (fedpeft keygen) */
+    char coordinator_key[1024]; /* the coordinator's .pub file or Z85 text */
+    int insecure;               /* plain TCP, no CURVE (local tests only) */
+    char allowlist[1024];       /* the coordinator's, in a shared file: ignored */
 } wk_config;
 
 /* The key table ({NULL}-terminated) and the sections the worker skips. */

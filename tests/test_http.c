@@ -1,0 +1,455 @@
+/* test_http.c - the coordinator's status server, end to end: a real
+ * fedpeft-coordinator with [http] port on a free port and two real workers
+ * on loopback; /healthz, /metrics (Prometheus text), /status (JSON), 404;
+ * then the page in headless Chromium: the chart has one point per evaluated
+ * round, and a screenshot is kept as BUILD/test-artifacts/status-page.png.
+ * Also: SIGTERM logs the saved round, and a busy HTTP port is a one-line error.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "test_util.h"
+
+#define CHROMIUM "/usr/bin/chromium"
+#define N_WORKERS 2
+
+static char dir[4096], ini[4200], coord_log[4200];
+static int http_port;
+static pid_t coord, workers[N_WORKERS];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A port the kernel picks (bind to 0); with `keep`, the socket stays bound and
+ * listening (its fd in *keep). */
+static int free_port(int *keep)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    if (keep) {
+        assert_int_equal(listen(fd, 4), 0);
+        *keep = fd;
+    } else {
+        close(fd);
+    }
+    return ntohs(a.sin_port);
+}
+
+/* GET path from 127.0.0.1:http_port: the status code (-1: no connection) and
+ * the body (malloc'd) in *body. */
+static int http_get(const char *path, char **body)
+{
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t len = 0, cap = 1 << 16;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    ssize_t got;
+    while ((got = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)got;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    int code = -1;
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1 || !sep) {
+        free(buf);
+        return -1;
+    }
+    *body = strdup(sep + 4);
+    free(buf);
+    return code;
+}
+
+static cJSON *get_status(void)
+{
+    char *body;
+    int code = http_get("/status", &body);
+    if (code != 200)
+        fail_msg("/status answered %d", code);
+    cJSON *o = cJSON_Parse(body);
+    if (!o)
+        fail_msg("/status is not JSON: %s", body);
+    free(body);
+    return o;
+}
+
+/* Completed rounds with a validation loss: the chart's points. */
+static int evaluated_rounds(const cJSON *st)
+{
+    int n = 0;
+    const cJSON *h;
+    cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(st, "history"))
+        n += cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(h, "val_loss"));
+    return n;
+}
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *o = freopen(log, "w", stdout);
+        if (!o || dup2(fileno(stdout), 2) < 0)
+            _exit(126);
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Exit status within timeout_s (128 + signal if killed); SIGKILL and -1 after. */
+static int wait_exit(pid_t pid, double timeout_s)
+{
+    double end = now_s() + timeout_s;
+    int st;
+    while (now_s() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+/* "--insecure" when the program offers it (plain TCP on loopback), else "". */
+static const char *insecure_flag(const char *prog)
+{
+    char cmd[4200], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' --help", prog);
+    tu_run(cmd, &out);
+    int has = out && strstr(out, "--insecure");
+    free(out);
+    return has ? "--insecure" : "--config";
+}
+
+static void dump_log(const char *path)
+{
+    char *t = tu_read_file(path, NULL);
+    printf("# %s:\n%s\n", path, t ? t : "(missing)");
+    free(t);
+}
+
+/* Model, shards, config; the coordinator and the workers, until round 3 is done. */
+static int group_setup(void **state)
+{
+    (void)state;
+    char cmd[8192];
+    snprintf(dir, sizeof dir, "%s", tu_tempdir("http"));
+    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
+             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null",
+             FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, dir);
+    if (tu_run(cmd, NULL) != 0)
+        return -1;
+    for (int k = 0; k < N_WORKERS; k++) {
+        snprintf(cmd, sizeof cmd, "sed -n '%d,%dp' '%s/data/tinyshakespeare/input.txt' > "
+                 "'%s/shard-%d.txt'", 1 + k * 1000, (k + 1) * 1000, FP_SOURCE_DIR, dir, k);
+        if (tu_run(cmd, NULL) != 0)
+            return -1;
+    }
+    http_port = free_port(NULL);
+    int zport = free_port(NULL);
+    char text[8192];
+    snprintf(text, sizeof text,
+             "[run]\nrounds = 1000\nstate_dir = %s/state\n"
+             "[model]\npath = %s/model\n"
+             "[lora]\nrank = 4\nalpha = 8\ntargets = all\n"
+             "[train]\nlocal_steps = 4\nbatch = 4\nseq = 32\nlr = 5e-3\n"
+             "[sampling]\nmin_workers = %d\n"
+             "[network]\nendpoint = tcp://127.0.0.1:%d\nheartbeat_ms = 1000\n"
+             "[http]\nport = %d\naddress = 127.0.0.1\n"
+             "[worker]\nendpoint = tcp://127.0.0.1:%d\nconnect_retries = 30\n"
+             "retry_backoff_ms = 200\n",
+             dir, dir, N_WORKERS, zport, http_port, zport);
+    snprintf(ini, sizeof ini, "%s/http.ini", dir);
+    snprintf(coord_log, sizeof coord_log, "%s/coordinator.log", dir);
+    if (tu_write_file(ini, text, strlen(text)) != 0)
+        return -1;
+    char *cargv[] = {FP_COORDINATOR, "--config", ini, (char *)insecure_flag(FP_COORDINATOR), ini,
+                     NULL};
+    /* insecure_flag gives "--config" when there is no --insecure: the same
+     * file twice is harmless. */
+    coord = spawn(cargv, coord_log);
+    const char *wflag = insecure_flag(FP_WORKER);
+    for (int k = 0; k < N_WORKERS; k++) {
+        char log[4300], id[64], data[4300];
+        snprintf(log, sizeof log, "%s/w%d.log", dir, k);
+        snprintf(id, sizeof id, "--worker.id=w%d", k);
+        snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", dir, k);
+        char *wargv[] = {FP_WORKER, "--config", ini, id, data, "--worker.threads=1",
+                         (char *)wflag, ini, NULL};
+        workers[k] = spawn(wargv, log);
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int k = 0; k < N_WORKERS; k++)
+        if (workers[k] > 0) {
+            kill(workers[k], SIGTERM);
+            wait_exit(workers[k], 10);
+        }
+    if (coord > 0) {
+        kill(coord, SIGKILL);
+        wait_exit(coord, 10);
+    }
+    return 0;
+}
+
+/* Waits until the coordinator has completed `rounds` rounds. */
+static void wait_rounds(int rounds)
+{
+    double end = now_s() + 240;
+    while (now_s() < end) {
+        char *body = NULL;
+        if (http_get("/status", &body) == 200) {
+            cJSON *st = cJSON_Parse(body);
+            int n = st ? evaluated_rounds(st) : 0;
+            cJSON_Delete(st);
+            free(body);
+            if (n >= rounds)
+                return;
+        } else {
+            free(body);
+        }
+        if (waitpid(coord, NULL, WNOHANG) == coord)
+            break;
+        usleep(200000);
+    }
+    dump_log(coord_log);
+    fail_msg("the coordinator did not complete %d rounds", rounds);
+}
+
+/* The value of the sample line "NAME VALUE" (name with its labels). */
+static double sample(const char *text, const char *name)
+{
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(text, key);
+    if (!p)
+        fail_msg("no sample '%s' in /metrics:\n%s", name, text);
+    return strtod(p + strlen(key), NULL);
+}
+
+static void test_endpoints(void **state)
+{
+    (void)state;
+    wait_rounds(3);
+    char *body;
+    assert_int_equal(http_get("/healthz", &body), 200);
+    assert_string_equal(body, "ok\n");
+    free(body);
+    assert_int_equal(http_get("/nope", &body), 404);
+    free(body);
+
+    assert_int_equal(http_get("/metrics", &body), 200);
+    const char *typed[] = {"fedpeft_round gauge", "fedpeft_workers gauge",
+                           "fedpeft_bytes_total counter", "fedpeft_val_loss gauge",
+                           "fedpeft_train_loss gauge", "fedpeft_rejections_total counter"};
+    for (size_t i = 0; i < sizeof typed / sizeof typed[0]; i++) {
+        char line[128];
+        snprintf(line, sizeof line, "# TYPE %s\n", typed[i]);
+        if (!strstr(body, line))
+            fail_msg("/metrics lacks '%s':\n%s", line, body);
+    }
+    assert_non_null(strstr(body, "# HELP fedpeft_round "));
+    assert_true(sample(body, "fedpeft_round") >= 3);
+    assert_true(sample(body, "fedpeft_workers{state=\"live\"}") == N_WORKERS);
+    assert_true(sample(body, "fedpeft_workers{state=\"dead\"}") == 0);
+    assert_true(sample(body, "fedpeft_bytes_total{direction=\"up\"}") > 1000);
+    assert_true(sample(body, "fedpeft_bytes_total{direction=\"down\"}") > 1000);
+    double val = sample(body, "fedpeft_val_loss");
+    assert_true(isfinite(val) && val > 0 && val < 10);
+    assert_true(isfinite(sample(body, "fedpeft_train_loss")));
+    assert_true(sample(body, "fedpeft_rejections_total{reason=\"late\"}") == 0);
+    assert_non_null(strstr(body, "fedpeft_rejections_total{reason=\"stalled\"} "));
+    free(body);
+
+    cJSON *st = get_status();
+    const cJSON *ws = cJSON_GetObjectItemCaseSensitive(st, "workers");
+    assert_int_equal(cJSON_GetArraySize(ws), N_WORKERS);
+    const cJSON *w;
+    cJSON_ArrayForEach(w, ws) {
+        assert_string_equal(cJSON_GetObjectItemCaseSensitive(w, "state")->valuestring, "live");
+        assert_true(cJSON_GetObjectItemCaseSensitive(w, "last_seen_s")->valuedouble < 10);
+    }
+    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(st, "history");
+    assert_true(cJSON_GetArraySize(hist) >= 3);
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(st, "completed_rounds")->valueint,
+                     cJSON_GetArraySize(hist));
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(hist, 0), "round")
+                         ->valueint, 0);
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(st, "phase"));
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(st, "rejected"), "wrong_round"));
+    cJSON_Delete(st);
+}
+
+/* Runs headless Chromium on the page with `what` (--dump-dom or
+ * --screenshot=...); its stdout in *out. */
+static int chromium(const char *what, char **out)
+{
+    char profile[4300], cmd[16384];
+    snprintf(profile, sizeof profile, "%s/chromium-profile", dir);
+    snprintf(cmd, sizeof cmd,
+             "rm -rf '%s' && timeout 120 " CHROMIUM " --headless --no-sandbox --disable-gpu "
+             "--disable-quic --no-first-run --disable-background-networking "
+             "--disable-component-update --disable-sync --disable-dev-shm-usage "
+             "--hide-scrollbars --user-data-dir='%s' --virtual-time-budget=5000 "
+             "--window-size=1200,800 %s http://127.0.0.1:%d/ 2>'%s/chromium.err'",
+             profile, profile, what, http_port, dir);
+    return tu_run(cmd, out);
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_page_in_chromium(void **state)
+{
+    (void)state;
+    if (access(CHROMIUM, X_OK) != 0)
+        skip(); /* Debian's chromium package is not installed: nothing to drive the page */
+    wait_rounds(3);
+    cJSON *st = get_status();
+    int before = evaluated_rounds(st);
+    cJSON_Delete(st);
+    char *dom = NULL;
+    int rc = chromium("--dump-dom", &dom);
+    st = get_status();
+    int after = evaluated_rounds(st);
+    cJSON_Delete(st);
+    if (rc != 0 || !dom || !strstr(dom, "id=\"loss-chart\""))
+        fail_msg("chromium exited %d; DOM:\n%s", rc, dom ? dom : "(none)");
+    /* The drawn circles (the script's own text has the markup too, unquoted). */
+    int points = count(dom, "<circle class=\"round-point\" data-round=\"");
+    printf("# chart points %d, evaluated rounds %d..%d\n", points, before, after);
+    assert_true(points >= before && points <= after);
+    assert_non_null(strstr(dom, "<circle class=\"round-point\" data-round=\"0\""));
+    assert_non_null(strstr(dom, "<td>w0</td>"));
+    assert_non_null(strstr(dom, "<td>w1</td>"));
+    free(dom);
+
+    char arts[4300], png[4400], what[4500];
+    snprintf(arts, sizeof arts, "%s/test-artifacts", FP_BINARY_DIR);
+    mkdir(arts, 0755);
+    snprintf(png, sizeof png, "%s/status-page.png", arts);
+    unlink(png);
+    snprintf(what, sizeof what, "--screenshot='%s'", png);
+    char *out = NULL;
+    rc = chromium(what, &out);
+    free(out);
+    assert_int_equal(rc, 0);
+    size_t len = 0;
+    char *img = tu_read_file(png, &len);
+    assert_non_null(img);
+    printf("# screenshot %s: %zu bytes\n", png, len);
+    assert_true(len > 10000);
+    assert_memory_equal(img, "\x89PNG", 4);
+    free(img);
+}
+
+/* A second coordinator on the same HTTP port: one line, what to do, exit 1. */
+static void test_port_in_use(void **state)
+{
+    (void)state;
+    char cmd[16384], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' --config '%s' %s --run.state_dir='%s/state-b' "
+             "--network.endpoint=tcp://127.0.0.1:%d", FP_COORDINATOR, ini,
+             strcmp(insecure_flag(FP_COORDINATOR), "--insecure") ? "" : "--insecure", dir,
+             free_port(NULL));
+    int rc = tu_run(cmd, &out);
+    printf("# second coordinator: exit %d: %s", rc, out);
+    assert_int_equal(rc, 1);
+    char expect[128];
+    snprintf(expect, sizeof expect, "http port %d on 127.0.0.1 is already in use", http_port);
+    assert_non_null(strstr(out, expect));
+    assert_non_null(strstr(out, "choose another [http] port"));
+    free(out);
+}
+
+/* SIGTERM: the coordinator says which round is saved and exits 128 + 15. */
+static void test_sigterm(void **state)
+{
+    (void)state;
+    kill(coord, SIGTERM);
+    int rc = wait_exit(coord, 20);
+    coord = 0;
+    assert_int_equal(rc, 128 + SIGTERM);
+    char *log = tu_read_file(coord_log, NULL);
+    assert_non_null(log);
+    if (!strstr(log, "stopping: state saved at round "))
+        fail_msg("no 'stopping: state saved at round N' in:\n%s", log);
+    free(log);
+    char *body;
+    assert_int_equal(http_get("/healthz", &body), -1);  /* the server went with it */
+    free(body);
+    for (int k = 0; k < N_WORKERS; k++) {
+        kill(workers[k], SIGTERM);
+        assert_int_equal(wait_exit(workers[k], 20), 0);
+        workers[k] = 0;
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_page_in_chromium),
+        cmocka_unit_test(test_port_in_use),
+        cmocka_unit_test(test_sigterm),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
