@@ -7,6 +7,7 @@
  * protocol's limits before the message is handed out.
  */
 #include "wire.h"
+#include "wire_secagg.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -208,7 +209,7 @@ static int wire_validate(wire_msg *m)
     case FEDPEFT__ENVELOPE__BODY_HEARTBEAT: return m->heartbeat ? 0 : -1;
     default: break;
     }
-    return fp_error_set("message has an unknown body (field %d)", (int)m->body_case);
+    return wire_check_secagg_body(m);   /* secagg / sealed bodies, or unknown */
 }
 
 wire_msg *wire_decode(const void *data, size_t len, wire_err *why)

@@ -15,8 +15,9 @@
 # hostname ending in -N or _N (1-based, as compose/StatefulSet names number
 # replicas; set `hostname:` to use it); else the first free slot claimed atomically
 # (mkdir) in $FEDPEFT_HOME/claims, remembered by hostname so a restarted container
-# keeps its slot. `docker-compose up --scale worker=N` uses the last: each replica
-# claims a different K. N must not exceed FEDPEFT_WORKERS (keys, shards).
+# keeps its slot (prepare clears the claims). `docker-compose up --scale worker=N`
+# uses the last: each replica claims a different K. N must not exceed
+# FEDPEFT_WORKERS (keys, shards); to change N, `docker-compose down -v` first.
 set -euo pipefail
 
 HOME_DIR=${FEDPEFT_HOME:-/var/lib/fedpeft}
@@ -86,6 +87,9 @@ cmd_prepare() {
             --by "${FEDPEFT_PARTITION:-speaker}" --seed "${FEDPEFT_SEED:-1234}" --out "$PREP/shards.tmp"
         mv "$PREP/shards.tmp" "$PREP/shards"
     fi
+    # Each `docker-compose up` runs prepare before the workers start: fresh claims,
+    # since recreated containers have new host names.
+    rm -rf "$PREP/claims"
 }
 
 # Prints this container's worker index (see the header).

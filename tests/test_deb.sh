@@ -63,10 +63,12 @@ for u in fedpeft-coordinator.service fedpeft-worker.service fedpeft-worker@.serv
     done
 done
 if command -v systemd-analyze >/dev/null 2>&1; then
-    # Only real problems: the paths it checks (ExecStart) exist in the scratch root.
-    systemd-analyze verify --root="$SCRATCH/root" \
-        "$SCRATCH"/root/lib/systemd/system/fedpeft-*.service 2>&1 | grep -i 'error' &&
-        fail "systemd-analyze verify found errors" || true
+    # Syntax only: the scratch root has no systemd, so missing programs are expected.
+    systemd-analyze verify "$SCRATCH"/root/lib/systemd/system/fedpeft-*.service \
+        >"$SCRATCH/verify" 2>&1 || true
+    if grep -Ei 'unknown (key|section)|failed to parse|invalid|bad-setting|ignoring' "$SCRATCH/verify"; then
+        fail "systemd-analyze verify rejects a unit"
+    fi
 fi
 
 # The unpacked programs run from the scratch root with the system's libraries.
