@@ -363,6 +363,10 @@ static void handle_msg(server *srv, const char *rid, const wire_msg *msg, int64_
     case FEDPEFT__ENVELOPE__BODY_UPDATE_READY:
     case FEDPEFT__ENVELOPE__BODY_CHUNK:
     case FEDPEFT__ENVELOPE__BODY_EVAL_RESULT:
+    case FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK:
+    case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS:
+    case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
+    case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE:
         if (srv->hooks.on_task_msg)
             srv->hooks.on_task_msg(srv->hooks.ctx, w, msg);
         break;

@@ -380,6 +380,9 @@ int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_m
             case FEDPEFT__ENVELOPE__BODY_TASK:
             case FEDPEFT__ENVELOPE__BODY_CHUNK:
             case FEDPEFT__ENVELOPE__BODY_PULL:
+            case FEDPEFT__ENVELOPE__BODY_PEER_KEYS:
+            case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
+            case FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST:
                 *out = m;
                 return WK_MSG;
             default:
