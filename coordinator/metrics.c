@@ -13,6 +13,7 @@
 static const char *const reason_names[REJ_COUNT] = {
     "late", "duplicate", "wrong_round", "shape", "nonfinite", "oversized",
     "undecodable", "version", "invalid", "model", "unknown_worker", "stalled",
+    "tampered", "replayed", "truncated", "spliced", "unsealed",
 };
 
 const char *reject_reason_name(reject_reason r)
@@ -26,6 +27,7 @@ void metrics_reset(round_metrics *m, uint64_t round)
     m->round = round;
     m->train_loss = NAN;
     m->val_loss = NAN;
+    m->epsilon = NAN;
 }
 
 static void add_real(cJSON *o, const char *k, double v)
@@ -65,6 +67,8 @@ char *metrics_render(const round_metrics *m)
     if (r)
         for (int i = 0; i < REJ_COUNT; i++)
             cJSON_AddNumberToObject(r, reason_names[i], (double)m->rejected[i]);
+    cJSON_AddBoolToObject(o, "secagg", m->secagg);
+    add_real(o, "epsilon", m->epsilon);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return text;

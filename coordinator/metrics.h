@@ -4,7 +4,9 @@
  *    "train_loss": 5.1, "val_loss": 5.0, "val_tokens": 4096,
  *    "bytes_up": 123, "bytes_down": 456,
  *    "seconds": {"train": 1.2, "aggregate": 0.01, "eval": 0.3, "checkpoint": 0.002},
- *    "rejected": {"late": 0, "duplicate": 0, ...}}
+ *    "rejected": {"late": 0, "duplicate": 0, ...}, "secagg": true, "epsilon": 1.3}
+ *
+ * "epsilon" is null when [dp] is off.
  *
  * Losses not measured (an abandoned round, no eval answer) are null. An
  * abandoned round adds "reason". The lines also live in the checkpoint, and a
@@ -32,6 +34,11 @@ typedef enum {
     REJ_MODEL,          /* Hello with another base model */
     REJ_UNKNOWN_WORKER, /* message before Hello */
     REJ_STALLED,        /* an upload stopped for 3 * heartbeat_ms */
+    REJ_TAMPERED,       /* a sealed chunk failed authentication */
+    REJ_REPLAYED,       /* a sealed chunk presented again */
+    REJ_TRUNCATED,      /* a sealed chunk of the wrong length */
+    REJ_SPLICED,        /* a sealed chunk of another round / worker / position */
+    REJ_UNSEALED,       /* a plain TensorChunk upload where sealing is required */
     REJ_COUNT
 } reject_reason;
 
@@ -47,6 +54,8 @@ typedef struct {
     uint64_t bytes_up, bytes_down;
     double t_train, t_aggregate, t_eval, t_checkpoint;
     uint64_t rejected[REJ_COUNT];
+    double epsilon;                  /* DP spent so far at [dp] delta; NAN: DP off */
+    int secagg;                      /* the round used secure aggregation */
 } round_metrics;
 
 /* Zeroes m and sets its losses to NAN. */

@@ -173,6 +173,7 @@ void wk_conn_destroy(wk_conn **self_p)
 void *wk_conn_socket(wk_conn *self) { return self->sock; }
 const wk_lora_spec *wk_conn_spec(const wk_conn *self) { return &self->spec; }
 unsigned wk_conn_generation(const wk_conn *self) { return self->generation; }
+const char *wk_conn_run_id(const wk_conn *self) { return self->run_id; }
 
 int wk_conn_send(wk_conn *self, wire_msg *env)
 {

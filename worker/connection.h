@@ -60,4 +60,7 @@ const wk_lora_spec *wk_conn_spec(const wk_conn *self);
 /* Counts Welcomes: changes whenever the worker (re)registered. */
 unsigned wk_conn_generation(const wk_conn *self);
 
+/* The run id from the last Welcome ("" before). */
+const char *wk_conn_run_id(const wk_conn *self);
+
 #endif

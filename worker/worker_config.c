@@ -46,7 +46,8 @@ const fp_cfg_key wk_config_keys[] = {
 };
 
 const char *const wk_config_ignore[] = {"run", "lora", "train", "sampling", "round",
-                                        "network", "strategy", "simulate", "http", NULL};
+                                        "network", "strategy", "simulate", "http", "secagg", "dp",
+                                        NULL};
 
 int wk_config_load(wk_config *c, const char *file, int argc, char **argv)
 {
