@@ -11,6 +11,7 @@
 
 static const char *const optimizers[] = {"adamw", "sgd", NULL};
 static const char *const strategies[] = {"fedavg", NULL};
+static const char *const dp_modes[] = {"central", "distributed", NULL};
 
 const char *const coord_config_ignore[] = {"worker", "simulate", NULL};
 
@@ -75,6 +76,26 @@ const fp_cfg_key coord_config_keys[] = {
      "plain TCP without CURVE: unauthenticated, local tests only (also: --insecure)"},
     {"security", "coordinator_key", FP_CFG_STRING, 0, 0, "", F(coordinator_key),
      S(coordinator_key), NULL, "the workers' key (a shared file); ignored by the coordinator"},
+    {"secagg", "enabled", FP_CFG_BOOL, 0, 1, "true", F(secagg), 0, NULL,
+     "secure aggregation: the coordinator learns only the sum of the round's updates"},
+    {"secagg", "threshold", FP_CFG_INT, 0, 255, "0", F(secagg_threshold), 0, NULL,
+     "t of n Shamir threshold (survivors needed); 0 = max(2, ceil(2n/3))"},
+    {"secagg", "clip", FP_CFG_FLOAT, 1e-6, 1e6, "1.0", F(secagg_clip), 0, NULL,
+     "fixed-point range [-clip, clip] of each weighted update value"},
+    {"secagg", "frac_bits", FP_CFG_INT, 0, 30, "22", F(secagg_frac_bits), 0, NULL,
+     "fixed-point fraction bits (step 2^-frac_bits)"},
+    {"dp", "enabled", FP_CFG_BOOL, 0, 1, "false", F(dp), 0, NULL,
+     "differential privacy: clip updates, add Gaussian noise, account epsilon"},
+    {"dp", "clip_norm", FP_CFG_DOUBLE, 1e-9, 1e9, "1.0", F(dp_clip_norm), 0, NULL,
+     "C: L2 norm bound of each worker's weighted update"},
+    {"dp", "noise_multiplier", FP_CFG_DOUBLE, 0, 1e6, "1.0", F(dp_noise_multiplier), 0, NULL,
+     "sigma: noise std on the sum = sigma * C"},
+    {"dp", "mode", FP_CFG_ENUM, 0, 0, "central", F(dp_mode), 0, dp_modes,
+     "central (coordinator noises the sum) or distributed (each worker adds its share)"},
+    {"dp", "delta", FP_CFG_DOUBLE, 1e-300, 0.999999, "1e-5", F(dp_delta), 0, NULL,
+     "delta of the reported (epsilon, delta)"},
+    {"dp", "epsilon_budget", FP_CFG_DOUBLE, 0, 1e9, "0", F(dp_epsilon_budget), 0, NULL,
+     "stop the run before epsilon would exceed this (0 = no budget)"},
     {NULL, NULL, 0, 0, 0, NULL, 0, 0, NULL, NULL},
 };
 
@@ -100,6 +121,12 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
         return fp_error_set("%s: [run] state_dir must not be empty", where);
     if (!c->endpoint[0])
         return fp_error_set("%s: [network] endpoint must not be empty", where);
+    if (c->dp && c->dp_mode == COORD_DP_DISTRIBUTED && !c->secagg)
+        return fp_error_set("%s: [dp] mode = distributed needs [secagg] enabled = true (each "
+                            "worker's noise share alone is too small to protect it)", where);
+    if (c->secagg && c->secagg_threshold == 1)
+        return fp_error_set("%s: [secagg] threshold = 1 would let anyone unmask: use 0 "
+                            "(automatic) or 2..255", where);
     if (c->max_workers > 0 && c->max_workers < c->min_workers)
         return fp_error_set("%s: [sampling] max_workers = %d is below min_workers = %d", where,
                             c->max_workers, c->min_workers);

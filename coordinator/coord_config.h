@@ -12,6 +12,7 @@
 #include "fp_error.h"
 
 enum { COORD_STRATEGY_FEDAVG };
+enum { COORD_DP_CENTRAL, COORD_DP_DISTRIBUTED };
 
 typedef struct {
     /* [run] */
@@ -52,6 +53,15 @@ typedef struct {
     char allowlist[1024];       /* worker public keys admitted */
     int insecure;               /* plain TCP, no CURVE (local tests only) */
     char coordinator_key[1024]; /* a worker's key in a shared file: ignored here */
+    /* [secagg] (docs/protocol.md, "Secure aggregation") */
+    int secagg;                 /* on by default */
+    int secagg_threshold;       /* t; 0 = max(2, ceil(2n/3)) of the n sampled */
+    float secagg_clip;          /* quantization range [-clip, clip] */
+    int secagg_frac_bits;
+    /* [dp] */
+    int dp;
+    double dp_clip_norm, dp_noise_multiplier, dp_delta, dp_epsilon_budget;
+    int dp_mode;                /* COORD_DP_CENTRAL / COORD_DP_DISTRIBUTED */
     /* Not keys: where the settings came from (for messages). */
     char config_path[1024];
 } coord_config;

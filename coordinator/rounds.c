@@ -13,8 +13,10 @@
 #include <unistd.h>
 
 #include "clog.h"
+#include "keys.h"
 #include "rng.h"
 #include "rounds_internal.h"
+#include "seal.h"
 
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind)
 {
@@ -192,6 +194,32 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->examples = calloc(SERVER_MAX_WORKERS, sizeof *r->examples);
     r->loss = calloc(SERVER_MAX_WORKERS, sizeof *r->loss);
     r->queue = calloc(SERVER_MAX_WORKERS, sizeof *r->queue);
+    r->seal_pk = calloc(SERVER_MAX_WORKERS, sizeof *r->seal_pk);
+    r->prev_seal_pk = calloc(SERVER_MAX_WORKERS, sizeof *r->prev_seal_pk);
+    r->prev_task = calloc(SERVER_MAX_WORKERS, sizeof *r->prev_task);
+    r->stage_key = sodium_malloc(FP_SEAL_KEY_BYTES);
+    r->open_buf = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
+    r->noise = fp_dp_noise_new(NULL);
+    fp_dp_accountant_init(&r->acct);
+    r->last_epsilon = 0;
+    r->dump_dir = getenv("FEDPEFT_TEST_DUMP_DIR");
+    if (r->dump_dir && !r->dump_dir[0])
+        r->dump_dir = NULL;
+    if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stage_key || !r->open_buf ||
+        !r->noise) {
+        fp_error_set("out of memory");
+        goto err;
+    }
+    /* Updates are sealed to the coordinator's long-term key; with --insecure there
+     * is none, so a fresh one per process (a restart re-sends it in each Task). */
+    if (!cfg->insecure && cfg->secret_key[0])
+        r->seal_kp = fp_keypair_load(cfg->secret_key);
+    else
+        r->seal_kp = fp_keypair_generate("seal");
+    if (!r->seal_kp) {
+        fp_error_prefix("[security] secret_key (sealing updates): ");
+        goto err;
+    }
     if (!r->strat || !r->staging || !r->status || !r->examples || !r->loss || !r->queue) {
         if (r->strat)
             fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
@@ -217,6 +245,16 @@ void rounds_destroy(rounds **r_p)
     free(r->examples);
     free(r->loss);
     free(r->queue);
+    free(r->seal_pk);
+    free(r->prev_seal_pk);
+    free(r->prev_task);
+    if (r->stage_key)
+        sodium_free(r->stage_key);
+    fp_seal_replay_destroy(&r->stage_guard);
+    free(r->open_buf);
+    sa_destroy(&r->sa);
+    fp_dp_noise_destroy(&r->noise);
+    fp_keypair_free(&r->seal_kp);
     for (size_t i = 0; i < r->n_lines; i++)
         free(r->lines[i]);
     free(r->lines);
@@ -265,6 +303,22 @@ static void send_task(rounds *r, int w)
     t.params = &params;
     t.n_chunks = wire_n_chunks(r->global->n_params);
     t.deadline_unix_ms = (uint64_t)(clog_wall_ms() + (r->deadline_ms - clog_now_ms()));
+    Fedpeft__SecAggParams sap = FEDPEFT__SEC_AGG_PARAMS__INIT;
+    Fedpeft__DpParams dpp = FEDPEFT__DP_PARAMS__INIT;
+    if (kind == TASK_TRAIN) {
+        t.coordinator_pk = (ProtobufCBinaryData){FP_KEY_BYTES, r->seal_kp->public_key};
+        if (r->sa) {
+            sa_task_fields(r->sa, w, &sap, &t.peers, &t.n_peers);
+            t.secagg = &sap;
+        }
+        if (r->cfg->dp) {
+            dpp.clip_norm = (float)r->cfg->dp_clip_norm;
+            dpp.noise_multiplier = (float)r->cfg->dp_noise_multiplier;
+            dpp.distributed = r->cfg->dp_mode == COORD_DP_DISTRIBUTED;
+            dpp.n_noise = r->n_targets;
+            t.dp = &dpp;
+        }
+    }
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
     env.task = &t;
@@ -313,6 +367,12 @@ static void start_train(rounds *r, int64_t now)
     if (strategy_begin(r->strat, r->round) < 0)
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
     r->loss_wsum = r->weight_sum = 0;
+    static const uint8_t zero[32];
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        memcpy(r->prev_seal_pk[i], r->seal_pk[i], 32);   /* to recognise round splices */
+        r->prev_task[i] = r->round ? rounds_task_id(r, r->round - 1, TASK_TRAIN) : 0;
+        memcpy(r->seal_pk[i], zero, 32);
+    }
     int k = sample(r, chosen);
     char names[1024] = "";
     for (int i = 0; i < k; i++) {
@@ -327,8 +387,25 @@ static void start_train(rounds *r, int64_t now)
     r->n_targets = (unsigned)k;
     r->m.live = (unsigned)server_n_live(r->srv);
     r->m.sampled = (unsigned)k;
+    r->sampled_weight = 0;
+    for (int i = 0; i < k; i++) {
+        uint64_t e = server_worker(r->srv, chosen[i])->n_examples;
+        r->sampled_weight += e ? (double)e : 1.0;
+    }
     clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
               server_n_live(r->srv), names);
+    sa_destroy(&r->sa);
+    if (r->cfg->secagg && k > 0) {
+        r->m.secagg = 1;
+        if (!(r->sa = sa_new(r, chosen, k))) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", fp_error_get());
+            clog_error("round %llu: %s", (unsigned long long)r->round, why);
+            rounds_abandon(r, now, "secure aggregation cannot run: see the log (%u of %u)",
+                           0, (unsigned)k);
+            return;
+        }
+    }
     for (int i = 0; i < k; i++)
         send_task(r, chosen[i]);
 }
@@ -420,6 +497,8 @@ static void complete_round(rounds *r, int64_t now)
         }
     }
     server_take_counters(r->srv, m->rejected, &m->bytes_up, &m->bytes_down);
+    if (r->cfg->dp)
+        m->epsilon = r->last_epsilon;
     int finished = r->round >= (uint64_t)r->cfg->rounds ||
                    (r->cfg->target_loss > 0 && isfinite(m->val_loss) &&
                     m->val_loss <= r->cfg->target_loss);
@@ -450,7 +529,37 @@ static void complete_round(rounds *r, int64_t now)
     r->wait_log_ms = now;
 }
 
-static void aggregate(rounds *r, int64_t now, const char *why)
+/* Central DP without secure aggregation: noise N(0, (sigma C)^2) on the sum
+ * of the normalized-weight updates, i.e. sigma C / W on the average, where W
+ * is the reporters' share of the sampled weight. */
+static int plain_central_noise(rounds *r)
+{
+    double W = r->sampled_weight > 0 ? r->weight_sum / r->sampled_weight : 1.0;
+    float *x = r->staging;
+    size_t n = r->global->n_params;
+    memset(x, 0, n * sizeof *x);
+    if (fp_dp_add_noise(r->noise, x, n, r->cfg->dp_noise_multiplier, r->cfg->dp_clip_norm) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        r->global->params[i] += (float)((double)x[i] / W);
+    return 0;
+}
+
+/* One step of the accountant for this round's release (q = sampled / registered). */
+static void account(rounds *r)
+{
+    if (!r->cfg->dp)
+        return;
+    int reg = server_n_workers(r->srv);
+    double q = reg > 0 ? (double)r->m.sampled / (double)reg : 1.0;
+    if (q > 1)
+        q = 1;
+    if (fp_dp_accountant_add(&r->acct, q, r->cfg->dp_noise_multiplier, 1) < 0 ||
+        fp_dp_accountant_epsilon(&r->acct, r->cfg->dp_delta, &r->last_epsilon, NULL) < 0)
+        clog_error("round %llu: DP accountant: %s", (unsigned long long)r->round, fp_error_get());
+}
+
+void rounds_aggregate(rounds *r, int64_t now, const char *why)
 {
     round_metrics *m = &r->m;
     m->t_train = secs(now - r->phase_start_ms);
@@ -463,17 +572,24 @@ static void aggregate(rounds *r, int64_t now, const char *why)
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
         return;
     }
+    if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa && plain_central_noise(r) < 0)
+        clog_error("round %llu: DP noise: %s", (unsigned long long)r->round, fp_error_get());
+    account(r);
     m->t_aggregate = secs(clog_now_ms() - t0);
     clog_info("round %llu: aggregated %u of %u updates (%s) with %s", (unsigned long long)r->round,
               r->n_reported, r->n_targets, why, strategy_name(r->strat));
     start_eval(r, clog_now_ms());
 }
 
-static void abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b)
+void rounds_abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b)
 {
     round_metrics *m = &r->m;
     m->abandoned = 1;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
     snprintf(m->reason, sizeof m->reason, fmt, a, b);
+#pragma GCC diagnostic pop
+    sa_destroy(&r->sa);
     m->t_train = secs(now - r->phase_start_ms);
     m->reported = r->n_reported;
     m->dropped = m->sampled - r->n_reported;
@@ -503,25 +619,35 @@ static unsigned settled(const rounds *r)
     return n;
 }
 
+void rounds_upload_done(rounds *r, int64_t now, const char *why)
+{
+    if (r->sa)
+        sa_start_unmask(r, now, why);
+    else
+        rounds_aggregate(r, now, why);
+}
+
 static void check_train(rounds *r, int64_t now)
 {
+    if (r->sa && sa_tick(r, now))
+        return;
     rounds_check_stall(r, now);
     rounds_try_pull(r, now);
     unsigned quorum = (unsigned)r->cfg->min_quorum;
     unsigned active = active_targets(r);
     if (r->n_reported == r->n_targets && r->n_targets > 0)
-        aggregate(r, now, "all sampled workers reported");
+        rounds_upload_done(r, now, "all sampled workers reported");
     else if (active == 0 && r->n_reported >= quorum)
-        aggregate(r, now, "the others failed or are dead");
+        rounds_upload_done(r, now, "the others failed or are dead");
     else if (r->n_targets == 0)
-        abandon(r, now, "no live worker to sample (%u of %u)", 0, 0);
+        rounds_abandon(r, now, "no live worker to sample (%u of %u)", 0, 0);
     else if (settled(r) == r->n_targets)
-        abandon(r, now, "every sampled worker answered but only %u updates were accepted, "
+        rounds_abandon(r, now, "every sampled worker answered but only %u updates were accepted, "
                         "below min_quorum = %u", r->n_reported, quorum);
     else if (now >= r->deadline_ms && r->n_reported >= quorum)
-        aggregate(r, now, "deadline");
+        rounds_upload_done(r, now, "deadline");
     else if (now >= r->deadline_ms)
-        abandon(r, now, "deadline passed with %u updates, below min_quorum = %u", r->n_reported,
+        rounds_abandon(r, now, "deadline passed with %u updates, below min_quorum = %u", r->n_reported,
                 quorum);
 }
 
@@ -542,6 +668,34 @@ static void check_eval(rounds *r, int64_t now)
     complete_round(r, now);
 }
 
+/* Would one more round keep epsilon within [dp] epsilon_budget? (q estimated
+ * from the live workers the round will sample.) */
+static int budget_allows(rounds *r, int live)
+{
+    if (!r->cfg->dp || r->cfg->dp_epsilon_budget <= 0)
+        return 1;
+    int reg = server_n_workers(r->srv);
+    long k = lround(r->cfg->fraction * live);
+    if (k < r->cfg->min_workers)
+        k = r->cfg->min_workers;
+    if (r->cfg->max_workers > 0 && k > r->cfg->max_workers)
+        k = r->cfg->max_workers;
+    if (k > live)
+        k = live;
+    double q = reg > 0 ? (double)k / (double)reg : 1.0, eps = 0;
+    fp_dp_accountant next = r->acct;
+    if (fp_dp_accountant_add(&next, q > 1 ? 1 : q, r->cfg->dp_noise_multiplier, 1) < 0 ||
+        fp_dp_accountant_epsilon(&next, r->cfg->dp_delta, &eps, NULL) < 0)
+        return 1;
+    if (eps <= r->cfg->dp_epsilon_budget)
+        return 1;
+    clog_info("privacy budget spent: round %llu would bring epsilon to %.4f > epsilon_budget "
+              "%g at delta %g (spent so far: %.4f); stopping the run",
+              (unsigned long long)r->round, eps, r->cfg->dp_epsilon_budget, r->cfg->dp_delta,
+              r->last_epsilon);
+    return 0;
+}
+
 static void check_wait(rounds *r, int64_t now)
 {
     int live = server_n_live(r->srv);
@@ -558,6 +712,8 @@ static void check_wait(rounds *r, int64_t now)
             metrics_reset(&r->m, 0);
             r->m.live = (unsigned)live;
             start_eval(r, now);
+        } else if (!budget_allows(r, live)) {
+            finish_run(r);
         } else {
             start_train(r, now);
         }
@@ -623,6 +779,12 @@ static void on_hello(void *ctx, int w)
         rounds_drop_staging(r);
     if (s == ST_READY)
         queue_remove(r, w);
+    if (r->ph == PH_TRAIN && r->sa && s != ST_NONE && s != ST_DONE && s != ST_FAILED) {
+        r->status[w] = ST_FAILED;   /* its per-round keys are gone: a dropout */
+        clog_info("round %llu: %s rejoined during secure aggregation; counted as dropped",
+                  (unsigned long long)r->round, server_worker(r->srv, w)->id);
+        return;
+    }
     if (s == ST_PENDING || s == ST_READY || s == ST_STAGING) {
         r->status[w] = ST_PENDING;
         clog_info("round %llu: %s rejoined; resending its %s task", (unsigned long long)r->round,

@@ -10,6 +10,10 @@
 #include "metrics.h"
 #include "rounds.h"
 #include "strategy.h"
+#include "dp.h"
+#include "keys.h"
+#include "seal.h"
+#include "secagg_server.h"
 #include "wire.h"
 
 typedef enum { PH_WAIT, PH_TRAIN, PH_EVAL, PH_FINISHING, PH_DONE } round_phase;
@@ -42,6 +46,7 @@ struct rounds {
     wire_assembler as;
     unsigned n_targets, n_reported;
     double loss_wsum, weight_sum;   /* train loss weighted by examples */
+    double sampled_weight;          /* sum of the sampled workers' Hello n_examples */
     double val_sum;
     uint64_t val_tokens;
     round_metrics m;
@@ -50,6 +55,22 @@ struct rounds {
     int finished_flag;              /* the checkpoint says the run is over */
     int exit_code;
     int lock_fd;                    /* flock on STATE_DIR/lock */
+    /* Sealed uploads (seal.h): the coordinator's key pair (its [security]
+     * secret_key; an ephemeral one with --insecure), each worker's per-round
+     * seal key of this and the previous round, and the staged upload's key. */
+    fp_keypair *seal_kp;
+    uint8_t (*seal_pk)[32], (*prev_seal_pk)[32];
+    uint64_t *prev_task;            /* task id of prev_seal_pk's round */
+    uint8_t *stage_key;             /* sodium_malloc, FP_SEAL_KEY_BYTES */
+    fp_seal_replay *stage_guard;
+    uint32_t stage_next;            /* next chunk index of the staged upload */
+    int stage_sealed;               /* the staged upload arrives as SealedChunks */
+    uint8_t *open_buf;              /* one opened chunk */
+    sa_server *sa;                  /* secure aggregation of this round, or NULL */
+    fp_dp_accountant acct;
+    double last_epsilon;
+    fp_dp_noise *noise;
+    const char *dump_dir;           /* FEDPEFT_TEST_DUMP_DIR (tests only) */
 };
 
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
@@ -59,5 +80,9 @@ void rounds_on_bad_frame(void *ctx, int w);
 void rounds_try_pull(rounds *r, int64_t now);
 void rounds_check_stall(rounds *r, int64_t now);
 void rounds_drop_staging(rounds *r);
+/* rounds.c: the upload phase is over (all reported, deadline, ...). */
+void rounds_upload_done(rounds *r, int64_t now, const char *why);
+void rounds_abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b);
+void rounds_aggregate(rounds *r, int64_t now, const char *why);
 
 #endif

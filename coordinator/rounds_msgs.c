@@ -2,10 +2,13 @@
  * a pulled update (staged and validated whole before the strategy sees it),
  * and EvalResult. Every refusal is logged, counted by reason and answered. */
 #include <math.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "clog.h"
 #include "rounds_internal.h"
+#include "seal.h"
 
 #define STALE FEDPEFT__REJECT__CODE__STALE
 #define BAD FEDPEFT__REJECT__CODE__BAD_MESSAGE
@@ -76,12 +79,28 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
         server_reject(r->srv, w, NULL, REJ_NONFINITE, BAD, "train_loss is %g", u->train_loss);
         return;
     }
+    if (r->sa && (sa_phase(r->sa) != SA_UPLOAD || !sa_in_u2(r->sa, w))) {
+        server_reject(r->srv, w, NULL, REJ_INVALID, STALE,
+                      "UpdateReady from %s outside the secure aggregation's upload phase", id);
+        return;
+    }
+    if (u->seal_pk.len != 32 && (r->sa || !r->cfg->insecure)) {
+        r->status[w] = ST_FAILED;
+        server_reject(r->srv, w, NULL, REJ_UNSEALED, BAD,
+                      "UpdateReady without a 32-byte seal_pk: updates must be sealed%s",
+                      r->sa ? " (secure aggregation)" : "");
+        return;
+    }
     if (u->n_examples == 0) {
         r->status[w] = ST_FAILED;
         server_reject(r->srv, w, NULL, REJ_INVALID, BAD,
                       "update with n_examples = 0 has no weight");
         return;
     }
+    if (u->seal_pk.len == 32)
+        memcpy(r->seal_pk[w], u->seal_pk.data, 32);
+    else
+        memset(r->seal_pk[w], 0, 32);
     r->status[w] = ST_READY;
     r->examples[w] = u->n_examples;
     r->loss[w] = u->train_loss;
@@ -92,8 +111,15 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
     rounds_try_pull(r, clog_now_ms());
 }
 
+static int has_seal_pk(const rounds *r, int w)
+{
+    static const uint8_t zero[32];
+    return sodium_memcmp(r->seal_pk[w], zero, 32) != 0;
+}
+
 void rounds_drop_staging(rounds *r)
 {
+    fp_seal_replay_destroy(&r->stage_guard);
     if (r->staging_worker >= 0 && r->status[r->staging_worker] == ST_STAGING)
         r->status[r->staging_worker] = ST_FAILED;
     r->staging_worker = -1;
@@ -115,6 +141,18 @@ void rounds_try_pull(rounds *r, int64_t now)
         env.pull = &p;
         wire_asm_begin(&r->as, r->staging, r->global->n_params,
                        wire_n_chunks(r->global->n_params), tid);
+        fp_seal_replay_destroy(&r->stage_guard);
+        r->stage_sealed = has_seal_pk(r, w);
+        r->stage_next = 0;
+        if (r->stage_sealed &&
+            (fp_seal_key_coordinator(r->stage_key, r->seal_kp->secret_key,
+                                     r->seal_kp->public_key, r->seal_pk[w], r->run_id,
+                                     r->round) < 0 ||
+             !(r->stage_guard = fp_seal_replay_new(tid, wire_n_chunks(r->global->n_params))))) {
+            r->status[w] = ST_FAILED;
+            server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "bad seal key: %s", fp_error_get());
+            continue;
+        }
         r->status[w] = ST_STAGING;
         r->staging_worker = w;
         r->staging_last_ms = now;
@@ -138,7 +176,10 @@ void rounds_check_stall(rounds *r, int64_t now)
 static void accept_update(rounds *r, int w)
 {
     const char *id = server_worker(r->srv, w)->id;
-    if (strategy_add(r->strat, r->staging, (double)r->examples[w]) < 0) {
+    fp_seal_replay_destroy(&r->stage_guard);
+    if (r->sa) {
+        sa_add_input(r->sa, (const uint32_t *)(void *)r->staging, r->global->n_params);
+    } else if (strategy_add(r->strat, r->staging, (double)r->examples[w]) < 0) {
         server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "%s", fp_error_get());
         rounds_drop_staging(r);
         return;
@@ -177,6 +218,13 @@ static void on_chunk(rounds *r, int w, const Fedpeft__TensorChunk *c)
                       (unsigned long long)r->round);
         return;
     }
+    if (r->stage_sealed || r->sa || !r->cfg->insecure) {
+        server_reject(r->srv, w, NULL, REJ_UNSEALED, BAD,
+                      "plain chunk %u: this upload must arrive as SealedChunks", c->index);
+        rounds_drop_staging(r);
+        rounds_try_pull(r, clog_now_ms());
+        return;
+    }
     size_t bad;
     if (!all_finite(c->data, c->n_data, &bad)) {
         server_reject(r->srv, w, NULL, REJ_NONFINITE, BAD,
@@ -194,6 +242,174 @@ static void on_chunk(rounds *r, int w, const Fedpeft__TensorChunk *c)
     }
     r->staging_last_ms = clog_now_ms();
     if (wire_asm_complete(&r->as)) {
+        accept_update(r, w);
+        rounds_try_pull(r, r->staging_last_ms);
+    }
+}
+
+static void fill_ad(const rounds *r, const char *id, uint64_t round, uint64_t task_id,
+                    uint32_t index, uint32_t n_chunks, fp_seal_ad *ad)
+{
+    ad->run_id = r->run_id;
+    ad->worker_id = id;
+    ad->round = round;
+    ad->task_id = task_id;
+    ad->chunk_index = index;
+    ad->n_chunks = n_chunks;
+}
+
+/* A chunk that did not open with this round's key: was it sealed for the
+ * previous round (a splice across rounds)? */
+static int opens_as_previous(rounds *r, int w, const Fedpeft__SealedChunk *c)
+{
+    static const uint8_t zero[32];
+    if (r->round < 2 || sodium_memcmp(r->prev_seal_pk[w], zero, 32) == 0)
+        return 0;
+    uint8_t *key = sodium_malloc(FP_SEAL_KEY_BYTES);
+    int ok = 0;
+    fp_seal_ad ad;
+    size_t len;
+    fill_ad(r, server_worker(r->srv, w)->id, r->round - 1, r->prev_task[w], c->index,
+            c->n_chunks, &ad);
+    if (key && fp_seal_key_coordinator(key, r->seal_kp->secret_key, r->seal_kp->public_key,
+                                       r->prev_seal_pk[w], r->run_id, r->round - 1) == 0)
+        ok = fp_open(r->open_buf, &len, c->data.data, c->data.len, &ad, key) == 0;
+    if (key)
+        sodium_free(key);
+    sodium_memzero(r->open_buf, c->data.len > FP_SEAL_OVERHEAD ? c->data.len - FP_SEAL_OVERHEAD : 0);
+    return ok;
+}
+
+/* A sealed chunk from a worker whose update was already accepted. */
+static void late_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c)
+{
+    uint8_t *key = sodium_malloc(FP_SEAL_KEY_BYTES);
+    fp_seal_ad ad;
+    size_t len;
+    int opened = 0;
+    fill_ad(r, server_worker(r->srv, w)->id, r->round, c->task_id, c->index, c->n_chunks, &ad);
+    if (key && fp_seal_key_coordinator(key, r->seal_kp->secret_key, r->seal_kp->public_key,
+                                       r->seal_pk[w], r->run_id, r->round) == 0)
+        opened = fp_open(r->open_buf, &len, c->data.data, c->data.len, &ad, key) == 0;
+    if (key)
+        sodium_free(key);
+    if (opened)
+        server_reject(r->srv, w, NULL, REJ_REPLAYED, STALE,
+                      "sealed chunk %u replayed: the update for round %llu was already accepted",
+                      c->index, (unsigned long long)r->round);
+    else
+        server_reject(r->srv, w, NULL, REJ_TAMPERED, BAD,
+                      "sealed chunk %u after the update was accepted does not authenticate",
+                      c->index);
+}
+
+static void dump_opened(const rounds *r, const char *id, uint32_t index, const void *buf,
+                        size_t len)
+{
+    char path[1300];
+    snprintf(path, sizeof path, "%s/coord-round-%llu-%s-chunk-%u.bin", r->dump_dir,
+             (unsigned long long)r->round, id, index);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(buf, 1, len, f);
+        fclose(f);
+    }
+}
+
+static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, uint32_t index,
+                          const char *detail)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    server_reject(r->srv, w, NULL, why, BAD, fmt, index, detail);
+#pragma GCC diagnostic pop
+    rounds_drop_staging(r);
+    rounds_try_pull(r, clog_now_ms());
+}
+
+/* Opens one sealed chunk of the staged upload (chunks in order, each once,
+ * bound by its AD to run, worker, round, task, index and count). */
+static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
+{
+    const char *id = server_worker(r->srv, w)->id;
+    size_t n = r->global->n_params;
+    uint32_t want_chunks = wire_n_chunks(n);
+    int cur = current(r, PH_TRAIN, c->task_id, TASK_TRAIN) && c->round == r->round;
+    if (cur && r->status[w] == ST_DONE) {
+        late_sealed(r, w, c);
+        return;
+    }
+    if (cur && r->status[w] == ST_FAILED)
+        return; /* the tail of an upload already refused */
+    if (!cur) {
+        reject_stale(r, w, c->task_id, c->round, TASK_TRAIN, "sealed chunk");
+        return;
+    }
+    if (r->staging_worker != w || !r->stage_sealed) {
+        server_reject(r->srv, w, NULL, REJ_INVALID, STALE,
+                      "sealed chunk %u for round %llu before the coordinator sent Pull",
+                      c->index, (unsigned long long)r->round);
+        return;
+    }
+    size_t off = (size_t)c->index * WIRE_CHUNK_FLOATS;
+    size_t cnt = off < n ? (n - off < WIRE_CHUNK_FLOATS ? n - off : WIRE_CHUNK_FLOATS) : 0;
+    if (c->n_chunks != want_chunks || c->index >= want_chunks || c->offset != off) {
+        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u: %s", c->index,
+                      "index, offset or chunk count does not fit the adapter");
+        return;
+    }
+    if (c->data.len != cnt * 4 + FP_SEAL_OVERHEAD) {
+        char d[96];
+        snprintf(d, sizeof d, "%zu bytes, expected %zu", c->data.len, cnt * 4 + FP_SEAL_OVERHEAD);
+        refuse_upload(r, w, REJ_TRUNCATED, "sealed chunk %u truncated or padded: %s", c->index,
+                      d);
+        return;
+    }
+    fp_seal_ad ad;
+    size_t len = 0;
+    fill_ad(r, id, r->round, c->task_id, c->index, c->n_chunks, &ad);
+    if (fp_open(r->open_buf, &len, c->data.data, c->data.len, &ad, r->stage_key) < 0) {
+        if (opens_as_previous(r, w, c))
+            refuse_upload(r, w, REJ_SPLICED, "sealed chunk %u was sealed for %s", c->index,
+                          "the previous round (spliced into this one)");
+        else
+            refuse_upload(r, w, REJ_TAMPERED, "sealed chunk %u does not authenticate: %s",
+                          c->index, "tampered, spliced or sealed with another key");
+        return;
+    }
+    if (fp_seal_replay_check(r->stage_guard, &ad) < 0) {
+        sodium_memzero(r->open_buf, len);
+        server_reject(r->srv, w, NULL, REJ_REPLAYED, STALE, "sealed chunk %u replayed: %s",
+                      c->index, fp_error_get());
+        return;     /* the upload itself goes on */
+    }
+    if (c->index != r->stage_next) {
+        sodium_memzero(r->open_buf, len);
+        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u out of order (%s)", c->index,
+                      "chunks are sent in order");
+        return;
+    }
+    if (r->dump_dir)
+        dump_opened(r, id, c->index, r->open_buf, len);
+    if (!r->sa) {
+        float *dst = r->staging + off;
+        memcpy(dst, r->open_buf, len);
+        size_t bad;
+        if (!all_finite(dst, cnt, &bad)) {
+            sodium_memzero(r->open_buf, len);
+            char d[64];
+            snprintf(d, sizeof d, "offset %zu", off + bad);
+            refuse_upload(r, w, REJ_NONFINITE, "update chunk %u holds a non-finite value at %s",
+                          c->index, d);
+            return;
+        }
+    } else {
+        memcpy(r->staging + off, r->open_buf, len);   /* uint32 words, masked */
+    }
+    sodium_memzero(r->open_buf, len);
+    r->stage_next++;
+    r->staging_last_ms = clog_now_ms();
+    if (fp_seal_replay_complete(r->stage_guard)) {
         accept_update(r, w);
         rounds_try_pull(r, r->staging_last_ms);
     }
@@ -253,6 +469,10 @@ void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)
     case FEDPEFT__ENVELOPE__BODY_UPDATE_READY: on_update_ready(r, w, msg->update_ready); break;
     case FEDPEFT__ENVELOPE__BODY_CHUNK: on_chunk(r, w, msg->chunk); break;
     case FEDPEFT__ENVELOPE__BODY_EVAL_RESULT: on_eval_result(r, w, msg->eval_result); break;
+    case FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK: on_sealed_chunk(r, w, msg->sealed_chunk); break;
+    case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS: sa_on_advertise(r, w, msg->advertise_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS: sa_on_shares(r, w, msg->share_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE: sa_on_unmask(r, w, msg->unmask_response); break;
     default: break;
     }
 }

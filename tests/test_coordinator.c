@@ -299,7 +299,8 @@ static void write_ini(const char *path, int port, const char *state, int rounds)
             "[network]\nendpoint = tcp://127.0.0.1:%d\nheartbeat_ms = 500\n"
             "[worker]\nid = w01\ndata = nowhere.txt\n"
             "[simulate]\nworkers = 3\n"
-            "[security]\ninsecure = true\n",  /* plain TCP for the scripted peers */
+            "[security]\ninsecure = true\n"  /* plain TCP for the scripted peers */
+            "[secagg]\nenabled = false\n",  /* they upload plain TensorChunks */
             rounds, state, model_dir, port);
     fclose(f);
 }

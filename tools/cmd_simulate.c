@@ -100,11 +100,12 @@ static const fp_cfg_key run_keys[] = {
 
 static const char *const not_simulate[] = {"run", "model", "lora", "train", "sampling", "round",
                                            "network", "strategy", "worker", "http", "security",
-                                           NULL};
+                                           "secagg", "dp", NULL};
 static const char *const not_run[] = {"simulate", "model", "lora", "train", "sampling", "round",
-                                      "network", "strategy", "worker", "http", "security", NULL};
+                                      "network", "strategy", "worker", "http", "security",
+                                      "secagg", "dp", NULL};
 static const char *const coord_sections[] = {"run", "model", "lora", "train", "sampling",
-                                             "round", "network", "strategy", "http", "security",
+                                             "round", "network", "strategy", "http", "security", "secagg", "dp",
                                              NULL};
 static const char *const worker_sections[] = {"model", "worker", "security", NULL};
 

@@ -2,11 +2,18 @@
 #include "task.h"
 
 #include <math.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "dp.h"
 #include "finetune.h"
+#include "keys.h"
 #include "lora.h"
+#include "seal.h"
+#include "secagg_client.h"
 #include "wk_log.h"
 
 typedef struct {
@@ -32,7 +39,26 @@ typedef struct {
     unsigned train_generation;
     double loss_sum;
     int loss_n;
+    /* The TRAIN task's privacy settings (proto Task 7..10). */
+    uint8_t coord_pk[32];
+    int has_secagg, has_dp;
+    Fedpeft__SecAggParams sap;
+    Fedpeft__DpParams dpp;
+    wk_sa *sa;                  /* secure aggregation of this round */
+    uint32_t *q;                /* the masked input (secagg) */
+    /* Sealing the upload: per-round ephemeral key pair and the chunk key. */
+    uint8_t seal_pk[32];
+    uint8_t *seal_key;          /* sodium_malloc */
+    uint8_t *last_sealed;       /* the previous round's sealed chunk 0 (splice hook) */
+    size_t last_sealed_len;
 } wk_task;
+
+/* Test hooks (docs/protocol.md, "Test hooks"): never set them in production. */
+static const char *hook(const char *name)
+{
+    const char *v = getenv(name);
+    return v && v[0] ? v : NULL;
+}
 
 uint64_t wk_fnv1a64(const char *s)
 {
@@ -73,6 +99,9 @@ static int shape_adapters(wk_task *t)
         return fp_error_set("the coordinator's adapter has %llu floats but rank %d on these "
                             "targets gives %zu for this model: wrong base model?",
                             (unsigned long long)s->n_params, s->rank, t->global->n_params);
+    free(t->q);
+    if (!(t->q = calloc(t->global->n_params, sizeof *t->q)))
+        return fp_error_set("out of memory for the masked update");
     if (!(t->delta = calloc(t->global->n_params, sizeof(float))))
         return fp_error_set("out of memory for the update (%zu floats)", t->global->n_params);
     return 0;
@@ -94,6 +123,31 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
     t->task_id = task->task_id;
     t->round = task->round;
     t->params = *task->params;
+    wk_sa_destroy(&t->sa);
+    t->has_secagg = task->secagg != NULL;
+    t->has_dp = task->dp != NULL;
+    if (task->secagg)
+        t->sap = *task->secagg;
+    if (task->dp)
+        t->dpp = *task->dp;
+    memset(t->coord_pk, 0, sizeof t->coord_pk);
+    if (task->kind == FEDPEFT__TASK__KIND__TRAIN) {
+        uint8_t want[32];
+        if (task->coordinator_pk.len != 32) {
+            wk_log("ignored task %llu: no coordinator key to seal the update to",
+                   (unsigned long long)task->task_id);
+            t->receiving = 0;
+            return;
+        }
+        if (!t->cfg->insecure && fp_pubkey_parse(t->cfg->coordinator_key, want) == 0 &&
+            sodium_memcmp(want, task->coordinator_pk.data, 32) != 0) {
+            wk_log("ignored task %llu: it asks to seal the update to a key that is not "
+                   "[security] coordinator_key", (unsigned long long)task->task_id);
+            t->receiving = 0;
+            return;
+        }
+        memcpy(t->coord_pk, task->coordinator_pk.data, 32);
+    }
     wire_asm_begin(&t->as, t->global->params, n, task->n_chunks, task->task_id);
 }
 
@@ -152,9 +206,74 @@ static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
     ur.n_tokens = n_tokens;
     ur.train_loss = loss;
     ur.n_chunks = wire_n_chunks(t->global->n_params);
+    ur.seal_pk = (ProtobufCBinaryData){32, t->seal_pk};
     env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
     env.update_ready = &ur;
     return wk_conn_send(t->conn, &env);
+}
+
+static void dump_delta(const wk_task *t, const float *x, size_t n)
+{
+    const char *dir = hook("FEDPEFT_TEST_DUMP_DIR");
+    if (!dir)
+        return;
+    char path[1400];
+    snprintf(path, sizeof path, "%s/worker-%s-round-%llu.f32", dir, t->cfg->id,
+             (unsigned long long)t->round);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(x, sizeof *x, n, f);
+        fclose(f);
+    }
+}
+
+/* The trained delta -> what is uploaded: DP clipping (and the worker's noise
+ * share), FedAvg weight (secagg), quantization and masks; and the round's
+ * ephemeral seal key. 0, or -1 (logged) when there is nothing to send. */
+static int prepare_update(wk_task *t)
+{
+    size_t n = t->global->n_params;
+    float *x = t->delta;
+    if (t->has_dp && fp_dp_clip_l2(x, n, t->dpp.clip_norm) < 0) {
+        wk_log("round %llu: DP clipping failed: %s", (unsigned long long)t->round, fp_error_get());
+        return -1;
+    }
+    if (t->has_secagg)
+        for (size_t i = 0; i < n; i++)
+            x[i] = (float)((double)x[i] * t->sap.weight);
+    if (t->has_dp && t->dpp.distributed && t->dpp.noise_multiplier > 0) {
+        fp_dp_noise *g = fp_dp_noise_new(NULL);
+        int rc = g ? fp_dp_add_noise_distributed(g, x, n, t->dpp.noise_multiplier,
+                                                 t->dpp.clip_norm, t->dpp.n_noise) : -1;
+        fp_dp_noise_destroy(&g);
+        if (rc < 0) {
+            wk_log("round %llu: DP noise failed: %s", (unsigned long long)t->round, fp_error_get());
+            return -1;
+        }
+    }
+    dump_delta(t, x, n);
+    if (t->has_secagg && (!t->sa || wk_sa_mask(t->sa, x, n, t->q) != 0)) {
+        wk_log("round %llu: masking failed: %s", (unsigned long long)t->round,
+               t->sa ? fp_error_get() : "no secure aggregation state");
+        return -1;
+    }
+    const char *drop = hook("FEDPEFT_TEST_DROP_AFTER");
+    if (drop && strcmp(drop, "masking") == 0 && t->has_secagg) {
+        wk_log("round %llu: FEDPEFT_TEST_DROP_AFTER=masking: exiting before sending the "
+               "masked input", (unsigned long long)t->round);
+        _exit(3);
+    }
+    uint8_t *sk = sodium_malloc(32);
+    int rc = -1;
+    if (sk) {
+        fp_seal_ephemeral(t->seal_pk, sk);
+        rc = fp_seal_key_worker(t->seal_key, sk, t->seal_pk, t->coord_pk,
+                                wk_conn_run_id(t->conn), t->round);
+        sodium_free(sk);
+    }
+    if (rc != 0)
+        wk_log("round %llu: no seal key: %s", (unsigned long long)t->round, fp_error_get());
+    return rc;
 }
 
 /* 0, or WK_SHUTDOWN / -1 when training stopped for that. */
@@ -182,6 +301,8 @@ static int run_train(wk_task *t)
     }
     for (size_t i = 0; i < n; i++)
         t->delta[i] = t->local->params[i] - t->global->params[i];
+    if (prepare_update(t) != 0)
+        return 0;
     float loss = t->loss_n ? (float)(t->loss_sum / t->loss_n) : 0.0f;
     uint64_t n_tokens = (uint64_t)ft.steps * (uint64_t)ft.batch * (uint64_t)ft.seq;
     if (send_update_ready(t, n_tokens, loss) != 0) {
@@ -225,6 +346,82 @@ static void run_eval(wk_task *t)
                loss, ntok);
 }
 
+/* Secure aggregation phase 0: fresh keys, AdvertiseKeys. Training waits for
+ * the routed shares (on_share_keys). */
+static int start_secagg(wk_task *t)
+{
+    wk_sa_destroy(&t->sa);
+    if (!(t->sa = wk_sa_new(t->cfg->id, wk_conn_run_id(t->conn), t->round, t->task_id, &t->sap))) {
+        wk_log("round %llu: %s", (unsigned long long)t->round, fp_error_get());
+        return 0;
+    }
+    Fedpeft__AdvertiseKeys ak = FEDPEFT__ADVERTISE_KEYS__INIT;
+    wk_sa_advertise(t->sa, &ak);
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS;
+    env.advertise_keys = &ak;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending AdvertiseKeys failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+    else
+        wk_log("round %llu: secure aggregation (t = %u): keys advertised",
+               (unsigned long long)t->round, t->sap.threshold);
+    return 0;
+}
+
+static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
+{
+    Fedpeft__ShareKeys *sk = NULL;
+    if (!t->sa || wk_sa_on_peer_keys(t->sa, pk, &sk) != 0) {
+        wk_log("round %llu: refused PeerKeys: %s", (unsigned long long)t->round,
+               t->sa ? fp_error_get() : "no secure aggregation in progress");
+        wk_sa_destroy(&t->sa);
+        return;
+    }
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_SHARE_KEYS;
+    env.share_keys = sk;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending shares failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+    else
+        wk_log("round %llu: shares sealed for %zu peers", (unsigned long long)t->round,
+               sk->n_shares);
+    wk_sa_free_shares(&sk);
+}
+
+static int on_share_keys(wk_task *t, const Fedpeft__ShareKeys *sk)
+{
+    if (!t->sa || wk_sa_on_shares(t->sa, sk) != 0) {
+        wk_log("round %llu: refused the routed shares: %s", (unsigned long long)t->round,
+               t->sa ? fp_error_get() : "no secure aggregation in progress");
+        wk_sa_destroy(&t->sa);
+        return 0;
+    }
+    return run_train(t);
+}
+
+static void on_unmask(wk_task *t, const Fedpeft__UnmaskRequest *u)
+{
+    Fedpeft__UnmaskResponse *resp = NULL;
+    if (!t->sa || wk_sa_on_unmask(t->sa, u, &resp) != 0) {
+        wk_log("round %llu: refused the UnmaskRequest: %s", (unsigned long long)t->round,
+               t->sa ? fp_error_get() : "no secure aggregation in progress");
+        return;
+    }
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE;
+    env.unmask_response = resp;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending the unmask shares failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+    else
+        wk_log("round %llu: revealed %zu self-mask and %zu mask-key shares",
+               (unsigned long long)t->round, resp->n_self_shares, resp->n_key_shares);
+    wk_sa_free_response(&resp);
+    wk_sa_destroy(&t->sa);     /* the round's secrets are wiped */
+}
+
 /* A chunk of the adapter being received; runs the task when it is whole. */
 static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
 {
@@ -246,7 +443,71 @@ static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
         run_eval(t);
         return 0;
     }
+    if (t->has_secagg)
+        return start_secagg(t);
     return run_train(t);
+}
+
+static int send_chunk(wk_task *t, uint32_t index, uint32_t n_chunks, size_t off,
+                      const uint8_t *box, size_t len)
+{
+    Fedpeft__SealedChunk sc = FEDPEFT__SEALED_CHUNK__INIT;
+    sc.task_id = t->update_task;
+    sc.round = t->round;
+    sc.index = index;
+    sc.n_chunks = n_chunks;
+    sc.offset = off;
+    sc.data = (ProtobufCBinaryData){len, (uint8_t *)box};
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK;
+    env.sealed_chunk = &sc;
+    return wk_conn_send(t->conn, &env);
+}
+
+/* The update as SealedChunks (FEDPEFT_TEST_TAMPER=flip|replay|truncate|splice
+ * misbehaves on purpose, for the tests). */
+static int send_sealed(wk_task *t)
+{
+    size_t n = t->global->n_params;
+    uint32_t nc = wire_n_chunks(n);
+    const uint8_t *src = t->has_secagg ? (const uint8_t *)t->q : (const uint8_t *)t->delta;
+    uint8_t *box = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
+    const char *tamper = hook("FEDPEFT_TEST_TAMPER");
+    int rc = 0;
+    if (!box)
+        return fp_error_set("out of memory");
+    for (uint32_t i = 0; i < nc && rc == 0; i++) {
+        size_t off = (size_t)i * WIRE_CHUNK_FLOATS;
+        size_t cnt = n - off < WIRE_CHUNK_FLOATS ? n - off : WIRE_CHUNK_FLOATS;
+        size_t len = cnt * 4 + FP_SEAL_OVERHEAD;
+        fp_seal_ad ad = {wk_conn_run_id(t->conn), t->cfg->id, t->round, t->update_task, i, nc};
+        if (fp_seal(box, src + off * 4, cnt * 4, &ad, t->seal_key) != 0) {
+            rc = -1;
+            break;
+        }
+        const uint8_t *out = box;
+        if (i == 0 && tamper && strcmp(tamper, "flip") == 0) {
+            box[FP_SEAL_NONCE_BYTES + 3] ^= 0x01;
+        } else if (i == 0 && tamper && strcmp(tamper, "truncate") == 0) {
+            len -= 7;
+        } else if (i == 0 && tamper && strcmp(tamper, "splice") == 0 && t->last_sealed &&
+                   t->last_sealed_len == len) {
+            out = t->last_sealed;       /* last round's chunk 0, presented as this round's */
+        }
+        if (i == 0 && tamper && strcmp(tamper, "splice") == 0 && out == box) {
+            uint8_t *keep = realloc(t->last_sealed, len);
+            if (keep) {
+                memcpy(keep, box, len);
+                t->last_sealed = keep;
+                t->last_sealed_len = len;
+            }
+        }
+        rc = send_chunk(t, i, nc, off, out, len);
+        if (rc == 0 && i == nc - 1 && tamper && strcmp(tamper, "replay") == 0)
+            rc = send_chunk(t, i, nc, off, box, len);   /* the last chunk again */
+    }
+    free(box);
+    return rc;
 }
 
 static void on_pull(wk_task *t, const Fedpeft__Pull *p)
@@ -255,12 +516,12 @@ static void on_pull(wk_task *t, const Fedpeft__Pull *p)
         wk_log("ignored a Pull for task %llu (no such update here)", (unsigned long long)p->task_id);
         return;
     }
-    if (wire_send_slab(wk_conn_socket(t->conn), NULL, t->update_task, t->delta,
-                       t->global->n_params) != 0)
+    if (send_sealed(t) != 0)
         wk_log("round %llu: uploading the update failed: %s", (unsigned long long)t->round,
                fp_error_get());
     else
-        wk_log("round %llu: update sent", (unsigned long long)t->round);
+        wk_log("round %llu: update sent (sealed%s)", (unsigned long long)t->round,
+               t->has_secagg ? ", masked" : "");
 }
 
 /* Handles one message (takes it). 0, WK_SHUTDOWN or -1. */
@@ -279,6 +540,9 @@ static int dispatch(wk_task *t, wire_msg *m)
     case FEDPEFT__ENVELOPE__BODY_TASK: on_task(t, m->task); break;
     case FEDPEFT__ENVELOPE__BODY_CHUNK: rc = on_chunk(t, m->chunk); break;
     case FEDPEFT__ENVELOPE__BODY_PULL: on_pull(t, m->pull); break;
+    case FEDPEFT__ENVELOPE__BODY_PEER_KEYS: on_peer_keys(t, m->peer_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS: rc = on_share_keys(t, m->share_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST: on_unmask(t, m->unmask_request); break;
     default: break;
     }
     wire_msg_free(&m);
@@ -290,6 +554,10 @@ int wk_serve(wk_conn *conn, const wk_config *cfg, const fp_model *model, const f
     wk_task t = {.conn = conn, .cfg = cfg, .model = model, .data = data};
     int rc;
     t.spec_generation = wk_conn_generation(conn);
+    if (!(t.seal_key = sodium_malloc(FP_SEAL_KEY_BYTES))) {
+        rc = fp_error_set("out of memory");
+        goto out;
+    }
     if ((rc = shape_adapters(&t)) != 0)
         goto out;
     for (;;) {
@@ -314,5 +582,10 @@ out:
     fp_lora_free(&t.global);
     fp_lora_free(&t.local);
     free(t.delta);
+    free(t.q);
+    free(t.last_sealed);
+    wk_sa_destroy(&t.sa);
+    if (t.seal_key)
+        sodium_free(t.seal_key);
     return rc;
 }

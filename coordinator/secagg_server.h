@@ -1,0 +1,58 @@
+/* secagg_server.h - the coordinator's side of secure aggregation
+ * (docs/protocol.md, "Secure aggregation"; Bonawitz et al. 2017):
+ *
+ *   KEYS    collect AdvertiseKeys from the sampled workers     -> U1
+ *   SHARES  send PeerKeys(U1); collect each worker's sealed
+ *           Shamir shares (it cannot read them)                -> U2
+ *           and route to each member of U2 the shares addressed to it
+ *   UPLOAD  (rounds_msgs.c) masked, sealed uploads are opened and added to a
+ *           uint32 running sum mod 2^32                        -> U3
+ *   UNMASK  UnmaskRequest(U3, U2 \ U3) to U3; with t responses
+ *           reconstruct the survivors' self-mask seeds and the dropped
+ *           workers' mask keys, unmask the sum, dequantize, FedAvg.
+ * Fewer than t members at any phase: the round is abandoned cleanly.
+ */
+#ifndef COORD_SECAGG_SERVER_H
+#define COORD_SECAGG_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fedpeft.pb-c.h"
+#include "fp_error.h"
+
+typedef struct sa_server sa_server;
+struct rounds;
+
+enum { SA_KEYS, SA_SHARES, SA_UPLOAD, SA_UNMASK };
+
+/* The threshold for n sampled workers: cfg_t when set, else max(2, ceil(2n/3)). */
+unsigned sa_threshold(int cfg_t, unsigned n);
+
+/* Starts secure aggregation over the k sampled workers (server indices,
+ * sorted by id) with their FedAvg weights. NULL with an error (bad params:
+ * the round is abandoned). */
+sa_server *sa_new(struct rounds *r, const int *chosen, int k) FP_WUR;
+void sa_destroy(sa_server **sa_p);
+
+/* For the Task of worker w: threshold, clip, frac_bits, its weight, peers. */
+void sa_task_fields(const sa_server *sa, int w, Fedpeft__SecAggParams *p, char ***peers,
+                    size_t *n_peers);
+int sa_phase(const sa_server *sa);
+unsigned sa_t(const sa_server *sa);
+/* Is w a member of U2 (allowed to upload a masked input)? */
+int sa_in_u2(const sa_server *sa, int w);
+
+void sa_on_advertise(struct rounds *r, int w, const Fedpeft__AdvertiseKeys *m);
+void sa_on_shares(struct rounds *r, int w, const Fedpeft__ShareKeys *m);
+void sa_on_unmask(struct rounds *r, int w, const Fedpeft__UnmaskResponse *m);
+/* Adds a whole staged masked input (n words) of w to the sum. */
+void sa_add_input(sa_server *sa, const uint32_t *y, size_t n);
+
+/* Drives KEYS, SHARES and UNMASK (timeouts, transitions). 1 when it handled
+ * the tick (not the upload phase), 0 in the upload phase. */
+int sa_tick(struct rounds *r, int64_t now);
+/* The upload phase ended: U3 = the workers whose inputs were accepted. */
+void sa_start_unmask(struct rounds *r, int64_t now, const char *why);
+
+#endif

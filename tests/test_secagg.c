@@ -1,0 +1,470 @@
+/* test_secagg.c - secure aggregation, sealed uploads and DP with real
+ * processes and real keys: fedpeft-coordinator and up to 6 fedpeft-workers on
+ * loopback (the bundled stories260K model, Shakespeare shards).
+ *
+ * a. the secure aggregate equals the plain aggregate within the quantization bound;
+ * b. every buffer the coordinator decrypted is unrelated to every worker's
+ *    delta, while the unmasked sum equals the exact sum of the quantized deltas;
+ * c. 6 workers, 2 drop after masking: the round completes with the exact sum of the other 4;
+ * d. 3 drop with threshold 4: the round is abandoned cleanly (adapter unchanged);
+ * e. tampered / truncated / round-spliced / replayed chunks are rejected and
+ *    counted by reason; the round completes with the honest ones;
+ * f. DP: the measured central noise std is sigma * C; epsilon is in every
+ *    metrics line and the budget stops the run.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "dp.h"
+#include "safetensors.h"
+#include "secagg.h"
+#include "test_util.h"
+
+#define MAXW 6
+#define CLIP 1.0f
+#define FRAC 22
+
+static char base_dir[4096];
+static const char *g_lr = "5e-3";   /* [train] lr of the next federation */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    char cmd[8192];
+    snprintf(base_dir, sizeof base_dir, "%s", tu_tempdir("secagg"));
+    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
+             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null",
+             FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, base_dir);
+    if (tu_run(cmd, NULL) != 0)
+        return -1;
+    for (int k = 0; k < MAXW; k++) {
+        snprintf(cmd, sizeof cmd, "sed -n '%d,%dp' '%s/data/tinyshakespeare/input.txt' > "
+                 "'%s/shard-%d.txt'", 1 + k * 500, (k + 1) * 500, FP_SOURCE_DIR, base_dir, k);
+        if (tu_run(cmd, NULL) != 0)
+            return -1;
+    }
+    /* Real keys: one coordinator, MAXW workers, an allowlist. */
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/keys' && '%s' keygen --out '%s/keys' --name "
+             "coordinator >/dev/null", base_dir, FP_TOOL, base_dir);
+    if (tu_run(cmd, NULL) != 0)
+        return -1;
+    for (int k = 0; k < MAXW; k++) {
+        snprintf(cmd, sizeof cmd, "'%s' keygen --out '%s/keys' --name w%d >> '%s/keys/allowlist'",
+                 FP_TOOL, base_dir, k, base_dir);
+        if (tu_run(cmd, NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    char dir[4096], cfg[4200], state[4200], adapter[4300], dump[4300];
+} run;
+
+static pid_t spawn(char *const argv[], const char *log, const char *env1, const char *dump)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *o = freopen(log, "w", stdout);
+        if (!o || dup2(fileno(stdout), 2) < 0)
+            _exit(126);
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        if (dump)
+            setenv("FEDPEFT_TEST_DUMP_DIR", dump, 1);
+        if (env1) {
+            char kv[256];
+            snprintf(kv, sizeof kv, "%s", env1);
+            char *eq = strchr(kv, '=');
+            *eq = '\0';
+            setenv(kv, eq + 1, 1);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* A whole federation of n workers; env[k] ("NAME=VALUE" or NULL) for worker k.
+ * Waits for the coordinator to exit 0, then reaps the workers. */
+static void federate(run *f, const char *tag, int n, int rounds, const char *extra,
+                     const char *const *env)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s", tu_tempdir(tag));
+    snprintf(f->cfg, sizeof f->cfg, "%s/fed.ini", f->dir);
+    snprintf(f->state, sizeof f->state, "%s/state", f->dir);
+    snprintf(f->adapter, sizeof f->adapter, "%s/adapter", f->dir);
+    snprintf(f->dump, sizeof f->dump, "%s/dump", f->dir);
+    char cmd[4400], ep[64];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", f->dump);
+    assert_int_equal(tu_run(cmd, NULL), 0);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    char ini[8192];
+    snprintf(ini, sizeof ini,
+             "[run]\nrounds = %d\nseed = 11\nstate_dir = %s\nout_dir = %s\n"
+             "[model]\npath = %s/model\n"
+             "[lora]\nrank = 4\nalpha = 8\ntargets = all\n"
+             "[train]\nlocal_steps = 3\nbatch = 2\nseq = 32\nlr = %s\n"
+             "[sampling]\nmin_workers = %d\n"
+             "[round]\ndeadline_s = 60\nstart_timeout_s = 60\n"
+             "[network]\nendpoint = %s\nheartbeat_ms = 300\n"
+             "[worker]\nendpoint = %s\nconnect_retries = 30\nretry_backoff_ms = 200\n"
+             "val_fraction = 0.1\n"
+             "[security]\nsecret_key = %s/keys/coordinator.key\nallowlist = %s/keys/allowlist\n"
+             "coordinator_key = %s/keys/coordinator.pub\n%s",
+             rounds, f->state, f->adapter, base_dir, g_lr, n, ep, ep, base_dir, base_dir, base_dir,
+             extra ? extra : "");
+    assert_int_equal(tu_write_file(f->cfg, ini, strlen(ini)), 0);
+    char log[4400];
+    snprintf(log, sizeof log, "%s/coordinator.log", f->dir);
+    char *cargv[] = {FP_COORDINATOR, "--config", f->cfg, NULL};
+    pid_t coord = spawn(cargv, log, NULL, f->dump);
+    pid_t w[MAXW] = {0};
+    for (int k = 0; k < n; k++) {
+        char id[64], data[4300], sk[4400];
+        snprintf(log, sizeof log, "%s/w%d.log", f->dir, k);
+        snprintf(id, sizeof id, "--worker.id=w%d", k);
+        snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, k);
+        snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/w%d.key", base_dir, k);
+        char *wargv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", sk, NULL};
+        w[k] = spawn(wargv, log, env ? env[k] : NULL, f->dump);
+    }
+    double end = now_s() + 240;
+    int st = -1, done = 0;
+    while (now_s() < end && !done) {
+        done = waitpid(coord, &st, WNOHANG) == coord;
+        usleep(50000);
+    }
+    if (!done) {
+        kill(coord, SIGKILL);
+        waitpid(coord, &st, 0);
+    }
+    for (int k = 0; k < n; k++) {
+        int ws;
+        double e2 = now_s() + 20;
+        while (waitpid(w[k], &ws, WNOHANG) == 0 && now_s() < e2)
+            usleep(20000);
+        kill(w[k], SIGKILL);
+        waitpid(w[k], &ws, 0);
+    }
+    if (!done || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("the coordinator did not finish cleanly; see %s/coordinator.log", f->dir);
+}
+
+static cJSON *metrics_line(const run *f, int round)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->state);
+    char *text = tu_read_file(path, NULL);
+    assert_non_null(text);
+    cJSON *found = NULL;
+    for (char *line = strtok(text, "\n"); line && !found; line = strtok(NULL, "\n")) {
+        cJSON *o = cJSON_Parse(line);
+        cJSON *r = o ? cJSON_GetObjectItem(o, "round") : NULL;
+        if (r && (int)r->valuedouble == round)
+            found = o;
+        else
+            cJSON_Delete(o);
+    }
+    free(text);
+    return found;
+}
+
+static double num(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItem(o, a);
+    if (b && x)
+        x = cJSON_GetObjectItem(x, b);
+    assert_non_null(x);
+    return cJSON_IsNumber(x) ? x->valuedouble : NAN;
+}
+
+static float *read_f32(const char *path, size_t *n)
+{
+    size_t len = 0;
+    char *b = tu_read_file(path, &len);
+    if (!b)
+        fail_msg("missing %s", path);
+    *n = len / 4;
+    return (float *)(void *)b;
+}
+
+/* All values of the tensors whose name contains `part` (e.g. "lora_B"). */
+static float *adapter_values(const char *dir, const char *part, size_t *n)
+{
+    fp_safetensors *a = fp_st_open(tu_path(dir, "adapter_model.safetensors"));
+    if (!a)
+        fail_msg("cannot open %s: %s", dir, fp_error_get());
+    float *out = NULL;
+    *n = 0;
+    for (size_t i = 0; i < fp_st_count(a); i++) {
+        const fp_st_tensor *t = fp_st_at(a, i);
+        if (!strstr(t->name, part))
+            continue;
+        out = realloc(out, (*n + t->numel) * sizeof *out);
+        assert_int_equal(fp_st_read_f32(a, t, out + *n, t->numel), 0);
+        *n += t->numel;
+    }
+    fp_st_close(&a);
+    return out;
+}
+
+/* Sum mod 2^32 of the quantized dumps of the given workers, dequantized. */
+static float *quantized_sum(const run *f, const int *ids, int k, int round, size_t *n)
+{
+    uint32_t *acc = NULL, *q = NULL;
+    for (int i = 0; i < k; i++) {
+        char path[4500];
+        snprintf(path, sizeof path, "%s/worker-w%d-round-%d.f32", f->dump, ids[i], round);
+        size_t m;
+        float *x = read_f32(path, &m);
+        if (!acc) {
+            *n = m;
+            acc = calloc(m, sizeof *acc);
+            q = calloc(m, sizeof *q);
+        }
+        assert_int_equal(m, *n);
+        assert_int_equal(fp_secagg_quantize(q, x, m, CLIP, FRAC, NULL), 0);
+        fp_secagg_sum_add(acc, q, m);
+        free(x);
+    }
+    float *out = malloc(*n * sizeof *out);
+    fp_secagg_dequantize_sum(out, acc, *n, FRAC);
+    free(acc);
+    free(q);
+    return out;
+}
+
+static float *coord_sum(const run *f, int round, size_t *n)
+{
+    char path[4500];
+    snprintf(path, sizeof path, "%s/coord-round-%d-sum.f32", f->dump, round);
+    return read_f32(path, n);
+}
+
+/* a + b: secure aggregate == plain aggregate; the coordinator's decrypted buffers. */
+static void test_secure_equals_plain_and_inspection(void **state)
+{
+    (void)state;
+    run s, p;
+    federate(&s, "sa-on", 4, 1, "[secagg]\nenabled = true\n", NULL);
+    federate(&p, "sa-off", 4, 1, "[secagg]\nenabled = false\n", NULL);
+    size_t na, nb;
+    float *a = adapter_values(s.adapter, "lora_", &na), *b = adapter_values(p.adapter, "lora_", &nb);
+    assert_int_equal(na, nb);
+    double worst = 0;
+    for (size_t i = 0; i < na; i++)
+        worst = fmax(worst, fabs((double)a[i] - (double)b[i]));
+    /* 4 quantization errors of 2^-23 each, plus float rounding of the average. */
+    printf("secure vs plain aggregate: max |diff| = %.3g over %zu values\n", worst, na);
+    assert_true(worst <= 4 * ldexp(1, -(FRAC + 1)) + 1e-6);
+    free(a);
+    free(b);
+    /* b. every decrypted buffer vs every worker's quantized contribution. */
+    size_t n = 0;
+    int all[4] = {0, 1, 2, 3};
+    for (int v = 0; v < 4; v++) {
+        char path[4500];
+        snprintf(path, sizeof path, "%s/coord-round-1-w%d-chunk-0.bin", s.dump, v);
+        size_t nw;
+        uint32_t *y = (uint32_t *)(void *)read_f32(path, &nw);
+        for (int u = 0; u < 4; u++) {
+            snprintf(path, sizeof path, "%s/worker-w%d-round-1.f32", s.dump, u);
+            float *x = read_f32(path, &n);
+            assert_int_equal(n, nw);
+            uint32_t *q = calloc(n, sizeof *q);
+            assert_int_equal(fp_secagg_quantize(q, x, n, CLIP, FRAC, NULL), 0);
+            size_t same = 0;
+            double maxerr = 0;
+            for (size_t i = 0; i < n; i++) {
+                same += q[i] == y[i];
+                maxerr = fmax(maxerr, fabs((double)(int32_t)y[i] / ldexp(1, FRAC) - x[i]));
+            }
+            assert_true(same * 100 < n);        /* < 1% of words coincide */
+            assert_true(maxerr > 100.0);        /* looks like noise, not a delta */
+            free(q);
+            free(x);
+        }
+        free(y);
+    }
+    size_t ns;
+    float *want = quantized_sum(&s, all, 4, 1, &n), *got = coord_sum(&s, 1, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);     /* exactly the sum */
+    free(want);
+    free(got);
+}
+
+/* c. 6 workers, 2 drop after masking: the exact sum of the other 4. */
+static void test_two_drop_after_masking(void **state)
+{
+    (void)state;
+    const char *env[MAXW] = {NULL, NULL, NULL, NULL, "FEDPEFT_TEST_DROP_AFTER=masking",
+                             "FEDPEFT_TEST_DROP_AFTER=masking"};
+    run f;
+    federate(&f, "sa-drop2", 6, 1, "[secagg]\nthreshold = 4\n", env);
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "reported", NULL), 4);
+    cJSON_Delete(m);
+    int alive[4] = {0, 1, 2, 3};
+    size_t n, ns;
+    float *want = quantized_sum(&f, alive, 4, 1, &n), *got = coord_sum(&f, 1, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);
+    free(want);
+    free(got);
+}
+
+/* d. 3 drop with threshold 4: abandoned cleanly, adapter unchanged, next round runs. */
+static void test_three_drop_abandons(void **state)
+{
+    (void)state;
+    const char *d = "FEDPEFT_TEST_DROP_AFTER=masking";
+    const char *env[MAXW] = {NULL, NULL, NULL, d, d, d};
+    run f;
+    federate(&f, "sa-drop3", 6, 2, "[secagg]\nthreshold = 4\n[round]\nmin_quorum = 1\n", env);
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    const char *why = cJSON_GetStringValue(cJSON_GetObjectItem(m, "reason"));
+    assert_non_null(why);
+    assert_non_null(strstr(why, "threshold"));
+    cJSON_Delete(m);
+    m = metrics_line(&f, 2);
+    assert_non_null(m);     /* the next round went on */
+    cJSON_Delete(m);
+    size_t n;
+    float *B = adapter_values(f.adapter, "lora_B", &n);
+    assert_true(n > 0);
+    for (size_t i = 0; i < n; i++)
+        assert_true(B[i] == 0.0f);      /* still the initial B = 0 */
+    free(B);
+}
+
+/* e. tampered, truncated, spliced and replayed chunks. */
+static void test_tampered_chunks(void **state)
+{
+    (void)state;
+    const char *env[MAXW] = {NULL, NULL, "FEDPEFT_TEST_TAMPER=flip",
+                             "FEDPEFT_TEST_TAMPER=truncate", "FEDPEFT_TEST_TAMPER=splice",
+                             "FEDPEFT_TEST_TAMPER=replay"};
+    run f;
+    federate(&f, "sa-tamper", 6, 2, "[secagg]\nthreshold = 3\n", env);
+    cJSON *m = metrics_line(&f, 2);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "reported", NULL), 3);       /* w0, w1, w5 */
+    assert_true(num(m, "rejected", "tampered") >= 1);
+    assert_true(num(m, "rejected", "truncated") >= 1);
+    assert_true(num(m, "rejected", "spliced") >= 1);
+    assert_true(num(m, "rejected", "replayed") >= 1);
+    cJSON_Delete(m);
+    int honest[3] = {0, 1, 5};
+    size_t n, ns;
+    float *want = quantized_sum(&f, honest, 3, 2, &n), *got = coord_sum(&f, 2, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);
+    free(want);
+    free(got);
+}
+
+/* f. central DP noise std = sigma * C (lr = 0: the deltas are exactly 0, so
+ * the new lora_B = 0 + noise); epsilon in the metrics; the budget stops the run. */
+static void test_dp_noise_and_budget(void **state)
+{
+    (void)state;
+    const double sigma = 2.0, C = 0.01, delta = 1e-5;
+    fp_dp_accountant acc;
+    fp_dp_accountant_init(&acc);
+    double e1, e2;
+    assert_int_equal(fp_dp_accountant_add(&acc, 1.0, sigma, 1), 0);
+    assert_int_equal(fp_dp_accountant_epsilon(&acc, delta, &e1, NULL), 0);
+    assert_int_equal(fp_dp_accountant_add(&acc, 1.0, sigma, 1), 0);
+    assert_int_equal(fp_dp_accountant_epsilon(&acc, delta, &e2, NULL), 0);
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "[dp]\nenabled = true\nclip_norm = %g\nnoise_multiplier = %g\nmode = central\n"
+             "delta = %g\nepsilon_budget = %.6f\n", C, sigma, delta, (e1 + e2) / 2);
+    run f;
+    g_lr = "0";
+    federate(&f, "sa-dp", 4, 5, extra, NULL);
+    g_lr = "5e-3";
+    /* Round 1 ran (epsilon = e1), round 2 would exceed the budget: the run stopped. */
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_true(fabs(num(m, "epsilon", NULL) - e1) < 1e-9 * (1 + e1));
+    cJSON_Delete(m);
+    assert_null(metrics_line(&f, 2));
+    char log[4400];
+    snprintf(log, sizeof log, "%s/coordinator.log", f.dir);
+    char *text = tu_read_file(log, NULL);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "privacy budget spent"));
+    free(text);
+    size_t n;
+    float *B = adapter_values(f.adapter, "lora_B", &n);
+    double ss = 0, mean = 0;
+    for (size_t i = 0; i < n; i++)
+        mean += B[i];
+    mean /= (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (B[i] - mean) * (B[i] - mean);
+    double sd = sqrt(ss / (double)(n - 1));
+    printf("DP: measured noise std %.5f over %zu values, configured sigma*C = %.5f\n", sd, n,
+           sigma * C);
+    assert_true(fabs(sd - sigma * C) < 0.05 * sigma * C);
+    assert_true(fabs(mean) < 5 * sigma * C / sqrt((double)n));
+    free(B);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_secure_equals_plain_and_inspection),
+        cmocka_unit_test(test_two_drop_after_masking),
+        cmocka_unit_test(test_three_drop_abandons),
+        cmocka_unit_test(test_tampered_chunks),
+        cmocka_unit_test(test_dp_noise_and_budget),
+    };
+    if (getenv("FP_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("FP_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}

@@ -1,0 +1,360 @@
+/* secagg_client.c - the worker's secure aggregation (secagg_client.h). */
+#include "secagg_client.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "seal.h"
+#include "secagg.h"
+#include "shamir.h"
+#include "wire.h"
+#include "wire_secagg.h"
+
+typedef struct {
+    char id[WIRE_MAX_ID];
+    uint8_t enc_pk[32], mask_pk[32];
+    int in_u2;
+} wk_peer;
+
+struct wk_sa {
+    char me[WIRE_MAX_ID], run_id[128];
+    uint64_t round, task_id;
+    unsigned t, frac_bits;
+    float clip;
+    uint8_t enc_pk[32], mask_pk[32];
+    uint8_t *sec;                   /* sodium_malloc: enc_sk | mask_sk | self seed */
+    wk_peer *peers;                 /* U1, sorted as the coordinator sent it */
+    size_t n_peers;
+    int my_x;
+    uint8_t *held;                  /* sodium_malloc: [n_peers][64] shares I hold */
+    uint8_t *held_has;
+    int shared;
+};
+
+#define ENC_SK(sa) ((sa)->sec)
+#define MASK_SK(sa) ((sa)->sec + 32)
+#define SELF_SEED(sa) ((sa)->sec + 64)
+
+wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t task_id,
+                 const Fedpeft__SecAggParams *p)
+{
+    wk_sa *sa = calloc(1, sizeof *sa);
+    if (!sa || !(sa->sec = sodium_malloc(96))) {
+        free(sa);
+        fp_error_set("out of memory");
+        return NULL;
+    }
+    snprintf(sa->me, sizeof sa->me, "%s", my_id);
+    snprintf(sa->run_id, sizeof sa->run_id, "%s", run_id);
+    sa->round = round;
+    sa->task_id = task_id;
+    sa->t = p->threshold;
+    sa->clip = p->clip;
+    sa->frac_bits = p->frac_bits;
+    crypto_box_keypair(sa->enc_pk, ENC_SK(sa));
+    crypto_box_keypair(sa->mask_pk, MASK_SK(sa));
+    fp_secagg_self_seed(SELF_SEED(sa));
+    return sa;
+}
+
+void wk_sa_destroy(wk_sa **sa_p)
+{
+    if (!sa_p || !*sa_p)
+        return;
+    wk_sa *sa = *sa_p;
+    sodium_free(sa->sec);
+    if (sa->held)
+        sodium_free(sa->held);
+    free(sa->held_has);
+    free(sa->peers);
+    free(sa);
+    *sa_p = NULL;
+}
+
+void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out)
+{
+    out->task_id = sa->task_id;
+    out->round = sa->round;
+    out->enc_pk = (ProtobufCBinaryData){32, sa->enc_pk};
+    out->mask_pk = (ProtobufCBinaryData){32, sa->mask_pk};
+}
+
+static int find_peer(const wk_sa *sa, const char *id)
+{
+    for (size_t i = 0; i < sa->n_peers; i++)
+        if (strcmp(sa->peers[i].id, id) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* The share between from -> to: key and AD bound to both ids, run and round. */
+static int share_key(const wk_sa *sa, int peer, int sending, uint8_t key[32], fp_seal_ad *ad,
+                     char *adid, size_t cap)
+{
+    const wk_peer *p = &sa->peers[peer];
+    snprintf(adid, cap, "%s>%s", sending ? sa->me : p->id, sending ? p->id : sa->me);
+    ad->run_id = sa->run_id;
+    ad->worker_id = adid;
+    ad->round = sa->round;
+    ad->task_id = sa->task_id;
+    ad->chunk_index = 0;
+    ad->n_chunks = 1;
+    if (sending)
+        return fp_seal_key_worker(key, ENC_SK(sa), sa->enc_pk, p->enc_pk, sa->run_id, sa->round);
+    return fp_seal_key_coordinator(key, ENC_SK(sa), sa->enc_pk, p->enc_pk, sa->run_id, sa->round);
+}
+
+int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKeys **out)
+{
+    *out = NULL;
+    size_t n = pk->n_peers;
+    if (pk->task_id != sa->task_id || pk->round != sa->round || sa->peers)
+        return fp_error_set("PeerKeys for another task or sent twice");
+    if (n < sa->t || n < 2)
+        return fp_error_set("PeerKeys lists %zu workers, below the threshold t = %u", n, sa->t);
+    sa->peers = calloc(n, sizeof *sa->peers);
+    sa->held = sodium_malloc(n * 64);
+    sa->held_has = calloc(n, 1);
+    uint8_t (*sh_b)[32] = sodium_malloc(n * 32), (*sh_k)[32] = sodium_malloc(n * 32);
+    uint8_t *key = sodium_malloc(32), *plain = sodium_malloc(64);
+    Fedpeft__ShareKeys *sk = calloc(1, sizeof *sk);
+    int rc = -1;
+    if (!sa->peers || !sa->held || !sa->held_has || !sh_b || !sh_k || !key || !plain || !sk) {
+        fp_error_set("out of memory");
+        goto out;
+    }
+    sa->n_peers = n;
+    sa->my_x = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Fedpeft__PeerKey *k = pk->peers[i];
+        snprintf(sa->peers[i].id, sizeof sa->peers[i].id, "%s", k->worker_id);
+        memcpy(sa->peers[i].enc_pk, k->enc_pk.data, 32);
+        memcpy(sa->peers[i].mask_pk, k->mask_pk.data, 32);
+        if (i > 0 && strcmp(sa->peers[i - 1].id, sa->peers[i].id) >= 0) {
+            fp_error_set("PeerKeys is not sorted by id or lists '%s' twice", k->worker_id);
+            goto out;
+        }
+        if (strcmp(k->worker_id, sa->me) == 0) {
+            if (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32)) {
+                fp_error_set("PeerKeys carries other keys for this worker");
+                goto out;
+            }
+            sa->my_x = (int)i + 1;
+        }
+    }
+    if (!sa->my_x) {
+        fp_error_set("PeerKeys does not list this worker");
+        goto out;
+    }
+    if (fp_shamir_split(SELF_SEED(sa), sa->t, (unsigned)n, sh_b) < 0 ||
+        fp_shamir_split(MASK_SK(sa), sa->t, (unsigned)n, sh_k) < 0)
+        goto out;
+    fedpeft__share_keys__init(sk);
+    sk->task_id = sa->task_id;
+    sk->round = sa->round;
+    sk->shares = calloc(n, sizeof *sk->shares);
+    if (!sk->shares) {
+        fp_error_set("out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(plain, sh_b[i], 32);
+        memcpy(plain + 32, sh_k[i], 32);
+        if ((int)i + 1 == sa->my_x) {
+            memcpy(sa->held + i * 64, plain, 64);   /* my own share */
+            sa->held_has[i] = 1;
+            continue;
+        }
+        Fedpeft__EncryptedShare *e = calloc(1, sizeof *e);
+        uint8_t *box = malloc(WIRE_SEALED_SHARE_BYTES);
+        char adid[2 * WIRE_MAX_ID + 2];
+        fp_seal_ad ad;
+        if (e)
+            sk->shares[sk->n_shares++] = e;
+        if (!e || !box) {
+            free(box);
+            fp_error_set("out of memory");
+            goto out;
+        }
+        fedpeft__encrypted_share__init(e);
+        e->worker_id = sa->peers[i].id;
+        e->sealed = (ProtobufCBinaryData){WIRE_SEALED_SHARE_BYTES, box};
+        if (share_key(sa, (int)i, 1, key, &ad, adid, sizeof adid) < 0 ||
+            fp_seal(box, plain, 64, &ad, key) < 0)
+            goto out;
+    }
+    *out = sk;
+    sk = NULL;
+    rc = 0;
+out:
+    if (sh_b)
+        sodium_free(sh_b);
+    if (sh_k)
+        sodium_free(sh_k);
+    if (key)
+        sodium_free(key);
+    if (plain)
+        sodium_free(plain);
+    wk_sa_free_shares(&sk);
+    return rc;
+}
+
+void wk_sa_free_shares(Fedpeft__ShareKeys **sk_p)
+{
+    if (!sk_p || !*sk_p)
+        return;
+    Fedpeft__ShareKeys *sk = *sk_p;
+    for (size_t i = 0; sk->shares && i < sk->n_shares; i++) {
+        free(sk->shares[i]->sealed.data);
+        free(sk->shares[i]);
+    }
+    free(sk->shares);
+    free(sk);
+    *sk_p = NULL;
+}
+
+int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk)
+{
+    if (!sa->peers || sa->shared || sk->task_id != sa->task_id || sk->round != sa->round)
+        return fp_error_set("routed shares out of order or for another task");
+    uint8_t *key = sodium_malloc(32);
+    size_t len;
+    if (!key)
+        return fp_error_set("out of memory");
+    for (size_t i = 0; i < sa->n_peers; i++)
+        sa->peers[i].in_u2 = (int)i + 1 == sa->my_x;
+    size_t n_u2 = 1;
+    int rc = 0;
+    for (size_t k = 0; k < sk->n_shares && rc == 0; k++) {
+        int p = find_peer(sa, sk->shares[k]->worker_id);
+        char adid[2 * WIRE_MAX_ID + 2];
+        fp_seal_ad ad;
+        if (p < 0 || p + 1 == sa->my_x || sa->peers[p].in_u2) {
+            rc = fp_error_set("routed share from '%s': not a peer, or twice",
+                              sk->shares[k]->worker_id);
+            break;
+        }
+        if (share_key(sa, p, 0, key, &ad, adid, sizeof adid) < 0 ||
+            fp_open(sa->held + (size_t)p * 64, &len, sk->shares[k]->sealed.data,
+                    sk->shares[k]->sealed.len, &ad, key) < 0 || len != 64) {
+            rc = fp_error_set("the share from '%s' does not open", sk->shares[k]->worker_id);
+            break;
+        }
+        sa->held_has[p] = 1;
+        sa->peers[p].in_u2 = 1;
+        n_u2++;
+    }
+    sodium_free(key);
+    if (rc == 0 && n_u2 < sa->t)
+        rc = fp_error_set("only %zu workers shared their keys (U2), below t = %u", n_u2, sa->t);
+    sa->shared = rc == 0;
+    return rc;
+}
+
+int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q)
+{
+    if (!sa->shared)
+        return fp_error_set("masking before the shares were exchanged");
+    fp_secagg_peer *peers = calloc(sa->n_peers, sizeof *peers);
+    if (!peers)
+        return fp_error_set("out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < sa->n_peers; i++)
+        if (sa->peers[i].in_u2 && (int)i + 1 != sa->my_x) {
+            peers[k].id = sa->peers[i].id;
+            memcpy(peers[k++].pk, sa->peers[i].mask_pk, 32);
+        }
+    int rc = fp_secagg_quantize(q, x, n, sa->clip, sa->frac_bits, NULL);
+    if (rc == 0)
+        rc = fp_secagg_mask(q, n, 0, sa->me, MASK_SK(sa), SELF_SEED(sa), peers, k, sa->run_id,
+                            sa->round);
+    free(peers);
+    return rc;
+}
+
+static Fedpeft__RevealedShare **reveal(const wk_sa *sa, char **ids, size_t n, int key_part)
+{
+    Fedpeft__RevealedShare **out = calloc(n ? n : 1, sizeof *out);
+    for (size_t i = 0; out && i < n; i++) {
+        int p = find_peer(sa, ids[i]);
+        out[i] = calloc(1, sizeof **out);
+        if (!out[i])
+            return out;     /* freed by the caller */
+        fedpeft__revealed_share__init(out[i]);
+        out[i]->worker_id = sa->peers[p].id;
+        out[i]->share = (ProtobufCBinaryData){32, sa->held + (size_t)p * 64 + (key_part ? 32 : 0)};
+    }
+    return out;
+}
+
+int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, Fedpeft__UnmaskResponse **out)
+{
+    *out = NULL;
+    if (!sa->shared || u->task_id != sa->task_id || u->round != sa->round)
+        return fp_error_set("UnmaskRequest for another task, or before the shares");
+    if (u->n_survivors < sa->t)
+        return fp_error_set("UnmaskRequest names %zu survivors, below t = %u: refused",
+                            u->n_survivors, sa->t);
+    int me_in = 0;
+    for (size_t i = 0; i < u->n_survivors; i++) {
+        int p = find_peer(sa, u->survivors[i]);
+        if (p < 0 || !sa->peers[p].in_u2 || !sa->held_has[p])
+            return fp_error_set("UnmaskRequest: survivor '%s' is not in U2", u->survivors[i]);
+        me_in |= p + 1 == sa->my_x;
+        for (size_t j = 0; j < u->n_dropped; j++)
+            if (strcmp(u->dropped[j], u->survivors[i]) == 0)
+                return fp_error_set("UnmaskRequest names '%s' both survivor and dropped: "
+                                    "refused (it would reveal both its masks)", u->dropped[j]);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(u->survivors[j], u->survivors[i]) == 0)
+                return fp_error_set("UnmaskRequest lists '%s' twice", u->survivors[i]);
+    }
+    for (size_t j = 0; j < u->n_dropped; j++) {
+        int p = find_peer(sa, u->dropped[j]);
+        if (p < 0 || !sa->peers[p].in_u2 || !sa->held_has[p] || p + 1 == sa->my_x)
+            return fp_error_set("UnmaskRequest: dropped '%s' is not a peer in U2", u->dropped[j]);
+        for (size_t k = 0; k < j; k++)
+            if (strcmp(u->dropped[k], u->dropped[j]) == 0)
+                return fp_error_set("UnmaskRequest lists '%s' twice", u->dropped[j]);
+    }
+    if (!me_in)
+        return fp_error_set("UnmaskRequest does not list this worker as a survivor");
+    Fedpeft__UnmaskResponse *r = calloc(1, sizeof *r);
+    if (!r)
+        return fp_error_set("out of memory");
+    fedpeft__unmask_response__init(r);
+    r->task_id = sa->task_id;
+    r->round = sa->round;
+    r->self_shares = reveal(sa, u->survivors, u->n_survivors, 0);
+    r->n_self_shares = u->n_survivors;
+    r->key_shares = reveal(sa, u->dropped, u->n_dropped, 1);
+    r->n_key_shares = u->n_dropped;
+    *out = r;
+    for (size_t i = 0; i < r->n_self_shares; i++)
+        if (!r->self_shares || !r->self_shares[i])
+            goto oom;
+    for (size_t i = 0; i < r->n_key_shares; i++)
+        if (!r->key_shares || !r->key_shares[i])
+            goto oom;
+    return 0;
+oom:
+    wk_sa_free_response(out);
+    return fp_error_set("out of memory");
+}
+
+void wk_sa_free_response(Fedpeft__UnmaskResponse **r_p)
+{
+    if (!r_p || !*r_p)
+        return;
+    Fedpeft__UnmaskResponse *r = *r_p;
+    for (size_t i = 0; r->self_shares && i < r->n_self_shares; i++)
+        free(r->self_shares[i]);
+    for (size_t i = 0; r->key_shares && i < r->n_key_shares; i++)
+        free(r->key_shares[i]);
+    free(r->self_shares);
+    free(r->key_shares);
+    free(r);
+    *r_p = NULL;
+}

@@ -1,0 +1,37 @@
+/* secagg_client.h - the worker's side of secure aggregation (docs/protocol.md,
+ * "Secure aggregation"): per-round ephemeral keys, Shamir shares of its
+ * self-mask seed and mask secret key sealed for each peer, the masked
+ * fixed-point input, and the unmasking answer. Every secret lives in
+ * sodium_malloc memory and is wiped when the round ends (wk_sa_destroy). */
+#ifndef FP_WK_SECAGG_CLIENT_H
+#define FP_WK_SECAGG_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fedpeft.pb-c.h"
+#include "fp_error.h"
+
+typedef struct wk_sa wk_sa;
+
+/* A round's state: fresh enc and mask key pairs. Caller destroys. */
+wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t task_id,
+                 const Fedpeft__SecAggParams *p) FP_WUR;
+void wk_sa_destroy(wk_sa **sa_p);
+
+/* AdvertiseKeys body (pointers into sa). */
+void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out);
+/* PeerKeys (U1) -> the ShareKeys to send (*out, caller frees with
+ * wk_sa_free_shares). -1 with an error on a bad list. */
+int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKeys **out) FP_WUR;
+void wk_sa_free_shares(Fedpeft__ShareKeys **sk_p);
+/* The routed shares (their senders + me = U2). -1 on a bad one or |U2| < t. */
+int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk) FP_WUR;
+/* Quantizes x (n floats) into q and masks it for U2. */
+int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q) FP_WUR;
+/* An UnmaskRequest -> the UnmaskResponse (*out; free with wk_sa_free_response).
+ * Refuses (-1) an id in both lists, one not in U2, or fewer than t survivors. */
+int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, Fedpeft__UnmaskResponse **out) FP_WUR;
+void wk_sa_free_response(Fedpeft__UnmaskResponse **r_p);
+
+#endif
