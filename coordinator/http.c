@@ -336,6 +336,7 @@ http_server *http_new(const char *address, int port)
                      port);
         goto err;
     }
+    h->fd = -1; /* the daemon owns it now: MHD_stop_daemon closes it */
     return h;
 err:
     http_destroy(&h);

@@ -158,15 +158,20 @@ static int wait_exit(pid_t pid, double timeout_s)
     return -1;
 }
 
-/* "--insecure" when the program offers it (plain TCP on loopback), else "". */
-static const char *insecure_flag(const char *prog)
+/* "--insecure" when the program offers it (plain TCP on loopback), else NULL. */
+static char *insecure_flag(const char *prog)
 {
     char cmd[4200], *out = NULL;
     snprintf(cmd, sizeof cmd, "'%s' --help", prog);
     tu_run(cmd, &out);
     int has = out && strstr(out, "--insecure");
     free(out);
-    return has ? "--insecure" : "--config";
+    return has ? "--insecure" : NULL;
+}
+
+static int coord_alive(void)
+{
+    return coord > 0 && waitpid(coord, NULL, WNOHANG) == 0;
 }
 
 static void dump_log(const char *path)
@@ -211,19 +216,16 @@ static int group_setup(void **state)
     snprintf(coord_log, sizeof coord_log, "%s/coordinator.log", dir);
     if (tu_write_file(ini, text, strlen(text)) != 0)
         return -1;
-    char *cargv[] = {FP_COORDINATOR, "--config", ini, (char *)insecure_flag(FP_COORDINATOR), ini,
-                     NULL};
-    /* insecure_flag gives "--config" when there is no --insecure: the same
-     * file twice is harmless. */
+    char *cargv[] = {FP_COORDINATOR, "--config", ini, insecure_flag(FP_COORDINATOR), NULL};
     coord = spawn(cargv, coord_log);
-    const char *wflag = insecure_flag(FP_WORKER);
+    char *wflag = insecure_flag(FP_WORKER);
     for (int k = 0; k < N_WORKERS; k++) {
         char log[4300], id[64], data[4300];
         snprintf(log, sizeof log, "%s/w%d.log", dir, k);
         snprintf(id, sizeof id, "--worker.id=w%d", k);
         snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", dir, k);
-        char *wargv[] = {FP_WORKER, "--config", ini, id, data, "--worker.threads=1",
-                         (char *)wflag, ini, NULL};
+        char *wargv[] = {FP_WORKER, "--config", ini, id, data, "--worker.threads=1", wflag,
+                         NULL};
         workers[k] = spawn(wargv, log);
     }
     return 0;
@@ -260,7 +262,7 @@ static void wait_rounds(int rounds)
         } else {
             free(body);
         }
-        if (waitpid(coord, NULL, WNOHANG) == coord)
+        if (!coord_alive())
             break;
         usleep(200000);
     }
@@ -349,14 +351,6 @@ static int chromium(const char *what, char **out)
     return tu_run(cmd, out);
 }
 
-static int count(const char *hay, const char *needle)
-{
-    int n = 0;
-    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-        n++;
-    return n;
-}
-
 static void test_page_in_chromium(void **state)
 {
     (void)state;
@@ -373,8 +367,12 @@ static void test_page_in_chromium(void **state)
     cJSON_Delete(st);
     if (rc != 0 || !dom || !strstr(dom, "id=\"loss-chart\""))
         fail_msg("chromium exited %d; DOM:\n%s", rc, dom ? dom : "(none)");
-    /* The drawn circles (the script's own text has the markup too, unquoted). */
-    int points = count(dom, "<circle class=\"round-point\" data-round=\"");
+    /* The drawn circles: a round number after data-round (the script's own
+     * text, also in the DOM, has the markup followed by code). */
+    int points = 0;
+    const char *mark = "<circle class=\"round-point\" data-round=\"";
+    for (const char *p = dom; (p = strstr(p, mark)); p += strlen(mark))
+        points += p[strlen(mark)] >= '0' && p[strlen(mark)] <= '9';
     printf("# chart points %d, evaluated rounds %d..%d\n", points, before, after);
     assert_true(points >= before && points <= after);
     assert_non_null(strstr(dom, "<circle class=\"round-point\" data-round=\"0\""));
@@ -406,9 +404,11 @@ static void test_port_in_use(void **state)
 {
     (void)state;
     char cmd[16384], *out = NULL;
-    snprintf(cmd, sizeof cmd, "'%s' --config '%s' %s --run.state_dir='%s/state-b' "
+    assert_true(coord_alive());     /* it holds the port */
+    char *flag = insecure_flag(FP_COORDINATOR);
+    snprintf(cmd, sizeof cmd, "timeout 120 '%s' --config '%s' %s --run.state_dir='%s/state-b' "
              "--network.endpoint=tcp://127.0.0.1:%d", FP_COORDINATOR, ini,
-             strcmp(insecure_flag(FP_COORDINATOR), "--insecure") ? "" : "--insecure", dir,
+             flag ? flag : "", dir,
              free_port(NULL));
     int rc = tu_run(cmd, &out);
     printf("# second coordinator: exit %d: %s", rc, out);
@@ -424,6 +424,7 @@ static void test_port_in_use(void **state)
 static void test_sigterm(void **state)
 {
     (void)state;
+    assert_true(coord_alive());
     kill(coord, SIGTERM);
     int rc = wait_exit(coord, 20);
     coord = 0;

@@ -405,7 +405,7 @@ static void test_tampered_chunks(void **state)
     free(got);
 }
 
-/* f. central DP noise std = sigma * C (lr = 0: the deltas are exactly 0, so
+/* f. central DP noise std = sigma * C (lr = 1e-12: the quantized deltas are exactly 0, so
  * the new lora_B = 0 + noise); epsilon in the metrics; the budget stops the run. */
 static void test_dp_noise_and_budget(void **state)
 {
@@ -423,7 +423,7 @@ static void test_dp_noise_and_budget(void **state)
              "[dp]\nenabled = true\nclip_norm = %g\nnoise_multiplier = %g\nmode = central\n"
              "delta = %g\nepsilon_budget = %.6f\n", C, sigma, delta, (e1 + e2) / 2);
     run f;
-    g_lr = "0";
+    g_lr = "1e-12";   /* deltas far below the 2^-22 quantization step: exactly 0 */
     federate(&f, "sa-dp", 4, 5, extra, NULL);
     g_lr = "5e-3";
     /* Round 1 ran (epsilon = e1), round 2 would exceed the budget: the run stopped. */

@@ -17,6 +17,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_bench_tokenize(int argc, char **argv); /* bench tokenize, in cmd_bench_tokenize.c */
 int cmd_partition(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 
 /* Prints "fedpeft CMD: error: MSG" to stderr; returns 1 (the exit status). */

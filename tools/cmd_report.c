@@ -156,7 +156,8 @@ static void axes(FILE *f, const panel *p, const char *title, const char *ylabel)
         fprintf(f, "<line class=\"tick\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" "
                    "stroke=\"#4a5263\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" "
                    "fill=\"#4a5263\">%g</text>\n",
-                px(p, v), px(p, v), p->y + p->h, p->y + p->h + 5, px(p, v), p->y + p->h + 18, v);
+                px(p, v), px(p, v), p->y + p->h, p->y + p->h + 5, px(p, v), p->y + p->h + 18,
+                fabs(v) < 1e-9 ? 0.0 : v);
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">round</text>\n",
             p->x + p->w / 2, p->y + p->h + 36);
     fprintf(f, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">%s"
@@ -167,6 +168,9 @@ static void legend(FILE *f, const panel *p, int i, const char *color, const char
                    const char *label)
 {
     double x = p->x + p->w - 150, y = p->y + 16 + 18 * i;
+    if (i == 0)
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"140\" height=\"42\" fill=\"#fff\" "
+                   "fill-opacity=\"0.9\" stroke=\"#e6e9ef\"/>\n", x - 8, y - 12);
     fprintf(f, "<g class=\"legend\"><line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" "
                "stroke=\"%s\" stroke-width=\"3\"%s/><text x=\"%.1f\" y=\"%.1f\">%s</text></g>\n",
             x, x + 24, y, y, color, dash, x + 30, y + 4, label);

@@ -18,6 +18,7 @@ static const struct {
     {"bench", cmd_bench, "measure training speed (fedpeft bench train --help)"},
     {"partition", cmd_partition, "split a data file into worker shards (iid, dirichlet, field, speaker)"},
     {"simulate", cmd_simulate, "run a whole federation on this machine (coordinator + N workers)"},
+    {"report", cmd_report, "draw a run's metrics.jsonl (loss and bytes per round) as an SVG"},
     {"keygen", cmd_keygen, "write a new X25519 key pair (CURVE + update sealing) and print its allowlist line"},
 };
 

@@ -14,6 +14,7 @@
 #include "lora.h"
 #include "seal.h"
 #include "secagg_client.h"
+#include "progress.h"
 #include "wk_log.h"
 
 typedef struct {
@@ -158,6 +159,7 @@ static int on_progress(void *ctx, const fp_progress *p)
     wk_task *t = ctx;
     t->loss_sum += p->loss;
     t->loss_n++;
+    wk_progress(t->round, p);
     for (;;) {
         wire_msg *m = NULL;
         int rc = wk_conn_poll(t->conn, 0, t->round, 1, &m);
