@@ -28,6 +28,71 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Calls fn(off, len) for each view range of the slab, in slab order. */
+typedef void (*view_fn)(void *ctx, size_t off, size_t len);
+
+static void view_each(const fp_lora *l, int b_only, view_fn fn, void *ctx)
+{
+    if (!b_only) {
+        fn(ctx, 0, l->n_params);
+        return;
+    }
+    for (int layer = 0; layer < l->model.n_layers; layer++)
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            size_t off = l->off_b[layer * FP_T_COUNT + t];
+            if (off != SIZE_MAX)
+                fn(ctx, off, (size_t)fp_lora_out_dim(&l->model, t) * (size_t)l->cfg.rank);
+        }
+}
+
+typedef struct {
+    float *dst;
+    const float *src;
+    size_t pos;
+    int dir;    /* 0: size only, 1: gather, 2: scatter */
+} view_copy;
+
+static void view_step(void *ctx, size_t off, size_t len)
+{
+    view_copy *v = ctx;
+    if (v->dir == 1)
+        memcpy(v->dst + v->pos, v->src + off, len * sizeof(float));
+    else if (v->dir == 2)
+        memcpy(v->dst + off, v->src + v->pos, len * sizeof(float));
+    v->pos += len;
+}
+
+size_t fp_ft_view_size(const fp_lora *l, int b_only)
+{
+    view_copy v = {NULL, NULL, 0, 0};
+    view_each(l, b_only, view_step, &v);
+    return v.pos;
+}
+
+void fp_ft_view_gather(const fp_lora *l, int b_only, const float *slab, float *packed)
+{
+    view_copy v = {packed, slab, 0, 1};
+    view_each(l, b_only, view_step, &v);
+}
+
+void fp_ft_view_scatter(const fp_lora *l, int b_only, const float *packed, float *slab)
+{
+    view_copy v = {slab, packed, 0, 2};
+    view_each(l, b_only, view_step, &v);
+}
+
+/* ffa: zero A's gradient (so clipping sees B only) and keep A's values. */
+static void zero_a(const fp_lora *l, float *x)
+{
+    for (int layer = 0; layer < l->model.n_layers; layer++)
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            size_t off = l->off_a[layer * FP_T_COUNT + t];
+            if (off != SIZE_MAX)
+                memset(x + off, 0, (size_t)fp_lora_in_dim(&l->model, t) *
+                                       (size_t)l->cfg.rank * sizeof(float));
+        }
+}
+
 static int check_config(const fp_finetune_config *c, const fp_model *m)
 {
     if (c->steps < 1 || c->batch < 1 || c->seq < 1 || c->accum < 1)
@@ -36,6 +101,9 @@ static int check_config(const fp_finetune_config *c, const fp_model *m)
     if (c->seq > m->cfg.max_seq_len)
         return fp_error_set("--seq %d is longer than the model's context (%d positions); "
                             "use --seq %d or less", c->seq, m->cfg.max_seq_len, m->cfg.max_seq_len);
+    if (!(c->prox_mu >= 0.0f) || !isfinite(c->prox_mu) || (c->prox_mu > 0 && !c->prox_anchor))
+        return fp_error_set("prox_mu must be a finite number >= 0 with an anchor (got %g)",
+                            (double)c->prox_mu);
     if (!(c->optim.lr > 0.0f) || !isfinite(c->optim.lr))
         return fp_error_set("the learning rate must be a positive number (got %g)",
                             (double)c->optim.lr);
@@ -50,7 +118,7 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
     fp_train *tr = NULL;
     fp_batcher *bat = NULL;
     fp_optim *opt = NULL;
-    float *grad = NULL;
+    float *grad = NULL, *a_keep = NULL;
     int32_t *in = NULL, *tg = NULL;
     size_t nbt = (size_t)cfg->batch * (size_t)cfg->seq;
 
@@ -64,6 +132,12 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
         !(opt = fp_optim_new(&oc, lora->n_params)))
         goto err;
     grad = malloc(sizeof(float) * lora->n_params);
+    if (cfg->freeze_a && !(a_keep = malloc(sizeof(float) * lora->n_params))) {
+        fp_error_set("out of memory for the frozen A factors");
+        goto err;
+    }
+    if (a_keep)
+        memcpy(a_keep, lora->params, sizeof(float) * lora->n_params);
     in = malloc(sizeof(int32_t) * nbt);
     tg = malloc(sizeof(int32_t) * nbt);
     if (!grad || !in || !tg) {
@@ -96,7 +170,21 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
             tokens += (double)ntok;
         }
         float lr = fp_optim_lr(&oc, step);
+        if (cfg->prox_mu > 0)       /* FedProx: d/dw mu/2 ||w - w_g||^2 */
+            for (size_t i = 0; i < lora->n_params; i++)
+                grad[i] += cfg->prox_mu * (lora->params[i] - cfg->prox_anchor[i]);
+        if (a_keep)
+            zero_a(lora, grad);
         float gnorm = fp_optim_step(opt, lora->params, grad);
+        if (a_keep)     /* decoupled weight decay must not touch A either */
+            for (int layer = 0; layer < lora->model.n_layers; layer++)
+                for (int t = 0; t < FP_T_COUNT; t++) {
+                    size_t off = lora->off_a[layer * FP_T_COUNT + t];
+                    if (off != SIZE_MAX)
+                        memcpy(lora->params + off, a_keep + off,
+                               (size_t)fp_lora_in_dim(&lora->model, t) *
+                                   (size_t)lora->cfg.rank * sizeof(float));
+                }
         float loss = (float)(loss_sum / cfg->accum);
         if (last_loss)
             *last_loss = loss;
@@ -111,7 +199,7 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
     }
     rc = 0;
 err:
-    free(grad), free(in), free(tg);
+    free(grad), free(in), free(tg), free(a_keep);
     fp_optim_free(&opt);
     fp_batcher_free(&bat);
     fp_train_free(&tr);

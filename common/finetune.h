@@ -21,6 +21,9 @@ typedef struct {
     uint64_t seed;          /* shuffle order and dropout masks */
     int first_step;         /* data position: micro-batch index of step 0 / accum */
     fp_optim_config optim;
+    int freeze_a;           /* ffa: A gets no update at all (no gradient, no weight decay) */
+    float prox_mu;          /* FedProx: grad += mu (w - prox_anchor); 0 = off */
+    const float *prox_anchor; /* [n_params] the round's global adapter (prox_mu > 0) */
 } fp_finetune_config;
 
 /* Defaults: 100 steps, batch 4, seq 128, accum 1, shuffle, seed 1234, AdamW lr 1e-3. */
@@ -50,5 +53,19 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
  * `batch` rows at a time. lora may be NULL (the base model). */
 int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
                 int batch, double *mean_loss, size_t *n_tokens) FP_WUR;
+
+/* ---- the trainable view ------------------------------------------------------
+ * The part of the slab a strategy trains and uploads: the whole slab, or with
+ * b_only (FFA-LoRA) the B factors alone, packed in slab order (layer-major,
+ * targets q..down). Worker and coordinator derive it from the LoRA spec and
+ * the strategy, so uploads, sealing and secagg masking cover view floats only:
+ * ffa sends the B entries, about half the bytes of the adapter. */
+
+/* Floats in the view. */
+size_t fp_ft_view_size(const fp_lora *l, int b_only);
+/* packed [view] <- slab [n_params]. */
+void fp_ft_view_gather(const fp_lora *l, int b_only, const float *slab, float *packed);
+/* slab [n_params] <- packed [view] at the view's positions (others untouched). */
+void fp_ft_view_scatter(const fp_lora *l, int b_only, const float *packed, float *slab);
 
 #endif

@@ -10,7 +10,10 @@
 #define S(field) sizeof(((coord_config *)0)->field)
 
 static const char *const optimizers[] = {"adamw", "sgd", NULL};
-static const char *const strategies[] = {"fedavg", NULL};
+const char *const coord_strategy_names[] = {"fedavg", "ffa", "flora", "svd", NULL};
+const char *const coord_robust_names[] = {"none", "median", "trimmed_mean", "norm_bound", NULL};
+static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+                                          NULL};
 static const char *const dp_modes[] = {"central", "distributed", NULL};
 
 const char *const coord_config_ignore[] = {"worker", "simulate", NULL};
@@ -62,8 +65,26 @@ const fp_cfg_key coord_config_keys[] = {
      S(endpoint), NULL, "ZeroMQ address the coordinator binds"},
     {"network", "heartbeat_ms", FP_CFG_INT, 10, 3600000, "1000", F(heartbeat_ms), 0, NULL,
      "heartbeat period; 3x silence marks a worker dead or a stalled upload"},
-    {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, strategies,
-     "aggregation strategy"},
+    {"train", "prox_mu", FP_CFG_FLOAT, 0, 1e6, "0", F(prox_mu), 0, NULL,
+     "FedProx proximal term mu on the workers (0 = off)"},
+    {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, coord_strategy_names,
+     "aggregation: fedavg, ffa (A frozen, B only), flora (stacking), svd (FlexLoRA)"},
+    {"strategy", "server_opt", FP_CFG_ENUM, 0, 0, "none", F(server_opt), 0, server_opts,
+     "server optimizer on the aggregated delta: none, fedavgm, fedadam, fedyogi, fedadagrad"},
+    {"strategy", "server_lr", FP_CFG_DOUBLE, 0, 1e6, "0", F(server_lr), 0, NULL,
+     "server learning rate (0 = default: 1.0 for fedavgm, 1e-2 for the adaptive ones)"},
+    {"strategy", "beta1", FP_CFG_DOUBLE, 0, 0.999999, "0.9", F(server_beta1), 0, NULL,
+     "server momentum beta1"},
+    {"strategy", "beta2", FP_CFG_DOUBLE, 0, 0.999999, "0.99", F(server_beta2), 0, NULL,
+     "server second-moment beta2 (fedadam, fedyogi)"},
+    {"strategy", "tau", FP_CFG_DOUBLE, 1e-12, 1e6, "1e-3", F(server_tau), 0, NULL,
+     "server adaptivity tau (v starts at tau^2)"},
+    {"strategy", "robust", FP_CFG_ENUM, 0, 0, "none", F(robust), 0, coord_robust_names,
+     "robust aggregation of untrusted updates: none, median, trimmed_mean, norm_bound"},
+    {"strategy", "trim", FP_CFG_DOUBLE, 0, 0.499999, "0.1", F(robust_trim), 0, NULL,
+     "trimmed_mean: fraction beta cut at each end per coordinate"},
+    {"strategy", "norm_bound", FP_CFG_DOUBLE, 1e-12, 1e12, "1.0", F(robust_norm_bound), 0, NULL,
+     "norm_bound: each update is clipped to this L2 norm"},
     {"http", "port", FP_CFG_INT, 0, 65535, "0", F(http_port), 0, NULL,
      "status server port: /, /status, /metrics, /healthz (0 = off)"},
     {"http", "address", FP_CFG_STRING, 0, 0, "127.0.0.1", F(http_address), S(http_address),
@@ -124,6 +145,22 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
     if (c->dp && c->dp_mode == COORD_DP_DISTRIBUTED && !c->secagg)
         return fp_error_set("%s: [dp] mode = distributed needs [secagg] enabled = true (each "
                             "worker's noise share alone is too small to protect it)", where);
+    if (c->secagg && (c->strategy == COORD_STRATEGY_SVD || c->strategy == COORD_STRATEGY_FLORA))
+        return fp_error_set("%s: strategy %s needs each worker's factors, which secure "
+                            "aggregation hides; set [secagg] enabled = false or use fedavg/ffa",
+                            where, coord_strategy_names[c->strategy]);
+    if (c->secagg && c->robust != COORD_ROBUST_NONE)
+        return fp_error_set("%s: [strategy] robust = %s needs each worker's update, which "
+                            "secure aggregation hides; set [secagg] enabled = false or robust = "
+                            "none", where, coord_robust_names[c->robust]);
+    if (c->robust != COORD_ROBUST_NONE &&
+        (c->strategy == COORD_STRATEGY_SVD || c->strategy == COORD_STRATEGY_FLORA))
+        return fp_error_set("%s: [strategy] robust = %s works on fedavg/ffa updates, not with "
+                            "name = %s", where, coord_robust_names[c->robust],
+                            coord_strategy_names[c->strategy]);
+    if (c->strategy == COORD_STRATEGY_FLORA && c->server_opt != 0)
+        return fp_error_set("%s: strategy flora restarts LoRA every round: server_opt must be "
+                            "none", where);
     if (c->secagg && c->secagg_threshold == 1)
         return fp_error_set("%s: [secagg] threshold = 1 would let anyone unmask: use 0 "
                             "(automatic) or 2..255", where);

@@ -11,7 +11,11 @@
 #include "config.h"
 #include "fp_error.h"
 
-enum { COORD_STRATEGY_FEDAVG };
+enum { COORD_STRATEGY_FEDAVG, COORD_STRATEGY_FFA, COORD_STRATEGY_FLORA, COORD_STRATEGY_SVD };
+enum { COORD_ROBUST_NONE, COORD_ROBUST_MEDIAN, COORD_ROBUST_TRIMMED, COORD_ROBUST_NORM };
+/* Names by the enums above. */
+extern const char *const coord_strategy_names[];
+extern const char *const coord_robust_names[];
 enum { COORD_DP_CENTRAL, COORD_DP_DISTRIBUTED };
 
 typedef struct {
@@ -33,6 +37,7 @@ typedef struct {
     float lr;
     int optimizer;              /* fp_opt_kind: adamw 0, sgd 1 */
     float weight_decay, max_grad_norm;
+    float prox_mu;              /* FedProx mu on the workers (0 = off) */
     /* [sampling] */
     double fraction;
     int min_workers, max_workers;
@@ -44,7 +49,12 @@ typedef struct {
     char endpoint[256];
     int heartbeat_ms;
     /* [strategy] */
-    int strategy;
+    int strategy;               /* COORD_STRATEGY_* */
+    int server_opt;             /* index into "none", "fedavgm", "fedadam", "fedyogi", "fedadagrad" */
+    double server_lr;           /* 0 = the optimizer's default */
+    double server_beta1, server_beta2, server_tau;
+    int robust;                 /* COORD_ROBUST_* */
+    double robust_trim, robust_norm_bound;
     /* [http] */
     int http_port;              /* 0 = no status server */
     char http_address[64];

@@ -136,8 +136,10 @@ static int run(const coord_config *cfg)
     if (!r)
         goto err;
     server_config sc = {cfg->endpoint, cfg->heartbeat_ms, hash, rounds_run_id(r),
-                        FEDPEFT__LORA_SPEC__INIT, kp, cfg->allowlist, &reload_allowlist};
+                        FEDPEFT__LORA_SPEC__INIT, kp, cfg->allowlist, &reload_allowlist,
+                        NULL};
     rounds_lora_spec(r, &sc.lora);
+    sc.rank_refusal = rounds_rank_refusal(r);
     srv = server_new(&sc);
     fp_keypair_free(&kp);   /* libzmq holds its own copy */
     if (!srv)

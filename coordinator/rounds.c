@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "agg_lowrank.h"
 #include "clog.h"
+#include "finetune.h"
 #include "keys.h"
 #include "rng.h"
 #include "rounds_internal.h"
@@ -34,6 +36,25 @@ void rounds_lora_spec(const rounds *r, Fedpeft__LoraSpec *spec)
     spec->targets = c->targets;
     spec->use_rslora = c->use_rslora;
     spec->n_params = r->global->n_params;
+}
+
+const char *rounds_rank_refusal(const rounds *r)
+{
+    static char why[160];
+    if (r->cfg->strategy == COORD_STRATEGY_SVD)
+        return NULL;
+    snprintf(why, sizeof why, "strategy %s needs every worker at the same rank; drop [worker] "
+             "rank or use [strategy] name = svd", coord_strategy_names[r->cfg->strategy]);
+    return why;
+}
+
+size_t rounds_upload_n(const rounds *r, int w)
+{
+    int rk = r->srv ? server_worker(r->srv, w)->rank : 0;
+    int rg = r->global->cfg.rank;
+    if (rk <= 0 || rk == rg)
+        return r->n_view;
+    return r->global->n_params / (size_t)rg * (size_t)rk;  /* svd only: the full slab */
 }
 
 static double secs(int64_t ms) { return (double)ms / 1000.0; }
@@ -59,25 +80,97 @@ static int mkdir_p(const char *dir)
     return 0;
 }
 
+/* The checkpoint's strategy blob: the strategy's state, the server optimizer's
+ * (when [strategy] server_opt is set), then the DP accountant:
+ *   u32 "DPA1" | u32 n_orders | u64 steps | f64 rdp[n_orders] | f64 last_epsilon
+ * A blob without the accountant (written before it was saved) loads with epsilon
+ * restarting at 0 and a warning. */
+#define DPA_MAGIC 0x31415044u
+#define DPA_SIZE (16 + 8 * FP_DP_N_ORDERS + 8)
+
+static size_t blob_size(const rounds *r)
+{
+    return strategy_state_size(r->strat) + (r->sopt ? fp_sopt_state_size(r->sopt) : 0) +
+           DPA_SIZE;
+}
+
+static int blob_save(const rounds *r, uint8_t *buf, size_t len)
+{
+    size_t ss = strategy_state_size(r->strat), so = r->sopt ? fp_sopt_state_size(r->sopt) : 0;
+    if (len != blob_size(r))
+        return fp_error_set("strategy blob of %zu bytes, expected %zu", len, blob_size(r));
+    if (strategy_state_save(r->strat, buf, ss) < 0 ||
+        (r->sopt && fp_sopt_state_save(r->sopt, buf + ss, so) < 0))
+        return -1;
+    uint8_t *p = buf + ss + so;
+    uint32_t magic = DPA_MAGIC, n = FP_DP_N_ORDERS;
+    memcpy(p, &magic, 4);
+    memcpy(p + 4, &n, 4);
+    memcpy(p + 8, &r->acct.steps, 8);
+    memcpy(p + 16, r->acct.rdp, 8 * FP_DP_N_ORDERS);
+    memcpy(p + 16 + 8 * FP_DP_N_ORDERS, &r->last_epsilon, 8);
+    return 0;
+}
+
+static int blob_load(rounds *r, const uint8_t *buf, size_t len)
+{
+    size_t ss = strategy_state_size(r->strat), so = r->sopt ? fp_sopt_state_size(r->sopt) : 0;
+    if (len != ss + so && len != ss + so + DPA_SIZE) {
+        if (len < ss || strategy_state_load(r->strat, buf, len < ss ? len : ss) < 0)
+            return -1;
+        return fp_error_set("the strategy state holds %zu bytes, expected %zu: was the run "
+                            "started with another [strategy] server_opt?", len,
+                            ss + so + DPA_SIZE);
+    }
+    if (strategy_state_load(r->strat, buf, ss) < 0 ||
+        (r->sopt && fp_sopt_state_load(r->sopt, buf + ss, so) < 0))
+        return -1;
+    if (len == ss + so) {
+        if (r->cfg->dp)
+            clog_info("the checkpoint holds no DP accountant state (an older version): "
+                      "epsilon restarts at 0");
+        return 0;
+    }
+    const uint8_t *p = buf + ss + so;
+    uint32_t magic, n;
+    fp_dp_accountant a;
+    double eps;
+    memcpy(&magic, p, 4);
+    memcpy(&n, p + 4, 4);
+    memcpy(&a.steps, p + 8, 8);
+    memcpy(a.rdp, p + 16, 8 * FP_DP_N_ORDERS);
+    memcpy(&eps, p + 16 + 8 * FP_DP_N_ORDERS, 8);
+    if (magic != DPA_MAGIC || n != FP_DP_N_ORDERS)
+        return fp_error_set("the DP accountant state is not this version's");
+    for (int i = 0; i < FP_DP_N_ORDERS; i++)
+        if (!(a.rdp[i] >= 0))   /* NaN or negative; +inf is a valid spend */
+            return fp_error_set("the DP accountant state holds an invalid RDP value");
+    if (!(eps >= 0))
+        return fp_error_set("the DP accountant state holds an invalid epsilon");
+    r->acct = a;
+    r->last_epsilon = eps;
+    return 0;
+}
+
 static int save_checkpoint(rounds *r, uint64_t round, int finished)
 {
     checkpoint ck;
     memset(&ck, 0, sizeof ck);
     snprintf(ck.run_id, sizeof ck.run_id, "%s", r->run_id);
     snprintf(ck.model_hash, sizeof ck.model_hash, "%s", r->model_hash);
-    snprintf(ck.strategy, sizeof ck.strategy, "%s", strategy_name(r->strat));
+    snprintf(ck.strategy, sizeof ck.strategy, "%s", r->strat_name);
     ck.flags = finished ? CKPT_FLAG_FINISHED : 0;
     ck.round = round;
     ck.n_params = r->global->n_params;
     ck.adapter = r->global->params;     /* borrowed: not cleared */
-    ck.strategy_len = strategy_state_size(r->strat);
+    ck.strategy_len = blob_size(r);
     ck.strategy_state = malloc(ck.strategy_len ? ck.strategy_len : 1);
     ck.metrics = r->lines;
     ck.n_metrics = r->n_lines;
     int rc = -1;
     if (!ck.strategy_state)
         fp_error_set("out of memory");
-    else if (strategy_state_save(r->strat, ck.strategy_state, ck.strategy_len) == 0)
+    else if (blob_save(r, ck.strategy_state, ck.strategy_len) == 0)
         rc = checkpoint_save(&ck, r->ckpt_path);
     free(ck.strategy_state);
     return rc;
@@ -94,10 +187,10 @@ static int resume(rounds *r, checkpoint *ck)
         return fp_error_set("%s holds an adapter of %zu floats, the [lora] settings give %zu: "
                             "use the run's [lora] settings or another state_dir",
                             r->ckpt_path, ck->n_params, r->global->n_params);
-    if (strcmp(ck->strategy, strategy_name(r->strat)) != 0)
+    if (strcmp(ck->strategy, r->strat_name) != 0)
         return fp_error_set("%s was written by strategy '%s', the config says '%s'",
-                            r->ckpt_path, ck->strategy, strategy_name(r->strat));
-    if (strategy_state_load(r->strat, ck->strategy_state, ck->strategy_len) < 0)
+                            r->ckpt_path, ck->strategy, r->strat_name);
+    if (blob_load(r, ck->strategy_state, ck->strategy_len) < 0)
         return fp_error_prefix("%s: ", r->ckpt_path);
     memcpy(r->global->params, ck->adapter, ck->n_params * sizeof(float));
     snprintf(r->run_id, sizeof r->run_id, "%s", ck->run_id);
@@ -168,6 +261,50 @@ static fp_lora *make_adapter(const coord_config *cfg, const fp_model_config *mod
     return fp_lora_new(model, &lc);
 }
 
+/* The [strategy] section: the strategy over the trainable view, and the server
+ * optimizer. */
+static int make_strategy(rounds *r)
+{
+    const coord_config *c = r->cfg;
+    if (c->strategy == COORD_STRATEGY_FLORA)
+        return fp_error_set("[strategy] name = flora is not available in this build yet "
+                            "(docs/aggregation.md); use svd for exact aggregation with "
+                            "mixed ranks");
+    r->b_only = c->strategy == COORD_STRATEGY_FFA;
+    r->n_view = fp_ft_view_size(r->global, r->b_only);
+    snprintf(r->strat_name, sizeof r->strat_name, "%s%s%s", coord_strategy_names[c->strategy],
+             c->robust ? "+" : "", c->robust ? coord_robust_names[c->robust] : "");
+    if (c->strategy == COORD_STRATEGY_SVD || c->robust != COORD_ROBUST_NONE) {
+        static const staged_kind kinds[] = {STAGED_SVD, STAGED_MEDIAN, STAGED_TRIMMED,
+                                            STAGED_NORM};
+        staged_params sp = {kinds[c->robust], r->n_view, r->global, c->robust_trim,
+                            c->robust_norm_bound, c->seed};
+        r->strat = strategy_staged_new(&sp);
+    } else {
+        r->strat = strategy_fedavg_new(r->n_view);
+    }
+    if (!r->strat)
+        return -1;
+    if (c->server_opt != 0) {
+        static const fp_sopt_kind kinds[] = {FP_SOPT_NONE, FP_SOPT_AVGM, FP_SOPT_ADAM,
+                                             FP_SOPT_YOGI, FP_SOPT_ADAGRAD};
+        fp_sopt_config oc;
+        fp_sopt_config_default(&oc, kinds[c->server_opt]);
+        if (c->server_lr > 0)
+            oc.lr = (float)c->server_lr;
+        oc.beta1 = (float)c->server_beta1;
+        oc.beta2 = (float)c->server_beta2;
+        oc.tau = (float)c->server_tau;
+        if (!(r->sopt = fp_sopt_new(&oc, r->n_view)))
+            return fp_error_prefix("[strategy] server_opt: ");
+    }
+    r->view = malloc(r->n_view * sizeof(float));
+    r->view_old = malloc(r->n_view * sizeof(float));
+    if (!r->view || !r->view_old)
+        return fp_error_set("out of memory for the adapter (%zu floats)", r->n_view);
+    return 0;
+}
+
 rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const char *model_hash)
 {
     rounds *r = calloc(1, sizeof *r);
@@ -187,8 +324,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->global = make_adapter(cfg, model);
     if (!r->global)
         goto err;
-    r->strat = strategy_new(cfg->strategy == COORD_STRATEGY_FEDAVG ? "fedavg" : "?",
-                            r->global->n_params);
+    if (make_strategy(r) < 0)
+        goto err;
     r->staging = malloc(r->global->n_params * sizeof(float));
     r->status = calloc(SERVER_MAX_WORKERS, 1);
     r->examples = calloc(SERVER_MAX_WORKERS, sizeof *r->examples);
@@ -240,6 +377,9 @@ void rounds_destroy(rounds **r_p)
     rounds *r = *r_p;
     fp_lora_free(&r->global);
     strategy_destroy(&r->strat);
+    fp_sopt_free(&r->sopt);
+    free(r->view);
+    free(r->view_old);
     free(r->staging);
     free(r->status);
     free(r->examples);
@@ -288,6 +428,8 @@ static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
     p->weight_decay = c->weight_decay;
     p->max_grad_norm = c->max_grad_norm;
     p->seed = c->seed;
+    p->freeze_a = r->b_only;
+    p->prox_mu = c->prox_mu;
 }
 
 /* Task + the global adapter to worker w for the current phase. */
@@ -322,8 +464,26 @@ static void send_task(rounds *r, int w)
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
     env.task = &t;
+    int rk = server_worker(r->srv, w)->rank;
+    fp_lora *small = NULL;
+    if (rk > 0 && rk < r->global->cfg.rank) {
+        /* HetLoRA: the best rank-rk part of the (SVD-ordered) global */
+        fp_lora_config lc = r->global->cfg;
+        lc.rank = rk;
+        if (!(small = fp_lora_new(&r->global->model, &lc)) ||
+            fp_lr_adapter_truncate(small, r->global) < 0) {
+            clog_error("round %llu: cannot truncate the adapter for %s: %s",
+                       (unsigned long long)r->round, server_worker(r->srv, w)->id,
+                       fp_error_get());
+            fp_lora_free(&small);
+            return;
+        }
+    }
+    const fp_lora *a = small ? small : r->global;
+    t.n_chunks = wire_n_chunks(a->n_params);
     if (server_send(r->srv, w, &env) == 0)
-        (void)server_send_slab(r->srv, w, t.task_id, r->global->params, r->global->n_params);
+        (void)server_send_slab(r->srv, w, t.task_id, a->params, a->n_params);
+    fp_lora_free(&small);
 }
 
 static int cmp_ids(const void *a, const void *b, void *srv)
@@ -532,16 +692,16 @@ static void complete_round(rounds *r, int64_t now)
 /* Central DP without secure aggregation: noise N(0, (sigma C)^2) on the sum
  * of the normalized-weight updates, i.e. sigma C / W on the average, where W
  * is the reporters' share of the sampled weight. */
-static int plain_central_noise(rounds *r)
+static int plain_central_noise(rounds *r, float *view)
 {
     double W = r->sampled_weight > 0 ? r->weight_sum / r->sampled_weight : 1.0;
     float *x = r->staging;
-    size_t n = r->global->n_params;
+    size_t n = r->n_view;
     memset(x, 0, n * sizeof *x);
     if (fp_dp_add_noise(r->noise, x, n, r->cfg->dp_noise_multiplier, r->cfg->dp_clip_norm) < 0)
         return -1;
     for (size_t i = 0; i < n; i++)
-        r->global->params[i] += (float)((double)x[i] / W);
+        view[i] += (float)((double)x[i] / W);
     return 0;
 }
 
@@ -559,6 +719,12 @@ static void account(rounds *r)
         clog_error("round %llu: DP accountant: %s", (unsigned long long)r->round, fp_error_get());
 }
 
+static const char *server_opt_name(int i)
+{
+    static const char *const names[] = {"none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"};
+    return i >= 0 && i < 5 ? names[i] : "?";
+}
+
 void rounds_aggregate(rounds *r, int64_t now, const char *why)
 {
     round_metrics *m = &r->m;
@@ -568,16 +734,34 @@ void rounds_aggregate(rounds *r, int64_t now, const char *why)
     if (r->weight_sum > 0)
         m->train_loss = r->loss_wsum / r->weight_sum;
     int64_t t0 = clog_now_ms();
-    if (strategy_finish(r->strat, r->global->params) < 0) {
+    float *x = r->view;
+    size_t n = r->n_view;
+    fp_ft_view_gather(r->global, r->b_only, r->global->params, x);
+    memcpy(r->view_old, x, n * sizeof *x);
+    if (strategy_finish(r->strat, x) < 0) {
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
         return;
     }
-    if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa && plain_central_noise(r) < 0)
+    if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa &&
+        plain_central_noise(r, x) < 0)
         clog_error("round %llu: DP noise: %s", (unsigned long long)r->round, fp_error_get());
+    if (r->sopt) {  /* the aggregate's change is the server optimizer's pseudo-gradient */
+        float *d = r->staging;
+        for (size_t i = 0; i < n; i++)
+            d[i] = x[i] - r->view_old[i];
+        memcpy(x, r->view_old, n * sizeof *x);
+        if (fp_sopt_step(r->sopt, x, d) < 0) {
+            clog_error("round %llu: server optimizer: %s", (unsigned long long)r->round,
+                       fp_error_get());
+            memcpy(x, r->view_old, n * sizeof *x);
+        }
+    }
+    fp_ft_view_scatter(r->global, r->b_only, x, r->global->params);
     account(r);
     m->t_aggregate = secs(clog_now_ms() - t0);
-    clog_info("round %llu: aggregated %u of %u updates (%s) with %s", (unsigned long long)r->round,
-              r->n_reported, r->n_targets, why, strategy_name(r->strat));
+    clog_info("round %llu: aggregated %u of %u updates (%s) with %s%s%s",
+              (unsigned long long)r->round, r->n_reported, r->n_targets, why, r->strat_name,
+              r->sopt ? " + " : "", r->sopt ? server_opt_name(r->cfg->server_opt) : "");
     start_eval(r, clog_now_ms());
 }
 

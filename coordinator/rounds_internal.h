@@ -11,6 +11,7 @@
 #include "rounds.h"
 #include "strategy.h"
 #include "dp.h"
+#include "agg_serveropt.h"
 #include "keys.h"
 #include "seal.h"
 #include "secagg_server.h"
@@ -29,6 +30,13 @@ struct rounds {
     strategy *strat;
     fp_lora *global;
     float *staging;                 /* one upload being received */
+    /* The strategy (docs/aggregation.md): its checkpoint name, the trainable
+     * view (ffa: B only) and the server optimizer on the aggregated delta. */
+    char strat_name[32];
+    int b_only;                     /* ffa: updates are the B entries (finetune.h view) */
+    size_t n_view;                  /* floats in the view = the upload of a full-rank worker */
+    float *view, *view_old;         /* [n_view] aggregation scratch */
+    fp_sopt *sopt;                  /* NULL: server_opt = none */
     char run_id[40], model_hash[72];
     char ckpt_path[1100], metrics_path[1100];
     uint64_t nonce;                 /* task ids: nonce + 2 * round + kind */
@@ -74,6 +82,8 @@ struct rounds {
 };
 
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
+/* Floats worker w uploads (its view at its rank). */
+size_t rounds_upload_n(const rounds *r, int w);
 /* rounds_msgs.c */
 void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg);
 void rounds_on_bad_frame(void *ctx, int w);

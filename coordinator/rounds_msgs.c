@@ -66,12 +66,12 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
                       (unsigned long long)u->task_id, (unsigned long long)r->round);
         return;
     }
-    uint32_t want = wire_n_chunks(r->global->n_params);
+    uint32_t want = wire_n_chunks(rounds_upload_n(r, w));
     if (u->n_chunks != want) {
         r->status[w] = ST_FAILED;
         server_reject(r->srv, w, NULL, REJ_SHAPE, BAD,
-                      "update of %u chunks, the adapter (%zu floats) travels in %u",
-                      u->n_chunks, r->global->n_params, want);
+                      "update of %u chunks, the update (%zu floats) travels in %u",
+                      u->n_chunks, rounds_upload_n(r, w), want);
         return;
     }
     if (!isfinite(u->train_loss)) {
@@ -139,8 +139,8 @@ void rounds_try_pull(rounds *r, int64_t now)
         wire_msg env = FEDPEFT__ENVELOPE__INIT;
         env.body_case = FEDPEFT__ENVELOPE__BODY_PULL;
         env.pull = &p;
-        wire_asm_begin(&r->as, r->staging, r->global->n_params,
-                       wire_n_chunks(r->global->n_params), tid);
+        size_t nw = rounds_upload_n(r, w);
+        wire_asm_begin(&r->as, r->staging, nw, wire_n_chunks(nw), tid);
         fp_seal_replay_destroy(&r->stage_guard);
         r->stage_sealed = has_seal_pk(r, w);
         r->stage_next = 0;
@@ -148,7 +148,7 @@ void rounds_try_pull(rounds *r, int64_t now)
             (fp_seal_key_coordinator(r->stage_key, r->seal_kp->secret_key,
                                      r->seal_kp->public_key, r->seal_pk[w], r->run_id,
                                      r->round) < 0 ||
-             !(r->stage_guard = fp_seal_replay_new(tid, wire_n_chunks(r->global->n_params))))) {
+             !(r->stage_guard = fp_seal_replay_new(tid, wire_n_chunks(nw))))) {
             r->status[w] = ST_FAILED;
             server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "bad seal key: %s", fp_error_get());
             continue;
@@ -178,8 +178,12 @@ static void accept_update(rounds *r, int w)
     const char *id = server_worker(r->srv, w)->id;
     fp_seal_replay_destroy(&r->stage_guard);
     if (r->sa) {
-        sa_add_input(r->sa, (const uint32_t *)(void *)r->staging, r->global->n_params);
-    } else if (strategy_add(r->strat, r->staging, (double)r->examples[w]) < 0) {
+        sa_add_input(r->sa, (const uint32_t *)(void *)r->staging, r->n_view);
+    } else if ((strategy_staged_set_rank(r->strat, server_worker(r->srv, w)->rank ==
+                                                       r->global->cfg.rank
+                                                   ? 0
+                                                   : server_worker(r->srv, w)->rank),
+                strategy_add(r->strat, r->staging, (double)r->examples[w]) < 0)) {
         server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "%s", fp_error_get());
         rounds_drop_staging(r);
         return;
@@ -332,7 +336,7 @@ static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, 
 static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
 {
     const char *id = server_worker(r->srv, w)->id;
-    size_t n = r->global->n_params;
+    size_t n = rounds_upload_n(r, w);
     uint32_t want_chunks = wire_n_chunks(n);
     int cur = current(r, PH_TRAIN, c->task_id, TASK_TRAIN) && c->round == r->round;
     if (cur && r->status[w] == ST_DONE) {

@@ -92,7 +92,7 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
         return NULL;
     }
     sa_server *sa = calloc(1, sizeof *sa);
-    size_t n = (size_t)k, np = r->global->n_params;
+    size_t n = (size_t)k, np = r->n_view;
     if (!sa)
         goto oom;
     sa->n = (unsigned)k;

@@ -269,6 +269,19 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
                       h->model_hash, srv->model_hash);
         return;
     }
+    Fedpeft__LoraSpec spec = srv->cfg.lora;
+    if (h->rank != 0 && h->rank != spec.rank) {
+        if (srv->cfg.rank_refusal || h->rank > spec.rank) {
+            server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__OTHER,
+                          "worker asks for LoRA rank %u, the run's [lora] rank is %u: %s",
+                          h->rank, spec.rank,
+                          h->rank > spec.rank ? "a worker's rank may only be smaller"
+                                              : srv->cfg.rank_refusal);
+            return;
+        }
+        spec.n_params = spec.n_params / spec.rank * h->rank; /* n is linear in r */
+        spec.rank = h->rank;
+    }
     int w = find_worker(srv, rid);
     if (w < 0) {
         if (srv->n_workers >= SERVER_MAX_WORKERS) {
@@ -283,12 +296,12 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
     worker_info *wi = &srv->workers[w];
     wi->n_examples = h->n_train_examples;
     wi->n_tokens = h->n_train_tokens;
+    wi->rank = (int)spec.rank;
     wi->alive = 1;
     wi->last_seen_ms = now;
     clog_info("worker %s registered: %llu examples, %llu tokens (%d live)", wi->id,
               (unsigned long long)wi->n_examples, (unsigned long long)wi->n_tokens,
               server_n_live(srv));
-    Fedpeft__LoraSpec spec = srv->cfg.lora;
     Fedpeft__Welcome wel = FEDPEFT__WELCOME__INIT;
     wel.run_id = srv->run_id;
     wel.lora = &spec;

@@ -27,6 +27,7 @@ typedef struct {
     int alive;
     int64_t last_seen_ms;       /* clog_now_ms() of its last message */
     uint64_t n_examples, n_tokens;
+    int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
 } worker_info;
 
 typedef struct server server;
@@ -60,6 +61,10 @@ typedef struct {
     const fp_keypair *curve;
     const char *allowlist;
     atomic_int *reload_allowlist;
+    /* Per-worker rank: a Hello asking for another rank is refused with
+     * rank_refusal (the strategy cannot mix ranks) unless it is NULL; a rank
+     * above lora.rank is always refused. */
+    const char *rank_refusal;
 } server_config;
 
 /* Binds the ROUTER. NULL with an error ("port in use ...") on failure.

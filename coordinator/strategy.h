@@ -46,6 +46,30 @@ struct strategy {
  * sum in double, in arrival order. Caller destroys. */
 strategy *strategy_fedavg_new(size_t n) FP_WUR;
 
+/* Strategies that need every worker's update individually (strategy_staged.c):
+ * the K updates of a round are kept until finish, memory O(K x n), and they
+ * cannot run under secure aggregation (coord_config refuses the combination).
+ *   svd      global <- rank-r truncated SVD of sum_k p_k s_k B_k A_k computed from
+ *            the factors of the workers' full adapters (global + delta_k), never
+ *            the dense out x in matrix (fp_lr_adapter_svd); dead components
+ *            (zero in both factors) get a fresh A row from (seed, round).
+ *   median, trimmed_mean, norm_bound (agg_robust.h): the robust estimate of the
+ *            updates is added to global (fedavg / ffa with robust = ...).
+ * `shape` (svd only) gives the adapter's model and LoRA config; n its floats. */
+typedef enum { STAGED_SVD, STAGED_MEDIAN, STAGED_TRIMMED, STAGED_NORM } staged_kind;
+typedef struct {
+    staged_kind kind;
+    size_t n;
+    const void *shape;          /* const fp_lora * (svd) */
+    double trim, norm_bound;
+    uint64_t seed;
+} staged_params;
+strategy *strategy_staged_new(const staged_params *p) FP_WUR;
+/* svd: the next strategy_add's delta is of a rank-`rank` adapter (a worker with
+ * a smaller rank, which was sent the truncated global); 0 = the global's rank.
+ * No effect on other strategies. */
+void strategy_staged_set_rank(strategy *s, int rank);
+
 /* By name ("fedavg"); NULL with an error listing the known names. */
 strategy *strategy_new(const char *name, size_t n) FP_WUR;
 void strategy_destroy(strategy **s_p);

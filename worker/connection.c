@@ -184,8 +184,16 @@ int wk_conn_send(wk_conn *self, wire_msg *env)
 
 static int send_hello(wk_conn *self)
 {
-    return wire_send_hello(self->sock, self->cfg->id, self->model_hash, self->n_examples,
-                           self->n_tokens);
+    Fedpeft__Envelope env = FEDPEFT__ENVELOPE__INIT;
+    Fedpeft__Hello h = FEDPEFT__HELLO__INIT;
+    h.worker_id = (char *)self->cfg->id;
+    h.model_hash = (char *)self->model_hash;
+    h.n_train_examples = self->n_examples;
+    h.n_train_tokens = self->n_tokens;
+    h.rank = (uint32_t)self->cfg->rank;      /* 0: the coordinator's */
+    env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;
+    env.hello = &h;
+    return wire_send(self->sock, NULL, &env);
 }
 
 static void take_welcome(wk_conn *self, const Fedpeft__Welcome *w)
@@ -208,6 +216,8 @@ static void take_welcome(wk_conn *self, const Fedpeft__Welcome *w)
 
 /* A Reject: 0 when handled (UNKNOWN_WORKER: Hello sent again; STALE and the
  * like: logged), WK_SHUTDOWN, or -1 (refused: VERSION or MODEL). */
+#define WK_RANK_REFUSED "worker asks for LoRA rank"
+
 static int take_reject(wk_conn *self, const Fedpeft__Reject *r)
 {
     const char *reason = r->reason ? r->reason : "";
@@ -228,6 +238,11 @@ static int take_reject(wk_conn *self, const Fedpeft__Reject *r)
             wk_log("sending Hello failed: %s", fp_error_get());
         return 0;
     default:
+        /* A refused [worker] rank (server.c; the wire's codes stop at SHUTDOWN,
+         * so it comes as OTHER with this reason): retrying cannot help. */
+        if (strncmp(reason, WK_RANK_REFUSED, strlen(WK_RANK_REFUSED)) == 0)
+            return fp_error_set("the coordinator at %s refused this worker: %s ([worker] "
+                                "rank = %d)", self->cfg->endpoint, reason, self->cfg->rank);
         wk_log("the coordinator rejected a message (code %d): %s", (int)r->code, reason);
         return 0;
     }

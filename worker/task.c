@@ -23,7 +23,8 @@ typedef struct {
     const fp_model *model;
     const fp_dataset *data;
     fp_lora *global, *local;    /* shapes from the Welcome */
-    float *delta;               /* local - global: the update */
+    float *delta;               /* local - global: the update (its trainable view) */
+    size_t n_up;                /* floats of the view uploaded (ffa: B only) */
     unsigned spec_generation;
     /* The task whose adapter is arriving. */
     int receiving;
@@ -195,6 +196,9 @@ static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
     ft->optim.weight_decay = p->weight_decay;
     ft->optim.max_grad_norm = p->max_grad_norm;
     ft->optim.schedule = FP_SCHED_CONSTANT;
+    ft->freeze_a = p->freeze_a;
+    ft->prox_mu = p->prox_mu;
+    ft->prox_anchor = t->global->params;
 }
 
 static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
@@ -207,7 +211,7 @@ static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
                                             : fp_data_rows(&t->data->train, (int)t->params.seq);
     ur.n_tokens = n_tokens;
     ur.train_loss = loss;
-    ur.n_chunks = wire_n_chunks(t->global->n_params);
+    ur.n_chunks = wire_n_chunks(t->n_up);
     ur.seal_pk = (ProtobufCBinaryData){32, t->seal_pk};
     env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
     env.update_ready = &ur;
@@ -234,7 +238,7 @@ static void dump_delta(const wk_task *t, const float *x, size_t n)
  * ephemeral seal key. 0, or -1 (logged) when there is nothing to send. */
 static int prepare_update(wk_task *t)
 {
-    size_t n = t->global->n_params;
+    size_t n = t->n_up;
     float *x = t->delta;
     if (t->has_dp && fp_dp_clip_l2(x, n, t->dpp.clip_norm) < 0) {
         wk_log("round %llu: DP clipping failed: %s", (unsigned long long)t->round, fp_error_get());
@@ -302,7 +306,15 @@ static int run_train(wk_task *t)
         return t->abort_rc;
     }
     for (size_t i = 0; i < n; i++)
-        t->delta[i] = t->local->params[i] - t->global->params[i];
+        t->local->params[i] -= t->global->params[i];
+    t->n_up = fp_ft_view_size(t->local, t->params.freeze_a);
+    fp_ft_view_gather(t->local, t->params.freeze_a, t->local->params, t->delta);
+    const char *poison = hook("FEDPEFT_TEST_POISON");
+    if (poison) {       /* a Byzantine worker, for the robust-aggregation tests */
+        float f = strtof(poison, NULL);
+        for (size_t i = 0; i < t->n_up; i++)
+            t->delta[i] *= f;
+    }
     if (prepare_update(t) != 0)
         return 0;
     float loss = t->loss_n ? (float)(t->loss_sum / t->loss_n) : 0.0f;
@@ -315,7 +327,7 @@ static int run_train(wk_task *t)
     t->have_update = 1;
     t->update_task = t->task_id;
     wk_log("round %llu: trained, mean loss %.4f; update ready (%zu floats)",
-           (unsigned long long)t->round, (double)loss, n);
+           (unsigned long long)t->round, (double)loss, t->n_up);
     return 0;
 }
 
@@ -470,7 +482,7 @@ static int send_chunk(wk_task *t, uint32_t index, uint32_t n_chunks, size_t off,
  * misbehaves on purpose, for the tests). */
 static int send_sealed(wk_task *t)
 {
-    size_t n = t->global->n_params;
+    size_t n = t->n_up;
     uint32_t nc = wire_n_chunks(n);
     const uint8_t *src = t->has_secagg ? (const uint8_t *)t->q : (const uint8_t *)t->delta;
     uint8_t *box = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);

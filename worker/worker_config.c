@@ -26,6 +26,9 @@ const fp_cfg_key wk_config_keys[] = {
      "fraction of the examples held out for validation (EVAL tasks)"},
     {"worker", "split_seed", FP_CFG_U64, 0, 0, "0", F(split_seed), 0, NULL,
      "which examples are held out"},
+    {"worker", "rank", FP_CFG_INT, 0, 4096, "0", F(rank), 0, NULL,
+     "LoRA rank to train, <= the coordinator's (a small machine; strategies svd/flora only); "
+     "0 = the coordinator's"},
     {"worker", "batch", FP_CFG_INT, 0, 65536, "0", F(batch), 0, NULL,
      "rows per step (0: the coordinator's [train] batch)"},
     {"worker", "threads", FP_CFG_INT, 0, 1024, "0", F(threads), 0, NULL,

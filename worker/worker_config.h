@@ -22,6 +22,7 @@ typedef struct {
     double val_fraction;        /* held-out fraction for EVAL tasks */
     uint64_t split_seed;
     int batch;                  /* 0: the coordinator's */
+    int rank;                   /* LoRA rank asked for in Hello; 0: the coordinator's */
     int threads;                /* OpenBLAS threads, 0: default */
     int connect_retries;        /* attempts to reach the coordinator */
     int retry_backoff_ms;       /* first wait; doubles, capped at 8000 */
