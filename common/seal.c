@@ -32,7 +32,7 @@ static int id_len(const char *id, const char *what, size_t *len)
 
 int fp_seal_ad_encode(const fp_seal_ad *ad, uint8_t out[FP_SEAL_AD_MAX], size_t *out_len)
 {
-    size_t rl, wl, o = 0;
+    size_t rl = 0, wl = 0, o = 0;
     *out_len = 0;
     if (!ad || id_len(ad->run_id, "run id", &rl) < 0 || id_len(ad->worker_id, "worker id", &wl) < 0)
         return -1;
@@ -70,7 +70,7 @@ static int derive(uint8_t key[FP_SEAL_KEY_BYTES], const uint8_t sk[32], const ui
 {
     uint8_t shared[crypto_scalarmult_BYTES], tmp[8], rlen;
     crypto_generichash_state st;
-    size_t rl;
+    size_t rl = 0;
     int rc = -1;
 
     memset(key, 0, FP_SEAL_KEY_BYTES);

@@ -4,6 +4,10 @@
  * one marker per round: class "val-point" / "train-point", data-round=N), and
  * bytes up / down per round (bars: class "bytes-up" / "bytes-down"). Axes,
  * ticks and a legend in each panel; no external assets.
+ *
+ * Given several runs (`fedpeft report A.jsonl B.jsonl --labels a,b`), it
+ * compares them instead: validation loss per round and bytes (up + down) per
+ * round, one line per run (class "run-point", data-run=i).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -24,10 +28,14 @@ typedef struct {
 } rep_data;
 
 static const char usage[] =
-    "usage: fedpeft report METRICS.jsonl --out FILE.svg\n"
+    "usage: fedpeft report METRICS.jsonl [MORE.jsonl ...] [--labels A,B,...] --out FILE.svg\n"
     "  Draws a run's STATE_DIR/metrics.jsonl (one JSON object per round, as the\n"
     "  coordinator writes it) as an SVG: validation and train loss per round, and\n"
-    "  bytes up / down per round.\n";
+    "  bytes up / down per round. With several files, compares the runs: validation\n"
+    "  loss and bytes (up + down) per round, one line per run, labelled by --labels\n"
+    "  (default: the file names).\n";
+
+#define REP_MAX_RUNS 16
 
 static double field(const cJSON *o, const char *k, int *present)
 {
@@ -164,16 +172,22 @@ static void axes(FILE *f, const panel *p, const char *title, const char *ylabel)
                "</text>\n", p->x - 52, p->y + p->h / 2, ylabel);
 }
 
-static void legend(FILE *f, const panel *p, int i, const char *color, const char *dash,
-                   const char *label)
+static void legend_n(FILE *f, const panel *p, int i, int n, const char *color, const char *dash,
+                     const char *label)
 {
     double x = p->x + p->w - 150, y = p->y + 16 + 18 * i;
     if (i == 0)
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"140\" height=\"42\" fill=\"#fff\" "
-                   "fill-opacity=\"0.9\" stroke=\"#e6e9ef\"/>\n", x - 8, y - 12);
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"140\" height=\"%d\" fill=\"#fff\" "
+                   "fill-opacity=\"0.9\" stroke=\"#e6e9ef\"/>\n", x - 8, y - 12, 6 + 18 * n);
     fprintf(f, "<g class=\"legend\"><line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" "
                "stroke=\"%s\" stroke-width=\"3\"%s/><text x=\"%.1f\" y=\"%.1f\">%s</text></g>\n",
             x, x + 24, y, y, color, dash, x + 30, y + 4, label);
+}
+
+static void legend(FILE *f, const panel *p, int i, const char *color, const char *dash,
+                   const char *label)
+{
+    legend_n(f, p, i, 2, color, dash, label);
 }
 
 /* A loss series: a line through the measured rounds and one marker each. */
@@ -271,9 +285,128 @@ static void draw(FILE *f, const rep_data *d, const char *src)
     fputs("</svg>\n", f);
 }
 
+/* Value plotted for run comparisons: validation loss, or bytes up + down. */
+static double cmp_value(const rep_row *r, int bytes)
+{
+    if (!bytes)
+        return r->val_loss;
+    return isfinite(r->bytes_up) && isfinite(r->bytes_down) ? r->bytes_up + r->bytes_down : NAN;
+}
+
+static void cmp_panel(FILE *f, const panel *p, const rep_data *runs, const char *const *labels,
+                      size_t k, int bytes)
+{
+    static const char *colors[] = {"#1a73e8", "#e8710a", "#188038", "#9334e6", "#d93025",
+                                   "#12b5cb", "#f9ab00", "#5f6368"};
+    axes(f, p, bytes ? "Bytes per round (up + down)" : "Federated validation loss per round",
+         bytes ? "bytes" : "loss");
+    for (size_t j = 0; j < k; j++) {
+        const char *col = colors[j % 8], *dash = j >= 8 ? " stroke-dasharray=\"6 4\"" : "";
+        fprintf(f, "<path fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s d=\"", col, dash);
+        int first = 1;
+        for (size_t i = 0; i < runs[j].n; i++) {
+            double v = cmp_value(&runs[j].rows[i], bytes);
+            if (!isfinite(v))
+                continue;
+            fprintf(f, "%s%.1f,%.1f", first ? "M" : " L", px(p, runs[j].rows[i].round), py(p, v));
+            first = 0;
+        }
+        fputs("\"/>\n", f);
+        for (size_t i = 0; i < runs[j].n; i++) {
+            double v = cmp_value(&runs[j].rows[i], bytes);
+            if (isfinite(v))
+                fprintf(f, "<circle class=\"run-point\" data-run=\"%zu\" data-round=\"%g\" "
+                           "cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"><title>%s, round %g: "
+                           "%.4g</title></circle>\n", j, runs[j].rows[i].round,
+                        px(p, runs[j].rows[i].round), py(p, v), col, labels[j],
+                        runs[j].rows[i].round, v);
+        }
+        legend_n(f, p, (int)j, (int)k, col, dash, labels[j]);
+    }
+}
+
+static void draw_compare(FILE *f, const rep_data *runs, const char *const *labels, size_t k)
+{
+    panel lp = {90, 60, 820, 260, INFINITY, -INFINITY, INFINITY, -INFINITY};
+    panel bp = {90, 430, 820, 260, 0, 0, 0, -INFINITY};
+    for (size_t j = 0; j < k; j++)
+        for (size_t i = 0; i < runs[j].n; i++) {
+            const rep_row *r = &runs[j].rows[i];
+            lp.x0 = fmin(lp.x0, r->round), lp.x1 = fmax(lp.x1, r->round);
+            if (isfinite(r->val_loss))
+                lp.y0 = fmin(lp.y0, r->val_loss), lp.y1 = fmax(lp.y1, r->val_loss);
+            if (isfinite(cmp_value(r, 1)))
+                bp.y1 = fmax(bp.y1, cmp_value(r, 1));
+        }
+    lp.x0 -= 0.5, lp.x1 += 0.5;
+    bp.x0 = lp.x0, bp.x1 = lp.x1;
+    if (!isfinite(lp.y0))
+        lp.y0 = 0, lp.y1 = 1;
+    double pad = (lp.y1 - lp.y0) * 0.08 + 1e-3;
+    lp.y0 -= pad, lp.y1 += pad;
+    bp.y1 = bp.y1 > 0 ? bp.y1 * 1.08 : 1;
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"760\" "
+               "viewBox=\"0 0 960 760\" font-family=\"sans-serif\" font-size=\"12\">\n"
+               "<rect width=\"100%%\" height=\"100%%\" fill=\"#f6f7f9\"/>\n"
+               "<text x=\"90\" y=\"24\" font-size=\"13\" fill=\"#4a5263\">fedpeft report: "
+               "%zu runs compared</text>\n", k);
+    cmp_panel(f, &lp, runs, labels, k, 0);
+    cmp_panel(f, &bp, runs, labels, k, 1);
+    fputs("</svg>\n", f);
+}
+
+/* Splits "a,b,c" into labels (in place); returns the count. */
+static size_t split_labels(char *s, const char **labels, size_t max);
+
+/* `fedpeft report A B ... --out F`: loads every run, draws the comparison. */
+static int report_compare(const char *const *ins, size_t k, char *label_arg, const char **labels,
+                          const char *out)
+{
+    rep_data runs[REP_MAX_RUNS] = {{0}};
+    int rc = 1;
+    size_t nl = label_arg ? split_labels(label_arg, labels, REP_MAX_RUNS) : 0;
+    if (label_arg && nl != k) {
+        cli_fail("report", "--labels has %zu names for %zu files; give one per file", nl, k);
+        return 2;
+    }
+    for (size_t j = 0; j < k; j++) {
+        if (!label_arg)
+            labels[j] = ins[j];
+        if (load(ins[j], &runs[j]) < 0)
+            goto out;
+    }
+    FILE *f = fopen(out, "w");
+    if (!f) {
+        cli_fail("report", "cannot create %s: %s", out, strerror(errno));
+        goto out;
+    }
+    draw_compare(f, runs, labels, k);
+    if ((ferror(f) | (fclose(f) != 0)) != 0) {
+        cli_fail("report", "cannot write %s: %s", out, strerror(errno));
+        goto out;
+    }
+    printf("report: %zu runs compared -> %s\n", k, out);
+    rc = 0;
+out:
+    for (size_t j = 0; j < k; j++)
+        free(runs[j].rows);
+    return rc;
+}
+
+static size_t split_labels(char *s, const char **labels, size_t max)
+{
+    size_t n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
+        labels[n++] = tok;
+    return n;
+}
+
 int cmd_report(int argc, char **argv)
 {
-    const char *in = NULL, *out = NULL;
+    const char *ins[REP_MAX_RUNS], *out = NULL, *labels[REP_MAX_RUNS];
+    char *label_arg = NULL;
+    size_t n_in = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(usage, stdout);
@@ -284,18 +417,29 @@ int cmd_report(int argc, char **argv)
             out = argv[++i];
         } else if (!strncmp(argv[i], "--out=", 6)) {
             out = argv[i] + 6;
-        } else if (argv[i][0] == '-' || in) {
+        } else if (!strcmp(argv[i], "--labels") && i + 1 < argc) {
+            label_arg = argv[++i];
+        } else if (!strncmp(argv[i], "--labels=", 9)) {
+            label_arg = argv[i] + 9;
+        } else if (argv[i][0] == '-') {
             cli_fail("report", "unexpected argument '%s'", argv[i]);
             return cli_usage_hint("report");
+        } else if (n_in == REP_MAX_RUNS) {
+            cli_fail("report", "at most %d runs can be compared; '%s' is one too many",
+                     REP_MAX_RUNS, argv[i]);
+            return cli_usage_hint("report");
         } else {
-            in = argv[i];
+            ins[n_in++] = argv[i];
         }
     }
-    if (!in || !out) {
-        cli_fail("report", "%s", !in ? "which METRICS.jsonl? (e.g. sim-out/state/metrics.jsonl)"
-                                     : "--out FILE.svg is required");
+    if (!n_in || !out) {
+        cli_fail("report", "%s", !n_in ? "which METRICS.jsonl? (e.g. sim-out/state/metrics.jsonl)"
+                                       : "--out FILE.svg is required");
         return cli_usage_hint("report");
     }
+    if (n_in > 1)
+        return report_compare(ins, n_in, label_arg, labels, out);
+    const char *in = ins[0];
     rep_data d = {0};
     if (load(in, &d) < 0) {
         free(d.rows);
