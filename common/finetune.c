@@ -209,6 +209,13 @@ err:
 int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
                 int batch, double *mean_loss, size_t *n_tokens)
 {
+    return fp_evaluate_tick(model, lora, data, T, batch, mean_loss, n_tokens, NULL, NULL);
+}
+
+int fp_evaluate_tick(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
+                     int batch, double *mean_loss, size_t *n_tokens, void (*tick)(void *ctx),
+                     void *ctx)
+{
     size_t rows = fp_data_rows(data, T);
     if (T < 1 || T > model->cfg.max_seq_len)
         return fp_error_set("--seq %d must be between 1 and the model's context (%d)", T,
@@ -251,6 +258,8 @@ int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *dat
         }
         sum += (double)loss * (double)ntok;
         count += ntok;
+        if (tick)
+            tick(ctx);
     }
     *mean_loss = count ? sum / (double)count : 0.0;
     if (n_tokens)

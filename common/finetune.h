@@ -53,6 +53,11 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
  * `batch` rows at a time. lora may be NULL (the base model). */
 int fp_evaluate(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
                 int batch, double *mean_loss, size_t *n_tokens) FP_WUR;
+/* fp_evaluate calling tick(ctx) (when not NULL) after each batch: the worker's
+ * heartbeats during a long evaluation. */
+int fp_evaluate_tick(const fp_model *model, const fp_lora *lora, const fp_tokens *data, int T,
+                     int batch, double *mean_loss, size_t *n_tokens, void (*tick)(void *ctx),
+                     void *ctx) FP_WUR;
 
 /* ---- the trainable view ------------------------------------------------------
  * The part of the slab a strategy trains and uploads: the whole slab, or with

@@ -73,6 +73,11 @@ static int wire_check_hello(const Fedpeft__Hello *h)
         return -1;
     if (wire_check_hash(h->model_hash) < 0)
         return fp_error_prefix("Hello: ");
+    if (h->n_folds > WIRE_MAX_FOLDS)
+        return fp_error_set("Hello.n_folds is %" PRIu32 "; expected 0..%d", h->n_folds,
+                            WIRE_MAX_FOLDS);
+    if (h->n_folds > 0 && wire_check_id("Hello.fold_run_id", h->fold_run_id) < 0)
+        return -1;
     return 0;
 }
 
@@ -158,6 +163,16 @@ static int wire_check_task(const Fedpeft__Task *t)
         return fp_error_set("TRAIN Task %" PRIu64 " has no params", t->task_id);
     if (t->params && wire_check_params(t->params) < 0)
         return -1;
+    if (t->n_fold_ranks > WIRE_MAX_FOLDS || t->fold_base > WIRE_MAX_FOLDS - t->n_fold_ranks)
+        return fp_error_set("Task carries folds %" PRIu32 "..+%zu; at most %d folds in a run",
+                            t->fold_base, t->n_fold_ranks, WIRE_MAX_FOLDS);
+    for (size_t i = 0; i < t->n_fold_ranks; i++)
+        if (t->fold_ranks[i] < 1 || t->fold_ranks[i] > WIRE_MAX_FOLD_RANK)
+            return fp_error_set("Task.fold_ranks[%zu] is %" PRIu32 "; expected 1..%d", i,
+                                t->fold_ranks[i], WIRE_MAX_FOLD_RANK);
+    if (t->fold_reset && t->fold_base != 0)
+        return fp_error_set("Task.fold_reset with fold_base %" PRIu32 " (expected 0)",
+                            t->fold_base);
     return wire_check_n_chunks("Task", t->n_chunks);
 }
 

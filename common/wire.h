@@ -22,6 +22,8 @@
 #define WIRE_MAX_MSG_BYTES ((int64_t)WIRE_CHUNK_FLOATS * 4 + 64 * 1024)
 #define WIRE_MAX_ID 64                                      /* worker id bytes, incl. NUL */
 #define WIRE_MAX_ADAPTER_FLOATS ((uint64_t)1 << 31)         /* sanity bound on claims */
+#define WIRE_MAX_FOLDS 100000       /* flora: folds in a run (one per round) */
+#define WIRE_MAX_FOLD_RANK 1048576  /* flora: rank of one fold (sum of a round's ranks) */
 
 typedef Fedpeft__Envelope wire_msg;
 

@@ -161,6 +161,10 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
     if (c->strategy == COORD_STRATEGY_FLORA && c->server_opt != 0)
         return fp_error_set("%s: strategy flora restarts LoRA every round: server_opt must be "
                             "none", where);
+    if (c->strategy == COORD_STRATEGY_FLORA && c->dp)
+        return fp_error_set("%s: strategy flora sends each round's stacked factors, which "
+                            "[dp] does not noise: set [dp] enabled = false or use fedavg/ffa",
+                            where);
     if (c->secagg && c->secagg_threshold == 1)
         return fp_error_set("%s: [secagg] threshold = 1 would let anyone unmask: use 0 "
                             "(automatic) or 2..255", where);

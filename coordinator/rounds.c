@@ -41,10 +41,10 @@ void rounds_lora_spec(const rounds *r, Fedpeft__LoraSpec *spec)
 const char *rounds_rank_refusal(const rounds *r)
 {
     static char why[160];
-    if (r->cfg->strategy == COORD_STRATEGY_SVD)
+    if (r->cfg->strategy == COORD_STRATEGY_SVD || r->cfg->strategy == COORD_STRATEGY_FLORA)
         return NULL;
     snprintf(why, sizeof why, "strategy %s needs every worker at the same rank; drop [worker] "
-             "rank or use [strategy] name = svd", coord_strategy_names[r->cfg->strategy]);
+             "rank or use [strategy] name = svd or flora", coord_strategy_names[r->cfg->strategy]);
     return why;
 }
 
@@ -115,6 +115,8 @@ static int blob_save(const rounds *r, uint8_t *buf, size_t len)
 static int blob_load(rounds *r, const uint8_t *buf, size_t len)
 {
     size_t ss = strategy_state_size(r->strat), so = r->sopt ? fp_sopt_state_size(r->sopt) : 0;
+    if (r->cfg->strategy == COORD_STRATEGY_FLORA && len >= so + DPA_SIZE)
+        ss = len - so - DPA_SIZE;   /* the folds: its loader checks every size */
     if (len != ss + so && len != ss + so + DPA_SIZE) {
         if (len < ss || strategy_state_load(r->strat, buf, len < ss ? len : ss) < 0)
             return -1;
@@ -266,15 +268,13 @@ static fp_lora *make_adapter(const coord_config *cfg, const fp_model_config *mod
 static int make_strategy(rounds *r)
 {
     const coord_config *c = r->cfg;
-    if (c->strategy == COORD_STRATEGY_FLORA)
-        return fp_error_set("[strategy] name = flora is not available in this build yet "
-                            "(docs/aggregation.md); use svd for exact aggregation with "
-                            "mixed ranks");
     r->b_only = c->strategy == COORD_STRATEGY_FFA;
     r->n_view = fp_ft_view_size(r->global, r->b_only);
     snprintf(r->strat_name, sizeof r->strat_name, "%s%s%s", coord_strategy_names[c->strategy],
              c->robust ? "+" : "", c->robust ? coord_robust_names[c->robust] : "");
-    if (c->strategy == COORD_STRATEGY_SVD || c->robust != COORD_ROBUST_NONE) {
+    if (c->strategy == COORD_STRATEGY_FLORA) {
+        r->strat = strategy_flora_new(r->global, c->seed);
+    } else if (c->strategy == COORD_STRATEGY_SVD || c->robust != COORD_ROBUST_NONE) {
         static const staged_kind kinds[] = {STAGED_SVD, STAGED_MEDIAN, STAGED_TRIMMED,
                                             STAGED_NORM};
         staged_params sp = {kinds[c->robust], r->n_view, r->global, c->robust_trim,
@@ -334,6 +334,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->seal_pk = calloc(SERVER_MAX_WORKERS, sizeof *r->seal_pk);
     r->prev_seal_pk = calloc(SERVER_MAX_WORKERS, sizeof *r->prev_seal_pk);
     r->prev_task = calloc(SERVER_MAX_WORKERS, sizeof *r->prev_task);
+    r->fold_have = calloc(SERVER_MAX_WORKERS, sizeof *r->fold_have);
+    r->fold_reset = calloc(SERVER_MAX_WORKERS, 1);
     r->stage_key = sodium_malloc(FP_SEAL_KEY_BYTES);
     r->open_buf = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
     r->noise = fp_dp_noise_new(NULL);
@@ -343,7 +345,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     if (r->dump_dir && !r->dump_dir[0])
         r->dump_dir = NULL;
     if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stage_key || !r->open_buf ||
-        !r->noise) {
+        !r->noise || !r->fold_have || !r->fold_reset) {
         fp_error_set("out of memory");
         goto err;
     }
@@ -388,6 +390,8 @@ void rounds_destroy(rounds **r_p)
     free(r->seal_pk);
     free(r->prev_seal_pk);
     free(r->prev_task);
+    free(r->fold_have);
+    free(r->fold_reset);
     if (r->stage_key)
         sodium_free(r->stage_key);
     fp_seal_replay_destroy(&r->stage_guard);
@@ -430,6 +434,45 @@ static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
     p->seed = c->seed;
     p->freeze_a = r->b_only;
     p->prox_mu = c->prox_mu;
+}
+
+/* flora (docs/protocol.md, "Folds"): the folds worker w's base lacks go in
+ * the Task, their slabs before the adapter a in *slab (n floats in all);
+ * with no fold to send, *slab stays NULL and *n = a's floats. */
+static int fold_fields(const rounds *r, int w, const fp_lora *a, Fedpeft__Task *t,
+                       uint32_t **ranks, float **slab, size_t *n)
+{
+    int F = strategy_flora_n_folds(r->strat);
+    int from = r->fold_reset[w] ? 0 : (int)r->fold_have[w];
+    t->fold_reset = r->fold_reset[w];
+    t->fold_base = (uint32_t)from;
+    if (from >= F)
+        return 0;
+    size_t total = a->n_params;
+    *ranks = malloc((size_t)(F - from) * sizeof **ranks);
+    if (!*ranks)
+        return fp_error_set("out of memory");
+    for (int i = from; i < F; i++) {
+        const fp_lora *f = strategy_flora_fold(r->strat, i);
+        (*ranks)[i - from] = (uint32_t)f->cfg.rank;
+        total += f->n_params;
+    }
+    if (total > WIRE_MAX_ADAPTER_FLOATS)
+        return fp_error_set("%d folds and the adapter are %zu floats, above the protocol's "
+                            "%llu", F - from, total, (unsigned long long)WIRE_MAX_ADAPTER_FLOATS);
+    if (!(*slab = malloc(total * sizeof **slab)))
+        return fp_error_set("out of memory for the folds (%zu floats)", total);
+    size_t pos = 0;
+    for (int i = from; i < F; i++) {
+        const fp_lora *f = strategy_flora_fold(r->strat, i);
+        memcpy(*slab + pos, f->params, f->n_params * sizeof **slab);
+        pos += f->n_params;
+    }
+    memcpy(*slab + pos, a->params, a->n_params * sizeof **slab);
+    t->fold_ranks = *ranks;
+    t->n_fold_ranks = (size_t)(F - from);
+    *n = total;
+    return 0;
 }
 
 /* Task + the global adapter to worker w for the current phase. */
@@ -480,9 +523,19 @@ static void send_task(rounds *r, int w)
         }
     }
     const fp_lora *a = small ? small : r->global;
-    t.n_chunks = wire_n_chunks(a->n_params);
-    if (server_send(r->srv, w, &env) == 0)
-        (void)server_send_slab(r->srv, w, t.task_id, a->params, a->n_params);
+    float *slab = NULL;
+    size_t n = a->n_params;
+    uint32_t *ranks = NULL;
+    if (fold_fields(r, w, a, &t, &ranks, &slab, &n) < 0) {
+        clog_error("round %llu: cannot send the folds to %s: %s", (unsigned long long)r->round,
+                   server_worker(r->srv, w)->id, fp_error_get());
+    } else {
+        t.n_chunks = wire_n_chunks(n);
+        if (server_send(r->srv, w, &env) == 0)
+            (void)server_send_slab(r->srv, w, t.task_id, slab ? slab : a->params, n);
+    }
+    free(slab);
+    free(ranks);
     fp_lora_free(&small);
 }
 
@@ -594,13 +647,18 @@ static void finish_run(rounds *r)
         snprintf(out, sizeof out, "%s", r->cfg->out_dir);
     else
         snprintf(out, sizeof out, "%s/adapter", r->cfg->state_dir);
-    if (fp_lora_save(r->global, out) < 0) {
+    fp_lora *merged = NULL;
+    if (strategy_flora_n_folds(r->strat) > 0 && !(merged = strategy_flora_merged(r->strat)))
+        clog_error("flora: %s; writing the (restarted) global adapter instead", fp_error_get());
+    if (fp_lora_save(merged ? merged : r->global, out) < 0) {
         clog_error("cannot write the final adapter: %s", fp_error_get());
         r->exit_code = 1;
     } else {
-        clog_info("run %s complete: final adapter written to %s", r->run_id, out);
+        clog_info("run %s complete: final adapter written to %s%s", r->run_id, out,
+                  merged ? " (every flora fold, merged)" : "");
         r->exit_code = 0;
     }
+    fp_lora_free(&merged);
     server_shutdown_workers(r->srv, "run complete");
     r->ph = PH_DONE;
 }
@@ -949,9 +1007,30 @@ static void queue_remove(rounds *r, int w)
 }
 
 /* A worker said Hello again: it restarted or reconnected and lost its task. */
+/* flora: which folds worker w's base holds, from its Hello. A base with folds
+ * of another run, or more than this run has (a fold lost in a coordinator
+ * crash), is restored to the original by the next Task (fold_reset). */
+static void hello_folds(rounds *r, int w)
+{
+    const worker_info *wi = server_worker(r->srv, w);
+    uint32_t F = (uint32_t)strategy_flora_n_folds(r->strat);
+    r->fold_have[w] = 0;
+    r->fold_reset[w] = 0;
+    if (wi->n_folds == 0)
+        return;
+    if (strcmp(wi->fold_run, r->run_id) == 0 && wi->n_folds <= F) {
+        r->fold_have[w] = wi->n_folds;
+        return;
+    }
+    r->fold_reset[w] = 1;
+    clog_info("%s: its base weights hold %u folds of run %s, this run has %u: its next task "
+              "restores the original base", wi->id, wi->n_folds, wi->fold_run, F);
+}
+
 static void on_hello(void *ctx, int w)
 {
     rounds *r = ctx;
+    hello_folds(r, w);
     if (r->ph == PH_FINISHING || r->ph == PH_DONE) {
         server_shutdown_workers(r->srv, "run complete");
         return;

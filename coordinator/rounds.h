@@ -31,7 +31,7 @@ void rounds_destroy(rounds **r_p);
 const char *rounds_run_id(const rounds *r);
 void rounds_lora_spec(const rounds *r, Fedpeft__LoraSpec *spec);
 /* Why a worker asking for another LoRA rank is refused (NULL: the strategy
- * accepts smaller ranks: svd). For server_config.rank_refusal. */
+ * accepts smaller ranks: svd, flora). For server_config.rank_refusal. */
 const char *rounds_rank_refusal(const rounds *r);
 
 /* Hooks the state machine into the server's loop and rewrites metrics.jsonl

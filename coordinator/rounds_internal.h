@@ -69,6 +69,11 @@ struct rounds {
     fp_keypair *seal_kp;
     uint8_t (*seal_pk)[32], (*prev_seal_pk)[32];
     uint64_t *prev_task;            /* task id of prev_seal_pk's round */
+    /* flora (docs/protocol.md, "Folds"), per worker: the folds its base holds
+     * (from Hello, UpdateReady, EvalResult), and whether its next Task must
+     * restore the original base first. */
+    uint32_t *fold_have;
+    uint8_t *fold_reset;
     uint8_t *stage_key;             /* sodium_malloc, FP_SEAL_KEY_BYTES */
     fp_seal_replay *stage_guard;
     uint32_t stage_next;            /* next chunk index of the staged upload */

@@ -47,6 +47,23 @@ static int current(const rounds *r, round_phase ph, uint64_t task_id, int kind)
 
 /* ---- training updates ----------------------------------------------------------- */
 
+/* flora: a result computed on a base without every fold of the run is of no
+ * use (docs/protocol.md, "Folds"). 1 when n_folds is the run's count. */
+static int folds_match(rounds *r, int w, uint32_t n_folds, const char *what)
+{
+    uint32_t F = (uint32_t)strategy_flora_n_folds(r->strat);
+    if (n_folds == F) {
+        r->fold_have[w] = F;
+        r->fold_reset[w] = 0;
+        return 1;
+    }
+    r->status[w] = ST_FAILED;
+    server_reject(r->srv, w, NULL, REJ_INVALID, BAD,
+                  "%s computed on a base with %u folds; round %llu's base has %u", what,
+                  n_folds, (unsigned long long)r->round, F);
+    return 0;
+}
+
 static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
 {
     const char *id = server_worker(r->srv, w)->id;
@@ -66,6 +83,8 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
                       (unsigned long long)u->task_id, (unsigned long long)r->round);
         return;
     }
+    if (!folds_match(r, w, u->n_folds, "UpdateReady"))
+        return;
     uint32_t want = wire_n_chunks(rounds_upload_n(r, w));
     if (u->n_chunks != want) {
         r->status[w] = ST_FAILED;
@@ -450,6 +469,8 @@ static void on_eval_result(rounds *r, int w, const Fedpeft__EvalResult *e)
                       (unsigned long long)r->round);
         return;
     }
+    if (!folds_match(r, w, e->n_folds, "EvalResult"))
+        return;
     if (!isfinite(e->loss) || e->n_tokens == 0) {
         r->status[w] = ST_FAILED;
         server_reject(r->srv, w, NULL, isfinite(e->loss) ? REJ_INVALID : REJ_NONFINITE, BAD,

@@ -211,11 +211,13 @@ void server_reject(server *srv, int worker, const char *rid, reject_reason why,
     va_end(ap);
 }
 
+/* Every registered worker, the ones marked dead too: a worker busy past 3
+ * heartbeats (e.g. a long evaluation, which sends none) is still connected, and
+ * without SHUTDOWN it would retry a coordinator that has gone. A send to a peer
+ * that really left fails (ROUTER_MANDATORY) and is only logged. */
 void server_shutdown_workers(server *srv, const char *reason)
 {
     for (int i = 0; i < srv->n_workers; i++) {
-        if (!srv->workers[i].alive)
-            continue;
         Fedpeft__Reject r = FEDPEFT__REJECT__INIT;
         r.code = FEDPEFT__REJECT__CODE__SHUTDOWN;
         r.reason = (char *)reason;
@@ -297,6 +299,8 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
     wi->n_examples = h->n_train_examples;
     wi->n_tokens = h->n_train_tokens;
     wi->rank = (int)spec.rank;
+    wi->n_folds = h->n_folds;
+    snprintf(wi->fold_run, sizeof wi->fold_run, "%s", h->n_folds ? h->fold_run_id : "");
     wi->alive = 1;
     wi->last_seen_ms = now;
     clog_info("worker %s registered: %llu examples, %llu tokens (%d live)", wi->id,

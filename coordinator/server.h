@@ -28,6 +28,8 @@ typedef struct {
     int64_t last_seen_ms;       /* clog_now_ms() of its last message */
     uint64_t n_examples, n_tokens;
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
+    uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
+    char fold_run[WIRE_MAX_ID];
 } worker_info;
 
 typedef struct server server;

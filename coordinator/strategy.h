@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "fp_error.h"
+#include "lora.h"
 
 typedef struct strategy strategy;
 
@@ -33,6 +34,8 @@ typedef struct {
     int (*state_save)(const strategy *s, uint8_t *buf, size_t len);
     int (*state_load)(strategy *s, const uint8_t *buf, size_t len);
     void (*destroy)(strategy *s);
+    /* Optional (NULL: one rank): the next add's delta is of a rank-`rank` adapter. */
+    void (*set_rank)(strategy *s, int rank);
 } strategy_ops;
 
 struct strategy {
@@ -65,10 +68,26 @@ typedef struct {
     uint64_t seed;
 } staged_params;
 strategy *strategy_staged_new(const staged_params *p) FP_WUR;
-/* svd: the next strategy_add's delta is of a rank-`rank` adapter (a worker with
- * a smaller rank, which was sent the truncated global); 0 = the global's rank.
- * No effect on other strategies. */
+/* svd, flora: the next strategy_add's delta is of a rank-`rank` adapter (a
+ * worker with a smaller rank, which was sent the truncated global); 0 = the
+ * global's rank. No effect on other strategies. */
 void strategy_staged_set_rank(strategy *s, int rank);
+
+/* FLoRA (strategy_flora.c, docs/aggregation.md): the round's full adapters
+ * (global + delta_k, each at its worker's rank) are stacked exactly with
+ * p_k = w_k / sum w (fp_lr_adapter_stack) into the round's fold, an adapter of
+ * rank R_t = sum r_k and scale 1 (alpha = R_t, no rsLoRA): B_t A_t =
+ * sum_k p_k s_k B_k A_k. finish records the fold and restarts the global
+ * (fp_lora_init from (seed, round)). The folds are the checkpoint state.
+ * `shape` (the global) must outlive the strategy. Caller destroys. */
+strategy *strategy_flora_new(const fp_lora *shape, uint64_t seed) FP_WUR;
+/* The folds so far, oldest first (0 / NULL for other strategies). */
+int strategy_flora_n_folds(const strategy *s);
+const fp_lora *strategy_flora_fold(const strategy *s, int i);
+/* One adapter of rank sum_t R_t, scale 1, whose B A is the sum of every fold's
+ * (the folds' factors side by side): base + it == base with the folds added.
+ * NULL with an error when there is no fold. Caller destroys. */
+fp_lora *strategy_flora_merged(const strategy *s) FP_WUR;
 
 /* By name ("fedavg"); NULL with an error listing the known names. */
 strategy *strategy_new(const char *name, size_t n) FP_WUR;

@@ -70,7 +70,7 @@ static void fedavg_destroy(strategy *s)
 
 static const strategy_ops fedavg_ops = {
     "fedavg", fedavg_begin, fedavg_add, fedavg_finish, fedavg_state_size,
-    fedavg_state_save, fedavg_state_load, fedavg_destroy,
+    fedavg_state_save, fedavg_state_load, fedavg_destroy, NULL,
 };
 
 strategy *strategy_fedavg_new(size_t n)

@@ -224,7 +224,7 @@ static void staged_destroy(strategy *s)
 }
 
 #define OPS(nm) {nm, staged_begin, staged_add, staged_finish, staged_state_size, \
-                 staged_state_save, staged_state_load, staged_destroy}
+                 staged_state_save, staged_state_load, staged_destroy, NULL}
 static const strategy_ops staged_ops[] = {OPS("svd"), OPS("median"), OPS("trimmed_mean"),
                                           OPS("norm_bound")};
 
@@ -249,4 +249,6 @@ void strategy_staged_set_rank(strategy *s, int rank)
 {
     if (s->ops->begin == staged_begin)
         ((staged *)s)->next_rank = rank;
+    else if (s->ops->set_rank)
+        s->ops->set_rank(s, rank);
 }

@@ -186,6 +186,7 @@ static void fed_start(fed *f)
 /* Exit status of pid within timeout_s; SIGKILLs it and fails otherwise. */
 static int wait_exit(pid_t pid, double timeout_s, const char *what)
 {
+    timeout_s *= tu_slow();     /* sanitizer builds, FP_TEST_SLOW */
     double end = now_s() + timeout_s;
     int st;
     while (now_s() < end) {
@@ -326,11 +327,21 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Prints every round's validation loss; fails naming the round (and why it was
+ * abandoned) when one has none. */
 static void print_losses(const char *what, cJSON **rows, int n)
 {
     printf("%s: validation loss", what);
-    for (int i = 0; i < n; i++)
-        printf(" r%d=%.4f", i, field(rows[i], "val_loss"));
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(rows[i], "val_loss");
+        if (!cJSON_IsNumber(v)) {
+            char *line = cJSON_PrintUnformatted(rows[i]);
+            printf("\n");
+            fail_msg("round %d has no val_loss (abandoned, or no evaluation answer before "
+                     "eval_deadline_s): %s", i, line ? line : "?");
+        }
+        printf(" r%d=%.4f", i, v->valuedouble);
+    }
     printf("\n");
 }
 
@@ -371,10 +382,17 @@ static void test_loss_falls(void **state)
 static void test_worker_killed(void **state)
 {
     (void)state;
-    fed_init(&cur, "fed-kill", "rounds = 3\nseed = 11", 120,  /* the kill lands mid-round */
-             "[sampling]\nmin_workers = 4\n"
-             "[round]\ndeadline_s = 12\nmin_quorum = 2\nstart_timeout_s = 8\n"
-             "eval_deadline_s = 20\n");
+    /* The deadlines only bound the rounds: the killed worker is found dead after
+     * 3 heartbeats and round 2 closes as soon as the living have reported. They
+     * must hold 120 steps of 4 workers on a loaded 2-core machine (about 11 s
+     * under ASan with 2 busy cores): scaled by tu_slow(). start_timeout_s is
+     * how long round 3 waits for the 4th worker before starting with 3. */
+    char extra[512];
+    double slow = tu_slow();
+    snprintf(extra, sizeof extra, "[sampling]\nmin_workers = 4\n"
+             "[round]\ndeadline_s = %.0f\nmin_quorum = 2\nstart_timeout_s = %.0f\n"
+             "eval_deadline_s = %.0f\n", 40 * slow, 8 * slow, 30 * slow);
+    fed_init(&cur, "fed-kill", "rounds = 3\nseed = 11", 120, extra); /* the kill lands mid-round */
     fed_start(&cur);
 
     char log[4300];

@@ -142,10 +142,11 @@ static pid_t spawn(char *const argv[], const char *log)
     return pid;
 }
 
-/* Exit status within timeout_s (128 + signal if killed); SIGKILL and -1 after. */
+/* Exit status within timeout_s (128 + signal if killed; scaled by tu_slow());
+ * SIGKILL and -1 after. */
 static int wait_exit(pid_t pid, double timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = now_s() + timeout_s * tu_slow();
     int st;
     while (now_s() < end) {
         pid_t r = waitpid(pid, &st, WNOHANG);

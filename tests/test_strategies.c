@@ -171,6 +171,7 @@ static void fed_start(fed *f)
 
 static int wait_exit(pid_t pid, double timeout_s, const char *what)
 {
+    timeout_s *= tu_slow();     /* sanitizer builds, FP_TEST_SLOW */
     double end = now_s() + timeout_s;
     int st;
     while (now_s() < end) {

@@ -113,9 +113,10 @@ static pid_t spawn(const char *log, char *const argv[])
     return pid;
 }
 
+/* Time limits are scaled by tu_slow() (sanitizer builds, FP_TEST_SLOW). */
 static int wait_exit(pid_t pid, double timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = now_s() + timeout_s * tu_slow();
     int st;
     while (now_s() < end) {
         if (waitpid(pid, &st, WNOHANG) == pid)
@@ -129,7 +130,7 @@ static int wait_exit(pid_t pid, double timeout_s)
 
 static int log_has(const char *log, const char *frag, double timeout_s)
 {
-    double end = now_s() + timeout_s;
+    double end = now_s() + timeout_s * tu_slow();
     do {
         char *t = tu_read_file(log, NULL);
         int yes = t && strstr(t, frag);

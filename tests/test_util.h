@@ -18,5 +18,10 @@ int tu_run(const char *cmd, char **out);
 char *tu_read_file(const char *path, size_t *len);
 /* Writes bytes to a file; 0 on success. */
 int tu_write_file(const char *path, const void *data, size_t len);
+/* How much slower than a plain Release build this run may be: 3 in a sanitizer
+ * build (ASan/UBSan run the programs 2-3x slower), FP_TEST_SLOW=F (F >= 1;
+ * FP_TEST_SLOW=1 means 3) for a slow or loaded machine, else 1. Scale time
+ * limits (deadlines, waits) by it, never what a test asserts. */
+double tu_slow(void);
 
 #endif

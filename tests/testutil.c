@@ -102,3 +102,28 @@ int tu_write_file(const char *path, const void *data, size_t len)
     size_t w = fwrite(data, 1, len, f);
     return (fclose(f) == 0 && w == len) ? 0 : -1;
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_SANITIZED 1
+#endif
+#endif
+
+double tu_slow(void)
+{
+    double f = 1;
+#ifdef TU_SANITIZED
+    f = 3;
+#endif
+    const char *env = getenv("FP_TEST_SLOW");
+    if (env && *env) {
+        double v = strtod(env, NULL);
+        if (v == 1)
+            v = 3;
+        if (v > f)
+            f = v;
+    }
+    return f;
+}

@@ -22,6 +22,8 @@ struct wk_conn {
     char model_hash[65];
     uint64_t n_examples, n_tokens;
     char run_id[128];
+    uint32_t n_folds;           /* flora: folds in the base, of run fold_run */
+    char fold_run[128];
     wk_lora_spec spec;
     int hb_ms;
     unsigned generation;
@@ -191,6 +193,8 @@ static int send_hello(wk_conn *self)
     h.n_train_examples = self->n_examples;
     h.n_train_tokens = self->n_tokens;
     h.rank = (uint32_t)self->cfg->rank;      /* 0: the coordinator's */
+    h.n_folds = self->n_folds;
+    h.fold_run_id = self->fold_run;
     env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;
     env.hello = &h;
     return wire_send(self->sock, NULL, &env);
@@ -365,6 +369,16 @@ static int keep_alive(wk_conn *self, uint64_t round, int busy)
     return 0;
 }
 
+void wk_conn_heartbeat(wk_conn *self, uint64_t round, int busy)
+{
+    int64_t t = now_ms();
+    if (t - self->last_hb >= self->hb_ms) {
+        self->last_hb = t;
+        if (wire_send_heartbeat(self->sock, NULL, round, busy) != 0)
+            (void)0;    /* queue full or no peer: silence detection handles it */
+    }
+}
+
 int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_msg **out)
 {
     int64_t end = now_ms() + timeout_ms;
@@ -415,4 +429,10 @@ int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_m
         if (now_ms() >= end)
             return 0;
     }
+}
+
+void wk_conn_set_folds(wk_conn *self, uint32_t n_folds, const char *run_id)
+{
+    self->n_folds = n_folds;
+    snprintf(self->fold_run, sizeof self->fold_run, "%s", n_folds ? run_id : "");
 }

@@ -51,6 +51,10 @@ int wk_conn_register(wk_conn *self) FP_WUR;
  * caller; WK_SHUTDOWN; -1 with an error (fatal: exit 1). */
 int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_msg **out) FP_WUR;
 
+/* Sends a Heartbeat when one is due, nothing else (no receive, no reconnect):
+ * for work that cannot poll, such as an evaluation. */
+void wk_conn_heartbeat(wk_conn *self, uint64_t round, int busy);
+
 /* Sends env on the socket (not taken). -1 with an error. */
 int wk_conn_send(wk_conn *self, wire_msg *env) FP_WUR;
 /* The socket, for wire_send_slab. */
@@ -62,5 +66,9 @@ unsigned wk_conn_generation(const wk_conn *self);
 
 /* The run id from the last Welcome ("" before). */
 const char *wk_conn_run_id(const wk_conn *self);
+
+/* flora: the folds the worker's base holds and their run, told in every
+ * later Hello (docs/protocol.md, "Folds"). */
+void wk_conn_set_folds(wk_conn *self, uint32_t n_folds, const char *run_id);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "dp.h"
 #include "finetune.h"
+#include "folds.h"
 #include "keys.h"
 #include "lora.h"
 #include "seal.h"
@@ -20,8 +21,9 @@
 typedef struct {
     wk_conn *conn;
     const wk_config *cfg;
-    const fp_model *model;
+    fp_model *model;            /* flora adds folds to its weights (folds.h) */
     const fp_dataset *data;
+    wk_folds folds;
     fp_lora *global, *local;    /* shapes from the Welcome */
     float *delta;               /* local - global: the update (its trainable view) */
     size_t n_up;                /* floats of the view uploaded (ffa: B only) */
@@ -111,13 +113,20 @@ static int shape_adapters(wk_task *t)
 
 static void on_task(wk_task *t, const Fedpeft__Task *task)
 {
-    size_t n = t->global->n_params;
+    size_t n = t->global->n_params, total;
+    float *dst;
     t->have_update = 0;     /* a new task supersedes any update not pulled yet */
     t->receiving = 0;
-    if (task->n_chunks != wire_n_chunks(n) || !task->params ||
+    if (wk_folds_begin(&t->folds, task, wk_conn_run_id(t->conn),
+                       n / (size_t)t->global->cfg.rank, n, t->global->params, &dst,
+                       &total) != 0) {
+        wk_log("ignored task %llu: %s", (unsigned long long)task->task_id, fp_error_get());
+        return;
+    }
+    if (task->n_chunks != wire_n_chunks(total) || !task->params ||
         (task->kind != FEDPEFT__TASK__KIND__TRAIN && task->kind != FEDPEFT__TASK__KIND__EVAL)) {
         wk_log("ignored task %llu: %u chunks for %zu floats (expected %u), or no params",
-               (unsigned long long)task->task_id, task->n_chunks, n, wire_n_chunks(n));
+               (unsigned long long)task->task_id, task->n_chunks, total, wire_n_chunks(total));
         return;
     }
     t->receiving = 1;
@@ -150,7 +159,7 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
         }
         memcpy(t->coord_pk, task->coordinator_pk.data, 32);
     }
-    wire_asm_begin(&t->as, t->global->params, n, task->n_chunks, task->task_id);
+    wire_asm_begin(&t->as, dst, total, task->n_chunks, task->task_id);
 }
 
 /* Training's progress callback: heartbeats, and stops for a new Task,
@@ -213,6 +222,7 @@ static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
     ur.train_loss = loss;
     ur.n_chunks = wire_n_chunks(t->n_up);
     ur.seal_pk = (ProtobufCBinaryData){32, t->seal_pk};
+    ur.n_folds = t->folds.applied;
     env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
     env.update_ready = &ur;
     return wk_conn_send(t->conn, &env);
@@ -331,6 +341,15 @@ static int run_train(wk_task *t)
     return 0;
 }
 
+/* Heartbeats during the evaluation: the coordinator marks a worker silent for
+ * 3 heartbeats dead (docs/protocol.md, Liveness), and a slow evaluation of a
+ * large validation split takes longer than that. */
+static void eval_tick(void *ctx)
+{
+    wk_task *t = ctx;
+    wk_conn_heartbeat(t->conn, t->round, 1);
+}
+
 static void run_eval(wk_task *t)
 {
     int T = (int)t->params.seq;
@@ -340,7 +359,8 @@ static void run_eval(wk_task *t)
     if (T < 1 || fp_data_rows(&t->data->valid, T) == 0) {
         wk_log("round %llu: the validation split (%zu tokens) is shorter than one row of %d + 1: "
                "reporting 0 tokens", (unsigned long long)t->round, t->data->valid.n, T);
-    } else if (fp_evaluate(t->model, t->global, &t->data->valid, T, B, &loss, &ntok) != 0) {
+    } else if (fp_evaluate_tick(t->model, t->global, &t->data->valid, T, B, &loss, &ntok,
+                                eval_tick, t) != 0) {
         wk_log("round %llu: evaluation failed: %s", (unsigned long long)t->round, fp_error_get());
         return;
     }
@@ -350,6 +370,7 @@ static void run_eval(wk_task *t)
     er.round = t->round;
     er.loss = ntok ? loss : 0.0;
     er.n_tokens = ntok;
+    er.n_folds = t->folds.applied;
     env.body_case = FEDPEFT__ENVELOPE__BODY_EVAL_RESULT;
     env.eval_result = &er;
     if (wk_conn_send(t->conn, &env) != 0)
@@ -436,6 +457,21 @@ static void on_unmask(wk_task *t, const Fedpeft__UnmaskRequest *u)
     wk_sa_destroy(&t->sa);     /* the round's secrets are wiped */
 }
 
+/* flora: the Task's folds into the base weights, the adapter out of the
+ * transfer. -1 (fatal) when the base may be partly folded. */
+static int apply_folds(wk_task *t)
+{
+    uint32_t before = t->folds.applied;
+    if (wk_folds_apply(&t->folds, t->model, t->cfg->model_path, &t->global->cfg,
+                       wk_conn_run_id(t->conn), t->global->params, t->global->n_params) != 0)
+        return fp_error_prefix("round %llu: applying the folds: ", (unsigned long long)t->round);
+    wk_conn_set_folds(t->conn, t->folds.applied, t->folds.run_id);
+    if (t->folds.applied != before || t->folds.reset)
+        wk_log("round %llu: base weights hold %u folds%s", (unsigned long long)t->round,
+               t->folds.applied, t->folds.reset ? " (restored first)" : "");
+    return 0;
+}
+
 /* A chunk of the adapter being received; runs the task when it is whole. */
 static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
 {
@@ -453,6 +489,8 @@ static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
     if (!wire_asm_complete(&t->as))
         return 0;
     t->receiving = 0;
+    if (apply_folds(t) != 0)
+        return -1;
     if (t->kind == FEDPEFT__TASK__KIND__EVAL) {
         run_eval(t);
         return 0;
@@ -563,7 +601,7 @@ static int dispatch(wk_task *t, wire_msg *m)
     return rc;
 }
 
-int wk_serve(wk_conn *conn, const wk_config *cfg, const fp_model *model, const fp_dataset *data)
+int wk_serve(wk_conn *conn, const wk_config *cfg, fp_model *model, const fp_dataset *data)
 {
     wk_task t = {.conn = conn, .cfg = cfg, .model = model, .data = data};
     int rc;
@@ -599,6 +637,7 @@ out:
     free(t.q);
     free(t.last_sealed);
     wk_sa_destroy(&t.sa);
+    wk_folds_free(&t.folds);
     if (t.seal_key)
         sodium_free(t.seal_key);
     return rc;

@@ -11,6 +11,7 @@
  * SHUTDOWN, a re-registration or a signal abandons the round.
  * EVAL: fp_evaluate of the global adapter on the validation split, T =
  * params.seq -> EvalResult(loss, target tokens).
+ * flora: the Task's folds are added to `model`'s weights first (folds.h).
  */
 #ifndef FP_WK_TASK_H
 #define FP_WK_TASK_H
@@ -23,7 +24,7 @@
 
 /* Serves tasks until the run ends. 0 on SHUTDOWN or stop (exit 0); -1 with
  * an error on a fatal problem (refused, coordinator gone for good: exit 1). */
-int wk_serve(wk_conn *conn, const wk_config *cfg, const fp_model *model,
+int wk_serve(wk_conn *conn, const wk_config *cfg, fp_model *model,
              const fp_dataset *data) FP_WUR;
 
 /* 64-bit FNV-1a of a string (the worker id part of the training seed). */
