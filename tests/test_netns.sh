@@ -87,9 +87,11 @@ case "${FP_TEST_SLOW:-}" in
     *) [ "$FP_TEST_SLOW" -gt "$SLOW" ] && SLOW=$FP_TEST_SLOW ;;
 esac
 
-# Small rounds (2 cores), a 1 s heartbeat: a cut link is a dead worker after 3 s.
+# Small rounds (2 cores), a 1 s heartbeat (SLOW s): a cut link is a dead worker after 3 s.
+# (Workers heartbeat between training steps, and a step of 8 x 128 takes seconds on a
+# slow, loaded machine.)
 COORD_ARGS=(--model.path="$MODEL" --network.endpoint=tcp://10.77.0.1:5555
-    --train.local_steps=30 --train.batch=8 --train.seq=128 --network.heartbeat_ms=1000
+    --train.local_steps=30 --train.batch=8 --train.seq=128 --network.heartbeat_ms=$((1000 * SLOW))
     --round.deadline_s=$((60 * SLOW)) --round.eval_deadline_s=$((60 * SLOW))
     --round.min_quorum=2 --round.start_timeout_s=$((20 * SLOW)) --sampling.min_workers=3)
 WORKER_ARGS=(--model.path="$MODEL" --worker.endpoint=tcp://10.77.0.1:5555

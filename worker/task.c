@@ -177,8 +177,15 @@ static int on_progress(void *ctx, const fp_progress *p)
             t->abort_rc = rc;
             return 1;
         }
-        if (wk_conn_generation(t->conn) != t->train_generation)
-            return 1;       /* re-registered: the coordinator will send tasks again */
+        if (wk_conn_generation(t->conn) != t->train_generation) {
+            /* re-registered: the coordinator will send tasks again; one that came
+             * with the re-registration is handled after this training stops */
+            if (rc == WK_MSG && m->body_case == FEDPEFT__ENVELOPE__BODY_TASK)
+                t->stash = m;
+            else
+                wire_msg_free(&m);
+            return 1;
+        }
         if (rc == 0)
             return 0;
         if (m->body_case == FEDPEFT__ENVELOPE__BODY_TASK) {
