@@ -33,6 +33,7 @@
 
 #include "keys.h"
 #include "safetensors.h"
+#include "fed_harness.h"
 #include "test_util.h"
 #include "wire.h"
 #include "lora.h"
@@ -44,290 +45,45 @@
 #define N_WORKERS 3
 #define RUN_TIMEOUT_S 300
 
-
 static char base_dir[4096];     /* model/ and shard-K.txt, shared by every test */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[8192];
-    snprintf(base_dir, sizeof base_dir, "%s", tu_tempdir("flora-base"));
-    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
-             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null",
-             FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, base_dir);
-    if (tu_run(cmd, NULL) != 0)
-        return -1;
-    for (int k = 0; k < N_WORKERS; k++) {
-        snprintf(cmd, sizeof cmd, "sed -n '%d,%dp' '%s/data/tinyshakespeare/input.txt' > "
-                 "'%s/shard-%d.txt'", 1 + k * 1000, (k + 1) * 1000, FP_SOURCE_DIR, base_dir, k);
-        if (tu_run(cmd, NULL) != 0)
-            return -1;
-    }
-    return 0;
+    return fh_base_setup("flora-base", N_WORKERS, 1000, base_dir, sizeof base_dir);
 }
 
-typedef struct {
-    char dir[4096], cfg[4200], state[4200], metrics[4300], adapter[4300], dump[4300];
-    char endpoint[64];
-    pid_t coord, workers[N_WORKERS];
-    int coord_runs;
-    int rank[N_WORKERS];        /* --worker.rank (0: none) */
-    const char *poison[N_WORKERS]; /* FEDPEFT_TEST_POISON */
-} fed;
-
-/* DIR/fed.ini; `extra` appended. Every process dumps its updates to DIR/dump. */
-static void fed_init(fed *f, const char *tag, const char *run_section, int rank,
+/* DIR/fed.ini with min_workers = N_WORKERS and start_timeout_s = 60, then
+ * `extra`. Every worker dumps its updates to DIR/dump and gets
+ * --worker.rank=f->rank[k] (0: none) and f->poison[k]. */
+static void fed_init(fh_fed *f, const char *tag, const char *run_section, int rank,
                      const char *extra)
 {
-    memset(f, 0, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "%s", tu_tempdir(tag));
-    snprintf(f->cfg, sizeof f->cfg, "%s/fed.ini", f->dir);
-    snprintf(f->state, sizeof f->state, "%s/state", f->dir);
-    snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->state);
-    snprintf(f->adapter, sizeof f->adapter, "%s/adapter", f->dir);
-    snprintf(f->dump, sizeof f->dump, "%s/dump", f->dir);
-    assert_int_equal(mkdir(f->dump, 0755), 0);
-    snprintf(f->endpoint, sizeof f->endpoint, "tcp://127.0.0.1:%d", free_port());
-    char ini[8192];
-    snprintf(ini, sizeof ini,
-             "[run]\n%s\nstate_dir = %s\nout_dir = %s\n"
-             "[model]\npath = %s/model\n"
-             "[lora]\nrank = %d\nalpha = 8\ntargets = all\n"
-             "[train]\nlocal_steps = 4\nbatch = 4\nseq = 32\nlr = 5e-3\n"
-             "[sampling]\nmin_workers = %d\n[round]\nstart_timeout_s = 60\n"
-             "[network]\nendpoint = %s\nheartbeat_ms = 500\n"
-             "[worker]\nendpoint = %s\nconnect_retries = 30\nretry_backoff_ms = 200\n"
-             "val_fraction = 0.1\n%s",
-             run_section, f->state, f->adapter, base_dir, rank, N_WORKERS, f->endpoint,
-             f->endpoint, extra ? extra : "");
-    assert_int_equal(tu_write_file(f->cfg, ini, strlen(ini)), 0);
-}
-
-static pid_t spawn(char *const argv[], const char *log, const char *poison, const char *dump)
-{
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *o = freopen(log, "w", stdout);
-        if (!o || dup2(fileno(stdout), 2) < 0)
-            _exit(126);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        if (poison)
-            setenv("FEDPEFT_TEST_POISON", poison, 1);
-        if (dump)
-            setenv("FEDPEFT_TEST_DUMP_DIR", dump, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static void start_coordinator(fed *f)
-{
-    char log[4300];
-    snprintf(log, sizeof log, "%s/coordinator-%d.log", f->dir, ++f->coord_runs);
-    char *argv[] = {FP_COORDINATOR, "--config", f->cfg, "--insecure", NULL};
-    f->coord = spawn(argv, log, NULL, NULL);
-}
-
-static void start_worker(fed *f, int k)
-{
-    char log[4300], id[64], data[4300], rank[64];
-    snprintf(log, sizeof log, "%s/w%d.log", f->dir, k);
-    snprintf(id, sizeof id, "--worker.id=w%d", k);
-    snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, k);
-    snprintf(rank, sizeof rank, "--worker.rank=%d", f->rank[k]);
-    char *argv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1",
-                    "--insecure", rank, NULL};
-    f->workers[k] = spawn(argv, log, f->poison[k], f->dump);
-}
-
-static void fed_start(fed *f)
-{
-    start_coordinator(f);
-    for (int k = 0; k < N_WORKERS; k++)
-        start_worker(f, k);
-}
-
-static int wait_exit(pid_t pid, double timeout_s, const char *what)
-{
-    timeout_s *= tu_slow();     /* sanitizer builds, FP_TEST_SLOW */
-    double end = now_s() + timeout_s;
-    int st;
-    while (now_s() < end) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(50000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    fail_msg("%s (pid %d) still running after %.0f s", what, (int)pid, timeout_s);
-    return -1;
-}
-
-/* Kills whatever is left (test failure paths) and reaps everything. */
-static void fed_reap(fed *f)
-{
-    pid_t all[N_WORKERS + 1] = {f->coord};
-    memcpy(all + 1, f->workers, sizeof f->workers);
-    for (int i = 0; i <= N_WORKERS; i++)
-        if (all[i] > 0) {
-            kill(all[i], SIGTERM);
-            double end = now_s() + 5;
-            int st;
-            while (waitpid(all[i], &st, WNOHANG) == 0 && now_s() < end)
-                usleep(20000);
-            kill(all[i], SIGKILL);
-            waitpid(all[i], &st, 0);
-        }
-}
-
-/* The coordinator ends the run (exit 0) and the workers leave on SHUTDOWN (exit 0). */
-static void fed_finish(fed *f)
-{
-    int rc = wait_exit(f->coord, RUN_TIMEOUT_S, "the coordinator");
-    if (rc != 0)
-        fail_msg("the coordinator exited %d; see %s/coordinator-%d.log", rc, f->dir, f->coord_runs);
-    f->coord = 0;
-    for (int k = 0; k < N_WORKERS; k++) {
-        if (f->workers[k] <= 0)
-            continue;
-        rc = wait_exit(f->workers[k], 30, "a worker after SHUTDOWN");
-        if (rc != 0)
-            fail_msg("worker w%d exited %d after the run; see %s/w%d.log", k, rc, f->dir, k);
-        f->workers[k] = 0;
-    }
-}
-
-/* ---- metrics --------------------------------------------------------------- */
-
-/* metrics.jsonl as an array of objects (index = line). Caller frees. */
-static cJSON **read_metrics(const char *path, int *n)
-{
-    *n = 0;
-    char *text = tu_read_file(path, NULL);
-    if (!text)
-        return NULL;
-    cJSON **rows = calloc(1024, sizeof *rows);
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line && *n < 1024;
-         line = strtok_r(NULL, "\n", &save)) {
-        cJSON *o = cJSON_Parse(line);
-        if (!o)
-            fail_msg("%s: line %d is not JSON: %s", path, *n + 1, line);
-        rows[(*n)++] = o;
-    }
-    free(text);
-    return rows;
-}
-
-static void free_metrics(cJSON **rows, int n)
-{
-    for (int i = 0; i < n; i++)
-        cJSON_Delete(rows[i]);
-    free(rows);
-}
-
-static double field(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v))
-        fail_msg("metrics line has no number '%s'", key);
-    return v->valuedouble;
-}
-
-/* Waits until metrics.jsonl has a line for round r. */
-static void wait_round(fed *f, int r, double timeout_s)
-{
-    double end = now_s() + timeout_s;
-    while (now_s() < end) {
-        int n;
-        cJSON **rows = read_metrics(f->metrics, &n);
-        int seen = 0;
-        for (int i = 0; i < n; i++)
-            seen |= (int)field(rows[i], "round") == r;
-        free_metrics(rows, n);
-        if (seen)
-            return;
-        int st;
-        if (waitpid(f->coord, &st, WNOHANG) == f->coord) {
-            f->coord = 0;
-            fail_msg("the coordinator ended before round %d; see %s", r, f->dir);
-        }
-        usleep(50000);
-    }
-    fail_msg("no metrics line for round %d within %.0f s (%s)", r, timeout_s, f->metrics);
-}
-
-/* Checks rounds 0..R appear once each, in order; returns the rows. */
-static cJSON **complete_metrics(const fed *f, int R, int *n)
-{
-    cJSON **rows = read_metrics(f->metrics, n);
-    if (!rows)
-        fail_msg("no %s", f->metrics);
-    assert_int_equal(*n, R + 1);
-    for (int i = 0; i <= R; i++)
-        assert_int_equal((int)field(rows[i], "round"), i);
-    return rows;
-}
-
-static int file_contains(const char *path, const char *needle)
-{
-    char *t = tu_read_file(path, NULL);
-    int yes = t && strstr(t, needle);
-    free(t);
-    return yes;
+    fh_fed_init(f, tag, base_dir, N_WORKERS);
+    fh_fed_use_dump(f);
+    f->pass_rank = 1;
+    char more[2048];
+    snprintf(more, sizeof more, "[sampling]\nmin_workers = %d\n[round]\nstart_timeout_s = 60\n%s",
+             N_WORKERS, extra ? extra : "");
+    fh_fed_write_ini(f, run_section, rank, 4, more);
 }
 
 /* ---- the tests ------------------------------------------------------------- */
 
-static fed cur;     /* the federation of the running test: the teardown reaps it */
+static fh_fed cur;     /* the federation of the running test: the teardown reaps it */
 
 static int teardown(void **state)
 {
     (void)state;
-    fed_reap(&cur);
-    memset(&cur, 0, sizeof cur);
+    fh_fed_reap(&cur);
     return 0;
 }
-
-static void print_losses(const char *what, cJSON **rows, int n)
-{
-    printf("%s: validation loss", what);
-    for (int i = 0; i < n; i++)
-        printf(" r%d=%.4f", i, field(rows[i], "val_loss"));
-    printf("\n");
-}
-
-/* ---- the tests ------------------------------------------------------------ */
 
 #define ROUNDS 3
 static const char *const FLORA_CFG = "[strategy]\nname = flora\n[secagg]\nenabled = false\n";
 static fp_lora *reference;      /* test 1's final adapter, for test 2 */
 
-static void mixed_ranks(fed *f)
+static void mixed_ranks(fh_fed *f)
 {
     f->rank[0] = 4;
     f->rank[1] = 8;
@@ -368,21 +124,21 @@ static void test_flora_mixed_ranks(void **state)
     (void)state;
     fed_init(&cur, "flora", "rounds = 3\nseed = 5", 16, FLORA_CFG);
     mixed_ranks(&cur);
-    fed_start(&cur);
-    fed_finish(&cur);
+    fh_fed_start(&cur);
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
     int n;
-    cJSON **rows = complete_metrics(&cur, ROUNDS, &n);
-    print_losses("flora 4/8/16", rows, n);
+    cJSON **rows = fh_fed_metrics(&cur, ROUNDS, &n);
+    fh_print_losses("flora 4/8/16", rows, n);
     for (int i = 1; i <= ROUNDS; i++)
-        assert_int_equal((int)field(rows[i], "reported"), N_WORKERS);
-    double last = field(rows[ROUNDS], "val_loss");
-    assert_true(last < field(rows[0], "val_loss"));
+        assert_int_equal((int)fh_metric_number(rows[i], "reported"), N_WORKERS);
+    double last = fh_metric_number(rows[ROUNDS], "val_loss");
+    assert_true(last < fh_metric_number(rows[0], "val_loss"));
     printf("flora: bytes down per round:");
     for (int i = 1; i <= ROUNDS; i++)
-        printf(" r%d=%.0f", i, field(rows[i], "bytes_down"));
+        printf(" r%d=%.0f", i, fh_metric_number(rows[i], "bytes_down"));
     printf("\n");
-    free_metrics(rows, n);
-    assert_true(file_contains(tu_path(cur.dir, "w0.log"), "LoRA rank 4"));
+    fh_metrics_free(rows, n);
+    assert_true(fh_log_has(tu_path(cur.dir, "w0.log"), "LoRA rank 4"));
 
     fp_model_config mc = model_config();
     fp_lora *a = fp_lora_load(cur.adapter, &mc);
@@ -422,20 +178,20 @@ static void test_flora_restart(void **state)
         skip();
     fed_init(&cur, "flora-restart", "rounds = 3\nseed = 5", 16, FLORA_CFG);
     mixed_ranks(&cur);
-    fed_start(&cur);
-    wait_round(&cur, 2, RUN_TIMEOUT_S);
+    fh_fed_start(&cur);
+    fh_fed_wait_round(&cur, 2, RUN_TIMEOUT_S);
     assert_int_equal(kill(cur.coord, SIGKILL), 0);
     int st;
     waitpid(cur.coord, &st, 0);
-    start_coordinator(&cur);
-    fed_finish(&cur);
+    fh_coordinator_start(&cur);
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
     int n;
-    cJSON **rows = complete_metrics(&cur, ROUNDS, &n);
-    print_losses("flora restarted", rows, n);
-    free_metrics(rows, n);
+    cJSON **rows = fh_fed_metrics(&cur, ROUNDS, &n);
+    fh_print_losses("flora restarted", rows, n);
+    fh_metrics_free(rows, n);
     char log2[4300];
     snprintf(log2, sizeof log2, "%s/coordinator-2.log", cur.dir);
-    assert_true(file_contains(log2, "round 3: sampled"));
+    assert_true(fh_log_has(log2, "round 3: sampled"));
     fp_model_config mc = model_config();
     fp_lora *b = fp_lora_load(cur.adapter, &mc);
     assert_non_null(b);

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "fed_harness.h"
 #include "test_util.h"
 
 #define CHROMIUM "/usr/bin/chromium"
@@ -33,32 +34,6 @@
 static char dir[4096], ini[4200], coord_log[4200];
 static int http_port;
 static pid_t coord, workers[N_WORKERS];
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* A port the kernel picks (bind to 0); with `keep`, the socket stays bound and
- * listening (its fd in *keep). */
-static int free_port(int *keep)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    if (keep) {
-        assert_int_equal(listen(fd, 4), 0);
-        *keep = fd;
-    } else {
-        close(fd);
-    }
-    return ntohs(a.sin_port);
-}
 
 /* GET path from 127.0.0.1:http_port: the status code (-1: no connection) and
  * the body (malloc'd) in *body. */
@@ -127,38 +102,6 @@ static int evaluated_rounds(const cJSON *st)
     return n;
 }
 
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *o = freopen(log, "w", stdout);
-        if (!o || dup2(fileno(stdout), 2) < 0)
-            _exit(126);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Exit status within timeout_s (128 + signal if killed; scaled by tu_slow());
- * SIGKILL and -1 after. */
-static int wait_exit(pid_t pid, double timeout_s)
-{
-    double end = now_s() + timeout_s * tu_slow();
-    int st;
-    while (now_s() < end) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(50000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
-
 /* "--insecure" when the program offers it (plain TCP on loopback), else NULL. */
 static char *insecure_flag(const char *prog)
 {
@@ -175,32 +118,14 @@ static int coord_alive(void)
     return coord > 0 && waitpid(coord, NULL, WNOHANG) == 0;
 }
 
-static void dump_log(const char *path)
-{
-    char *t = tu_read_file(path, NULL);
-    printf("# %s:\n%s\n", path, t ? t : "(missing)");
-    free(t);
-}
-
 /* Model, shards, config; the coordinator and the workers, until round 3 is done. */
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[8192];
-    snprintf(dir, sizeof dir, "%s", tu_tempdir("http"));
-    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
-             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null",
-             FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, dir);
-    if (tu_run(cmd, NULL) != 0)
+    if (fh_base_setup("http", N_WORKERS, 1000, dir, sizeof dir) != 0)
         return -1;
-    for (int k = 0; k < N_WORKERS; k++) {
-        snprintf(cmd, sizeof cmd, "sed -n '%d,%dp' '%s/data/tinyshakespeare/input.txt' > "
-                 "'%s/shard-%d.txt'", 1 + k * 1000, (k + 1) * 1000, FP_SOURCE_DIR, dir, k);
-        if (tu_run(cmd, NULL) != 0)
-            return -1;
-    }
-    http_port = free_port(NULL);
-    int zport = free_port(NULL);
+    http_port = fh_free_port(NULL);
+    int zport = fh_free_port(NULL);
     char text[8192];
     snprintf(text, sizeof text,
              "[run]\nrounds = 1000\nstate_dir = %s/state\n"
@@ -218,7 +143,7 @@ static int group_setup(void **state)
     if (tu_write_file(ini, text, strlen(text)) != 0)
         return -1;
     char *cargv[] = {FP_COORDINATOR, "--config", ini, insecure_flag(FP_COORDINATOR), NULL};
-    coord = spawn(cargv, coord_log);
+    coord = fh_spawn(cargv, coord_log, NULL);
     char *wflag = insecure_flag(FP_WORKER);
     for (int k = 0; k < N_WORKERS; k++) {
         char log[4300], id[64], data[4300];
@@ -227,7 +152,7 @@ static int group_setup(void **state)
         snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", dir, k);
         char *wargv[] = {FP_WORKER, "--config", ini, id, data, "--worker.threads=1", wflag,
                          NULL};
-        workers[k] = spawn(wargv, log);
+        workers[k] = fh_spawn(wargv, log, NULL);
     }
     return 0;
 }
@@ -238,11 +163,11 @@ static int group_teardown(void **state)
     for (int k = 0; k < N_WORKERS; k++)
         if (workers[k] > 0) {
             kill(workers[k], SIGTERM);
-            wait_exit(workers[k], 10);
+            fh_wait_exit(workers[k], 10, NULL);
         }
     if (coord > 0) {
         kill(coord, SIGKILL);
-        wait_exit(coord, 10);
+        fh_wait_exit(coord, 10, NULL);
     }
     return 0;
 }
@@ -250,8 +175,8 @@ static int group_teardown(void **state)
 /* Waits until the coordinator has completed `rounds` rounds. */
 static void wait_rounds(int rounds)
 {
-    double end = now_s() + 240;
-    while (now_s() < end) {
+    double end = fh_now() + 240;
+    while (fh_now() < end) {
         char *body = NULL;
         if (http_get("/status", &body) == 200) {
             cJSON *st = cJSON_Parse(body);
@@ -267,7 +192,7 @@ static void wait_rounds(int rounds)
             break;
         usleep(200000);
     }
-    dump_log(coord_log);
+    fh_log_print(coord_log);
     fail_msg("the coordinator did not complete %d rounds", rounds);
 }
 
@@ -410,7 +335,7 @@ static void test_port_in_use(void **state)
     snprintf(cmd, sizeof cmd, "timeout 120 '%s' --config '%s' %s --run.state_dir='%s/state-b' "
              "--network.endpoint=tcp://127.0.0.1:%d", FP_COORDINATOR, ini,
              flag ? flag : "", dir,
-             free_port(NULL));
+             fh_free_port(NULL));
     int rc = tu_run(cmd, &out);
     printf("# second coordinator: exit %d: %s", rc, out);
     assert_int_equal(rc, 1);
@@ -427,7 +352,7 @@ static void test_sigterm(void **state)
     (void)state;
     assert_true(coord_alive());
     kill(coord, SIGTERM);
-    int rc = wait_exit(coord, 20);
+    int rc = fh_wait_exit(coord, 20, NULL);
     coord = 0;
     assert_int_equal(rc, 128 + SIGTERM);
     char *log = tu_read_file(coord_log, NULL);
@@ -440,7 +365,7 @@ static void test_sigterm(void **state)
     free(body);
     for (int k = 0; k < N_WORKERS; k++) {
         kill(workers[k], SIGTERM);
-        assert_int_equal(wait_exit(workers[k], 20), 0);
+        assert_int_equal(fh_wait_exit(workers[k], 20, NULL), 0);
         workers[k] = 0;
     }
 }

@@ -33,6 +33,7 @@
 #include "dp.h"
 #include "safetensors.h"
 #include "secagg.h"
+#include "fed_harness.h"
 #include "test_util.h"
 
 #define MAXW 6
@@ -42,41 +43,12 @@
 static char base_dir[4096];
 static const char *g_lr = "5e-3";   /* [train] lr of the next federation */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
     char cmd[8192];
-    snprintf(base_dir, sizeof base_dir, "%s", tu_tempdir("secagg"));
-    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
-             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null",
-             FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, base_dir);
-    if (tu_run(cmd, NULL) != 0)
+    if (fh_base_setup("secagg", MAXW, 500, base_dir, sizeof base_dir) != 0)
         return -1;
-    for (int k = 0; k < MAXW; k++) {
-        snprintf(cmd, sizeof cmd, "sed -n '%d,%dp' '%s/data/tinyshakespeare/input.txt' > "
-                 "'%s/shard-%d.txt'", 1 + k * 500, (k + 1) * 500, FP_SOURCE_DIR, base_dir, k);
-        if (tu_run(cmd, NULL) != 0)
-            return -1;
-    }
     /* Real keys: one coordinator, MAXW workers, an allowlist. */
     snprintf(cmd, sizeof cmd, "mkdir -p '%s/keys' && '%s' keygen --out '%s/keys' --name "
              "coordinator >/dev/null", base_dir, FP_TOOL, base_dir);
@@ -95,28 +67,13 @@ typedef struct {
     char dir[4096], cfg[4200], state[4200], adapter[4300], dump[4300];
 } run;
 
+/* A coordinator or worker dumping to `dump`, with env1 ("NAME=VALUE" or NULL). */
 static pid_t spawn(char *const argv[], const char *log, const char *env1, const char *dump)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *o = freopen(log, "w", stdout);
-        if (!o || dup2(fileno(stdout), 2) < 0)
-            _exit(126);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        if (dump)
-            setenv("FEDPEFT_TEST_DUMP_DIR", dump, 1);
-        if (env1) {
-            char kv[256];
-            snprintf(kv, sizeof kv, "%s", env1);
-            char *eq = strchr(kv, '=');
-            *eq = '\0';
-            setenv(kv, eq + 1, 1);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
+    char d[4400];
+    snprintf(d, sizeof d, "FEDPEFT_TEST_DUMP_DIR=%s", dump);
+    const char *env[] = {d, env1, NULL};
+    return fh_spawn(argv, log, env);
 }
 
 /* A whole federation of n workers; env[k] ("NAME=VALUE" or NULL) for worker k.
@@ -133,7 +90,7 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
     char cmd[4400], ep[64];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", f->dump);
     assert_int_equal(tu_run(cmd, NULL), 0);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", fh_free_port(NULL));
     char ini[8192];
     snprintf(ini, sizeof ini,
              "[run]\nrounds = %d\nseed = 11\nstate_dir = %s\nout_dir = %s\n"
@@ -164,9 +121,9 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
         char *wargv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", sk, NULL};
         w[k] = spawn(wargv, log, env ? env[k] : NULL, f->dump);
     }
-    double end = now_s() + 240;
+    double end = fh_now() + 240;
     int st = -1, done = 0;
-    while (now_s() < end && !done) {
+    while (fh_now() < end && !done) {
         done = waitpid(coord, &st, WNOHANG) == coord;
         usleep(50000);
     }
@@ -176,8 +133,8 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
     }
     for (int k = 0; k < n; k++) {
         int ws;
-        double e2 = now_s() + 20;
-        while (waitpid(w[k], &ws, WNOHANG) == 0 && now_s() < e2)
+        double e2 = fh_now() + 20;
+        while (waitpid(w[k], &ws, WNOHANG) == 0 && fh_now() < e2)
             usleep(20000);
         kill(w[k], SIGKILL);
         waitpid(w[k], &ws, 0);

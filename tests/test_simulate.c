@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "model.h"
+#include "fed_harness.h"
 #include "test_util.h"
 
 static char sim_dir[4096];      /* the simulate run's OUT, reused by later tests */
@@ -25,18 +26,6 @@ static void assert_contains(const char *hay, const char *needle)
 {
     if (!hay || !strstr(hay, needle))
         fail_msg("expected '%s' in:\n%s", needle, hay ? hay : "(nothing)");
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 static double num(const cJSON *o, const char *key)
@@ -139,7 +128,7 @@ static void test_worker_no_coordinator(void **state)
 {
     (void)state;
     char cmd[8192], *out = NULL, ep[64], line[128];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", fh_free_port(NULL));
     snprintf(cmd, sizeof cmd, "'%s' --worker.id=w1 --model.path='%s/model' "
              "--worker.data='%s/shards/shard-000.txt' --worker.endpoint=%s "
              "--worker.connect_retries=3 --worker.retry_backoff_ms=50 --insecure", FP_WORKER, sim_dir,
@@ -172,7 +161,7 @@ static void test_worker_wrong_model(void **state)
     assert_int_equal(tu_run(cmd, NULL), 0);
     const char *ini = "[run]\nrounds = 1\n";
     assert_int_equal(tu_write_file(tu_path(dir, "c.ini"), ini, strlen(ini)), 0);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", fh_free_port(NULL));
     snprintf(cmd, sizeof cmd,
              "'%s' --config '%s/c.ini' --model.path='%s/model' --run.state_dir='%s/state' --network.endpoint=%s "
              "--network.heartbeat_ms=200 --insecure > '%s/coord.log' 2>&1 & c=$!; "

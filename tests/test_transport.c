@@ -31,29 +31,11 @@
 #include <cmocka.h>
 
 #include "keys.h"
+#include "fed_harness.h"
 #include "test_util.h"
 
 static char base[4096];         /* model/, shard.txt, keys/ */
 static char coord_pub_z85[FP_KEY_Z85_LEN + 1];
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 /* Makes BASE/keys/NAME.{key,pub}; returns the public key's Z85 (static slot). */
 static const char *make_key(const char *name)
@@ -77,12 +59,9 @@ static int group_setup(void **state)
     (void)state;
     char cmd[8192];
     snprintf(base, sizeof base, "%s", tu_tempdir("transport"));
-    snprintf(cmd, sizeof cmd, "'%s' convert --llama2c '%s/data/stories260K/stories260K.bin' "
-             "--tokenizer '%s/data/stories260K/tok512.bin' --out '%s/model' >/dev/null &&"
-             "sed -n '1,300p' '%s/data/tinyshakespeare/input.txt' > '%s/shard.txt' && "
-             "mkdir -m 700 '%s/keys'", FP_TOOL, FP_SOURCE_DIR, FP_SOURCE_DIR, base,
-             FP_SOURCE_DIR, base, base);
-    if (tu_run(cmd, NULL) != 0)
+    snprintf(cmd, sizeof cmd, "sed -n '1,300p' '%s/data/tinyshakespeare/input.txt' > "
+             "'%s/shard.txt' && mkdir -m 700 '%s/keys'", FP_SOURCE_DIR, base, base);
+    if (fh_model_convert(base) != 0 || tu_run(cmd, NULL) != 0)
         return -1;
     snprintf(coord_pub_z85, sizeof coord_pub_z85, "%s", make_key("coordinator"));
     return 0;
@@ -97,58 +76,6 @@ typedef struct {
 
 static coord_run cur;
 
-/* argv from a NULL-terminated list of strings. */
-static pid_t spawn(const char *log, char *const argv[])
-{
-    fflush(stdout);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (!freopen(log, "w", stderr) || dup2(fileno(stderr), 1) < 0)
-            _exit(126);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Time limits are scaled by tu_slow() (sanitizer builds, FP_TEST_SLOW). */
-static int wait_exit(pid_t pid, double timeout_s)
-{
-    double end = now_s() + timeout_s * tu_slow();
-    int st;
-    while (now_s() < end) {
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
-
-static int log_has(const char *log, const char *frag, double timeout_s)
-{
-    double end = now_s() + timeout_s * tu_slow();
-    do {
-        char *t = tu_read_file(log, NULL);
-        int yes = t && strstr(t, frag);
-        free(t);
-        if (yes)
-            return 1;
-        usleep(50000);
-    } while (now_s() < end);
-    return 0;
-}
-
-static void dump(const char *log)
-{
-    char *t = tu_read_file(log, NULL);
-    printf("# ---- %s ----\n%s# ----\n", log, t ? t : "(missing)");
-    free(t);
-}
-
 /* A CURVE coordinator for one round, admitting the keys in `allow` (text). */
 static void coord_start(const char *tag, const char *allow)
 {
@@ -157,7 +84,7 @@ static void coord_start(const char *tag, const char *allow)
     snprintf(cur.ini, sizeof cur.ini, "%s/c.ini", cur.dir);
     snprintf(cur.log, sizeof cur.log, "%s/coordinator.log", cur.dir);
     snprintf(cur.allow, sizeof cur.allow, "%s/allowlist", cur.dir);
-    snprintf(cur.endpoint, sizeof cur.endpoint, "tcp://127.0.0.1:%d", free_port());
+    snprintf(cur.endpoint, sizeof cur.endpoint, "tcp://127.0.0.1:%d", fh_free_port(NULL));
     assert_int_equal(tu_write_file(cur.allow, allow, strlen(allow)), 0);
     char ini[16384];
     snprintf(ini, sizeof ini,
@@ -171,9 +98,9 @@ static void coord_start(const char *tag, const char *allow)
              cur.dir, base, cur.endpoint, base, cur.allow);
     assert_int_equal(tu_write_file(cur.ini, ini, strlen(ini)), 0);
     char *argv[] = {FP_COORDINATOR, "--config", cur.ini, NULL};
-    cur.coord = spawn(cur.log, argv);
-    if (!log_has(cur.log, "listening on", 20)) {
-        dump(cur.log);
+    cur.coord = fh_spawn(argv, cur.log, NULL);
+    if (!fh_log_wait(cur.log, "listening on", 20)) {
+        fh_log_print(cur.log);
         fail_msg("the coordinator did not start");
     }
 }
@@ -183,7 +110,7 @@ static int teardown(void **state)
     (void)state;
     if (cur.coord > 0) {
         kill(cur.coord, SIGTERM);
-        wait_exit(cur.coord, 10);
+        fh_wait_exit(cur.coord, 10, NULL);
     }
     cur.coord = 0;
     return 0;
@@ -203,14 +130,14 @@ static pid_t worker_spawn(const char *id, const char *server_key, int retries, c
     snprintf(r, sizeof r, "--worker.connect_retries=%d", retries);
     char *argv[] = {FP_WORKER, a[0], a[1], a[2], a[3], a[4], a[5], r,
                     "--worker.retry_backoff_ms=200", "--worker.threads=1", NULL};
-    return spawn(log, argv);
+    return fh_spawn(argv, log, NULL);
 }
 
 static int worker_run(const char *id, const char *server_key, int retries, char **out)
 {
     char log[4400];
     snprintf(log, sizeof log, "%s/%s.log", cur.dir, id);
-    int rc = wait_exit(worker_spawn(id, server_key, retries, log), 60);
+    int rc = fh_wait_exit(worker_spawn(id, server_key, retries, log), 60, NULL);
     *out = tu_read_file(log, NULL);
     printf("# worker %s exited %d:\n%s", id, rc, *out ? *out : "(no log)");
     return rc;
@@ -239,11 +166,11 @@ static void test_unlisted_worker_refused(void **state)
     free(out);
     char line[256];
     snprintf(line, sizeof line, "refused worker key %s", stranger);
-    if (!log_has(cur.log, line, 2)) {
-        dump(cur.log);
+    if (!fh_log_wait(cur.log, line, 2)) {
+        fh_log_print(cur.log);
         fail_msg("the coordinator did not log the refusal of %s", stranger);
     }
-    if (log_has(cur.log, "w-stranger registered", 0))
+    if (fh_log_wait(cur.log, "w-stranger registered", 0))
         fail_msg("the refused worker registered");
 }
 
@@ -261,14 +188,14 @@ static void test_wrong_coordinator_key(void **state)
     assert_contains(out, "error: cannot connect to the coordinator");
     assert_contains(out, "[security] coordinator_key");
     free(out);
-    if (log_has(cur.log, "w-ok2 registered", 0))
+    if (fh_log_wait(cur.log, "w-ok2 registered", 0))
         fail_msg("a worker with the wrong coordinator key registered");
     /* The same worker with the right key (Z85 text this time) gets in. */
     rc = worker_run("w-ok2", coord_pub_z85, 10, &out);
     assert_int_equal(rc, 0);
     assert_contains(out, "registered with");
     free(out);
-    assert_int_equal(wait_exit(cur.coord, 30), 0);
+    assert_int_equal(fh_wait_exit(cur.coord, 30, NULL), 0);
     cur.coord = 0;
 }
 
@@ -283,35 +210,35 @@ static void test_sighup_admits(void **state)
     snprintf(wlog, sizeof wlog, "%s/w-late.log", cur.dir);
     snprintf(pub, sizeof pub, "%s/keys/coordinator.pub", base);
     pid_t w = worker_spawn("w-late", pub, 40, wlog);
-    if (!log_has(cur.log, late, 20)) {
-        dump(wlog);
-        dump(cur.log);
+    if (!fh_log_wait(cur.log, late, 20)) {
+        fh_log_print(wlog);
+        fh_log_print(cur.log);
         fail_msg("the coordinator never refused w-late");
     }
-    assert_true(log_has(wlog, "refused this worker's key", 5));
+    assert_true(fh_log_wait(wlog, "refused this worker's key", 5));
 
     const char *bad = "not a key at all\n";
     assert_int_equal(tu_write_file(cur.allow, bad, strlen(bad)), 0);
     assert_int_equal(kill(cur.coord, SIGHUP), 0);
-    assert_true(log_has(cur.log, "allowlist not reloaded, keeping the 1 keys", 5));
-    assert_true(log_has(cur.log, "allowlist:1:", 0));   /* says where */
+    assert_true(fh_log_wait(cur.log, "allowlist not reloaded, keeping the 1 keys", 5));
+    assert_true(fh_log_wait(cur.log, "allowlist:1:", 0));   /* says where */
 
     snprintf(allow, sizeof allow, "%s w-other\n%s w-late\n", other, late);
     assert_int_equal(tu_write_file(cur.allow, allow, strlen(allow)), 0);
     assert_int_equal(kill(cur.coord, SIGHUP), 0);
-    assert_true(log_has(cur.log, "reloaded: 2 worker keys", 5));
-    int rc = wait_exit(w, 60);
+    assert_true(fh_log_wait(cur.log, "reloaded: 2 worker keys", 5));
+    int rc = fh_wait_exit(w, 60, NULL);
     if (rc != 0) {
-        dump(wlog);
-        dump(cur.log);
+        fh_log_print(wlog);
+        fh_log_print(cur.log);
     }
     assert_int_equal(rc, 0);
-    assert_true(log_has(wlog, "registered with", 0));
-    assert_true(log_has(cur.log, "worker w-late registered", 0));
+    assert_true(fh_log_wait(wlog, "registered with", 0));
+    assert_true(fh_log_wait(cur.log, "worker w-late registered", 0));
     /* the CURVE run completed: round 1 and the final adapter */
-    assert_int_equal(wait_exit(cur.coord, 30), 0);
+    assert_int_equal(fh_wait_exit(cur.coord, 30, NULL), 0);
     cur.coord = 0;
-    assert_true(log_has(cur.log, "complete: final adapter written", 0));
+    assert_true(fh_log_wait(cur.log, "complete: final adapter written", 0));
 }
 
 /* 4. --insecure warns at every start; no keys and no --insecure: keygen hint. */
@@ -322,7 +249,7 @@ static void test_insecure_warning_and_missing_keys(void **state)
     const char *warning = "WARNING: --insecure: traffic is plain TCP, unauthenticated; use only "
                           "for local tests";
     char cmd[16384], *out = NULL, ini[4300];
-    int port = free_port();
+    int port = fh_free_port(NULL);
     snprintf(ini, sizeof ini, "%s/c.ini", dir);
     assert_int_equal(tu_write_file(ini, "[run]\nrounds = 1\n", 17), 0);
     snprintf(cmd, sizeof cmd,
