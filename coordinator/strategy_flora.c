@@ -2,6 +2,7 @@
  * the round's full adapters are stacked exactly into the round's fold, the
  * workers add the folds to their base weights, and LoRA restarts. */
 #include "strategy.h"
+#include "staging.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -14,10 +15,8 @@ typedef struct {
     strategy base;
     const fp_lora *shape;       /* the global's model and LoRA config */
     uint64_t seed, round;
-    float **u;                  /* [cap] the round's updates (delta_k, at rank[k]) */
-    double *w;
-    int *rank;                  /* 0: the global's */
-    int k, cap, next_rank;
+    update_stage st;            /* the round's updates (delta_k, at rank[k]) */
+    int next_rank;
     fp_lora **folds;            /* every round's stacked adapter, rank R_t, alpha R_t */
     int n_folds, folds_cap;
 } flora;
@@ -27,17 +26,10 @@ typedef struct {
 
 static const strategy_ops flora_ops;
 
-static void drop_updates(flora *g)
-{
-    for (int i = 0; i < g->k; i++)
-        free(g->u[i]);
-    g->k = 0;
-}
-
 static int flora_begin(strategy *s, uint64_t round)
 {
     flora *g = (flora *)s;
-    drop_updates(g);
+    stage_clear(&g->st);
     g->round = round;
     return 0;
 }
@@ -53,27 +45,7 @@ static int flora_add(strategy *s, const float *delta, double weight)
     int r = g->next_rank;
     g->next_rank = 0;
     size_t n = r > 0 ? floats_at_rank(g, r) : s->n;
-    if (g->k == g->cap) {
-        int cap = g->cap ? 2 * g->cap : 8;
-        float **u = realloc(g->u, (size_t)cap * sizeof *u);
-        if (u)
-            g->u = u;
-        double *w = u ? realloc(g->w, (size_t)cap * sizeof *w) : NULL;
-        if (w)
-            g->w = w;
-        int *rk = w ? realloc(g->rank, (size_t)cap * sizeof *rk) : NULL;
-        if (!rk)
-            return fp_error_set("flora: out of memory staging update %d", g->k + 1);
-        g->rank = rk;
-        g->cap = cap;
-    }
-    if (!(g->u[g->k] = malloc(n * sizeof(float))))
-        return fp_error_set("flora: out of memory staging update %d (%zu floats)", g->k + 1, n);
-    memcpy(g->u[g->k], delta, n * sizeof(float));
-    g->w[g->k] = weight;
-    g->rank[g->k] = r;
-    g->k++;
-    return 0;
+    return stage_add(&g->st, delta, n, weight, r, "flora");
 }
 
 static int push_fold(flora *g, fp_lora *fold)
@@ -110,34 +82,34 @@ static int cmp_updates(const void *a, const void *b)
 {
     const flora *g = sort_ctx;
     int i = *(const int *)a, j = *(const int *)b;
-    int ri = g->rank[i] ? g->rank[i] : g->shape->cfg.rank;
-    int rj = g->rank[j] ? g->rank[j] : g->shape->cfg.rank;
+    int ri = g->st.rank[i] ? g->st.rank[i] : g->shape->cfg.rank;
+    int rj = g->st.rank[j] ? g->st.rank[j] : g->shape->cfg.rank;
     if (ri != rj)
         return ri < rj ? -1 : 1;
-    if (g->w[i] != g->w[j])
-        return g->w[i] < g->w[j] ? -1 : 1;
-    return memcmp(g->u[i], g->u[j], floats_at_rank(g, ri) * sizeof(float));
+    if (g->st.w[i] != g->st.w[j])
+        return g->st.w[i] < g->st.w[j] ? -1 : 1;
+    return memcmp(g->st.u[i], g->st.u[j], floats_at_rank(g, ri) * sizeof(float));
 }
 
 static void canonical_order(flora *g)
 {
-    int *idx = malloc((size_t)g->k * sizeof *idx);
-    float **u = malloc((size_t)g->k * sizeof *u);
-    double *w = malloc((size_t)g->k * sizeof *w);
-    int *rk = malloc((size_t)g->k * sizeof *rk);
+    int *idx = malloc((size_t)g->st.k * sizeof *idx);
+    float **u = malloc((size_t)g->st.k * sizeof *u);
+    double *w = malloc((size_t)g->st.k * sizeof *w);
+    int *rk = malloc((size_t)g->st.k * sizeof *rk);
     if (idx && u && w && rk) {
-        for (int i = 0; i < g->k; i++)
+        for (int i = 0; i < g->st.k; i++)
             idx[i] = i;
         sort_ctx = g;
-        qsort(idx, (size_t)g->k, sizeof *idx, cmp_updates);
-        for (int i = 0; i < g->k; i++) {
-            u[i] = g->u[idx[i]];
-            w[i] = g->w[idx[i]];
-            rk[i] = g->rank[idx[i]];
+        qsort(idx, (size_t)g->st.k, sizeof *idx, cmp_updates);
+        for (int i = 0; i < g->st.k; i++) {
+            u[i] = g->st.u[idx[i]];
+            w[i] = g->st.w[idx[i]];
+            rk[i] = g->st.rank[idx[i]];
         }
-        memcpy(g->u, u, (size_t)g->k * sizeof *u);
-        memcpy(g->w, w, (size_t)g->k * sizeof *w);
-        memcpy(g->rank, rk, (size_t)g->k * sizeof *rk);
+        memcpy(g->st.u, u, (size_t)g->st.k * sizeof *u);
+        memcpy(g->st.w, w, (size_t)g->st.k * sizeof *w);
+        memcpy(g->st.rank, rk, (size_t)g->st.k * sizeof *rk);
     }   /* out of memory: arrival order (the product is the same) */
     free(idx);
     free(u);
@@ -152,7 +124,7 @@ static int flora_finish(strategy *s, float *global)
 {
     flora *g = (flora *)s;
     const fp_lora *shape = g->shape;
-    int K = g->k, rc = -1, rsum = 0;
+    int K = g->st.k, rc = -1, rsum = 0;
     fp_lora **w = calloc((size_t)K, sizeof *w);
     double *p = malloc((size_t)K * sizeof *p);
     fp_lora *gl = fp_lora_new(&shape->model, &shape->cfg), *fold = NULL;
@@ -163,10 +135,10 @@ static int flora_finish(strategy *s, float *global)
     memcpy(gl->params, global, s->n * sizeof(float));
     canonical_order(g);
     for (int k = 0; k < K; k++) {
-        p[k] = g->w[k] / s->weight_sum;
+        p[k] = g->st.w[k] / s->weight_sum;
         fp_lora_config c = shape->cfg;
-        if (g->rank[k] > 0)
-            c.rank = g->rank[k];
+        if (g->st.rank[k] > 0)
+            c.rank = g->st.rank[k];
         if (!(w[k] = fp_lora_new(&shape->model, &c)))
             goto done;
         if (c.rank == shape->cfg.rank)
@@ -174,7 +146,7 @@ static int flora_finish(strategy *s, float *global)
         else if (fp_lr_adapter_truncate(w[k], gl) < 0)
             goto done;
         for (size_t i = 0; i < w[k]->n_params; i++)
-            w[k]->params[i] += g->u[k][i];
+            w[k]->params[i] += g->st.u[k][i];
         rsum += c.rank;
     }
     if (rsum > WIRE_MAX_FOLD_RANK) {
@@ -196,7 +168,7 @@ done:
     free(p);
     fp_lora_free(&gl);
     fp_lora_free(&fold);
-    drop_updates(g);
+    stage_clear(&g->st);
     return rc;
 }
 
@@ -289,11 +261,8 @@ static void flora_set_rank(strategy *s, int rank) { ((flora *)s)->next_rank = ra
 static void flora_destroy(strategy *s)
 {
     flora *g = (flora *)s;
-    drop_updates(g);
+    stage_free(&g->st);
     drop_folds(g);
-    free(g->u);
-    free(g->w);
-    free(g->rank);
     free(g->folds);
     free(g);
 }

@@ -2,6 +2,7 @@
  * (strategy.h): svd (FlexLoRA) and the robust rules. The round's K updates are
  * copied as they arrive and combined at finish. */
 #include "strategy.h"
+#include "staging.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -16,10 +17,7 @@ typedef struct {
     strategy base;
     staged_params p;
     uint64_t round;
-    float **u;              /* [cap] the round's updates, n floats each */
-    double *w;              /* [cap] their weights */
-    int *rank;              /* [cap] their LoRA rank (svd; 0 = the global's) */
-    int k, cap;
+    update_stage st;        /* the round's updates, n floats each (svd: at rank[k]) */
     int next_rank;          /* rank of the next add (strategy_staged_set_rank) */
 } staged;
 
@@ -27,17 +25,10 @@ typedef struct {
 
 static const char *const staged_names[] = {"svd", "median", "trimmed_mean", "norm_bound"};
 
-static void drop_updates(staged *g)
-{
-    for (int i = 0; i < g->k; i++)
-        free(g->u[i]);
-    g->k = 0;
-}
-
 static int staged_begin(strategy *s, uint64_t round)
 {
     staged *g = (staged *)s;
-    drop_updates(g);
+    stage_clear(&g->st);
     g->round = round;
     return 0;
 }
@@ -48,41 +39,11 @@ static int staged_add(strategy *s, const float *delta, double weight)
     int r = g->next_rank;
     g->next_rank = 0;
     size_t n = s->n;
-    if (r > 0 && g->p.kind == STAGED_SVD) {
+    if (r > 0 && g->p.kind == STAGED_SVD) {  /* the slab is linear in the rank */
         const fp_lora *shape = g->p.shape;
-        fp_lora_config c = shape->cfg;
-        c.rank = r;
-        fp_lora *tmp = fp_lora_new(&shape->model, &c);
-        if (!tmp)
-            return -1;
-        n = tmp->n_params;
-        fp_lora_free(&tmp);
+        n = shape->n_params / (size_t)shape->cfg.rank * (size_t)r;
     }
-    if (g->k == g->cap) {
-        int cap = g->cap ? 2 * g->cap : 8;
-        float **u = realloc(g->u, (size_t)cap * sizeof *u);
-        if (u)
-            g->u = u;
-        double *w = u ? realloc(g->w, (size_t)cap * sizeof *w) : NULL;
-        if (w)
-            g->w = w;
-        int *rk = w ? realloc(g->rank, (size_t)cap * sizeof *rk) : NULL;
-        if (!rk)
-            return fp_error_set("%s: out of memory staging update %d", staged_names[g->p.kind],
-                                g->k + 1);
-        g->rank = rk;
-        g->cap = cap;
-    }
-    float *copy = malloc(n * sizeof *copy);
-    if (!copy)
-        return fp_error_set("%s: out of memory staging update %d (%zu floats; staging keeps "
-                            "every update of the round)", staged_names[g->p.kind], g->k + 1, n);
-    memcpy(copy, delta, n * sizeof *copy);
-    g->u[g->k] = copy;
-    g->w[g->k] = weight;
-    g->rank[g->k] = r;
-    g->k++;
-    return 0;
+    return stage_add(&g->st, delta, n, weight, r, staged_names[g->p.kind]);
 }
 
 /* A pair with B[:, j] = 0 and A[j, :] = 0 never trains: a fresh A row
@@ -121,7 +82,7 @@ static int revive_dead(fp_lora *a, uint64_t seed, uint64_t round)
 static int finish_svd(staged *g, float *global)
 {
     const fp_lora *shape = g->p.shape;
-    int K = g->k, rc = -1;
+    int K = g->st.k, rc = -1;
     fp_lora **w = calloc((size_t)K, sizeof *w);
     double *p = malloc((size_t)K * sizeof *p);
     fp_lora *out = fp_lora_new(&shape->model, &shape->cfg);
@@ -132,10 +93,10 @@ static int finish_svd(staged *g, float *global)
     }
     memcpy(gl->params, global, g->base.n * sizeof(float));
     for (int k = 0; k < K; k++) {
-        p[k] = g->w[k] / g->base.weight_sum;
+        p[k] = g->st.w[k] / g->base.weight_sum;
         fp_lora_config c = shape->cfg;
-        if (g->rank[k] > 0)
-            c.rank = g->rank[k];
+        if (g->st.rank[k] > 0)
+            c.rank = g->st.rank[k];
         if (!(w[k] = fp_lora_new(&shape->model, &c)))
             goto done;
         if (c.rank == shape->cfg.rank)
@@ -143,7 +104,7 @@ static int finish_svd(staged *g, float *global)
         else if (fp_lr_adapter_truncate(w[k], gl) < 0)
             goto done;
         for (size_t i = 0; i < w[k]->n_params; i++)
-            w[k]->params[i] += g->u[k][i];
+            w[k]->params[i] += g->st.u[k][i];
     }
     if (fp_lr_adapter_svd(out, K, (const fp_lora *const *)w, p) < 0)
         goto done;
@@ -168,13 +129,13 @@ static int finish_robust(staged *g, float *global)
     int rc, clipped = 0;
     if (!d)
         return fp_error_set("%s: out of memory", staged_names[g->p.kind]);
-    const float *const *u = (const float *const *)g->u;
+    const float *const *u = (const float *const *)g->st.u;
     if (g->p.kind == STAGED_MEDIAN)
-        rc = fp_robust_median(n, g->k, u, d);
+        rc = fp_robust_median(n, g->st.k, u, d);
     else if (g->p.kind == STAGED_TRIMMED)
-        rc = fp_robust_trimmed_mean(n, g->k, u, g->p.trim, d);
+        rc = fp_robust_trimmed_mean(n, g->st.k, u, g->p.trim, d);
     else
-        rc = fp_robust_norm_bound(n, g->k, u, g->w, g->p.norm_bound, d, &clipped);
+        rc = fp_robust_norm_bound(n, g->st.k, u, g->st.w, g->p.norm_bound, d, &clipped);
     if (rc == 0)
         for (size_t i = 0; i < n; i++)
             global[i] += d[i];
@@ -186,7 +147,7 @@ static int staged_finish(strategy *s, float *global)
 {
     staged *g = (staged *)s;
     int rc = g->p.kind == STAGED_SVD ? finish_svd(g, global) : finish_robust(g, global);
-    drop_updates(g);
+    stage_clear(&g->st);
     return rc;
 }
 
@@ -216,10 +177,7 @@ static int staged_state_load(strategy *s, const uint8_t *buf, size_t len)
 static void staged_destroy(strategy *s)
 {
     staged *g = (staged *)s;
-    drop_updates(g);
-    free(g->u);
-    free(g->w);
-    free(g->rank);
+    stage_free(&g->st);
     free(g);
 }
 
