@@ -20,7 +20,6 @@
 #include <zmq.h>
 
 #include "keys.h"
-#include "wire.h"
 
 #define ZAP_MAX_FRAMES 16
 #define ZAP_FRAME_CAP 256
@@ -132,7 +131,7 @@ static void zap_serve_one(fp_zap *z)
         atomic_fetch_add(&z->refused, 1);
         return;
     }
-    if (!frame_is(&r, ZR_DOMAIN, WIRE_ZAP_DOMAIN)) {
+    if (!frame_is(&r, ZR_DOMAIN, ZAP_DOMAIN)) {
         zap_reply(z->sock, &r, "400", "unknown ZAP domain", "");
         zap_logf(z, "ZAP: refused a request for another domain from %s", addr);
         atomic_fetch_add(&z->refused, 1);

@@ -4,7 +4,7 @@
  * client that connects to a CURVE server socket with a ZAP domain
  * (wire_router_bind_curve). This handler runs in its own thread with its own
  * REP socket bound there, so the coordinator's poll loop never waits on it.
- * For each request it checks the version ("1.0"), the domain (WIRE_ZAP_DOMAIN)
+ * For each request it checks the version ("1.0"), the domain (ZAP_DOMAIN)
  * and the mechanism ("CURVE"), then looks the client's 32-byte public key up
  * in the allowlist (keys.h). The reply echoes the request id with status
  * "200" and user id = the key's name in the allowlist, or "400" with a reason.
@@ -24,6 +24,8 @@
 
 #include "fp_error.h"
 
+/* The ZAP domain the coordinator's ROUTER announces (common/wire/wire.c). */
+#define ZAP_DOMAIN "fedpeft"
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_POLL_MS 100
 

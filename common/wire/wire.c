@@ -303,7 +303,7 @@ static int wire_curve_server_opts(void *s, const fp_keypair *server)
     if (wire_setopt_int(s, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER") < 0)
         return -1;
     if (zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, server->secret_key, FP_KEY_BYTES) != 0 ||
-        zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN, strlen(WIRE_ZAP_DOMAIN)) != 0)
+        zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, ZAP_DOMAIN, strlen(ZAP_DOMAIN)) != 0)
         return fp_error_set("cannot enable CURVE on the ROUTER: %s (is libzmq built with "
                             "libsodium/CURVE support?)", zmq_strerror(zmq_errno()));
     return 0;

@@ -16,6 +16,7 @@
 #include "fedpeft.pb-c.h"
 #include "fp_error.h"
 #include "keys.h"
+#include "zap.h"
 
 #define WIRE_PROTOCOL_VERSION 1u
 #define WIRE_CHUNK_FLOATS ((size_t)256 * 1024)              /* 1 MiB of floats */
@@ -65,13 +66,12 @@ void *wire_dealer_connect(void *zctx, const char *endpoint, const char *worker_i
 
 /* The same sockets with ZeroMQ CURVE (encrypted, authenticated). The ROUTER
  * is a CURVE server (ZMQ_CURVE_SERVER, ZMQ_CURVE_SECRETKEY = server's secret)
- * in ZAP domain WIRE_ZAP_DOMAIN: libzmq asks the ZAP handler of zctx
- * (common/zap.h; start it BEFORE binding) about every client key. The DEALER
+ * in ZAP domain ZAP_DOMAIN: libzmq asks the ZAP handler of zctx
+ * (common/privacy/zap.h; start it BEFORE binding) about every client key. The DEALER
  * is a CURVE client with its own key pair that trusts only server_pub
  * (ZMQ_CURVE_SERVERKEY). A wrong server key or a refused client key fails the
  * handshake silently at the socket level: watch it with zmq_socket_monitor
  * (ZMQ_EVENT_HANDSHAKE_FAILED_*). Keys are borrowed (libzmq copies them). */
-#define WIRE_ZAP_DOMAIN "fedpeft"
 void *wire_router_bind_curve(void *zctx, const char *endpoint,
                              const fp_keypair *server) FP_WUR;
 void *wire_dealer_connect_curve(void *zctx, const char *endpoint, const char *worker_id,
