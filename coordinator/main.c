@@ -5,7 +5,7 @@
  *
  * SIGINT / SIGTERM stop the loop; the last completed round is already in the
  * checkpoint, so a restart with the same config resumes there. SIGHUP re-reads
- * [security] allowlist (applied by the ZAP thread, common/zap.h).
+ * [security] allowlist (applied by the ZAP thread, common/privacy/zap.h).
  */
 #include <signal.h>
 #include <sodium.h>

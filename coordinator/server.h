@@ -57,7 +57,7 @@ typedef struct {
     const char *run_id;
     Fedpeft__LoraSpec lora;     /* sent in Welcome */
     /* CURVE (docs/privacy.md): the coordinator's key pair, used by server_new
-     * only (NULL: plain TCP, --insecure); the ZAP handler (common/zap.h, its
+     * only (NULL: plain TCP, --insecure); the ZAP handler (common/privacy/zap.h, its
      * own thread) admits the keys in allowlist and re-reads it when
      * *reload_allowlist is set (SIGHUP). */
     const fp_keypair *curve;

@@ -1,4 +1,4 @@
-/* test_config.c - INI config files against a key table (common/config.c). */
+/* test_config.c - INI config files against a key table (common/base/config.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* test_wire.c - envelopes, validation, chunks and real ZeroMQ sockets (common/wire.c).
+/* test_wire.c - envelopes, validation, chunks and real ZeroMQ sockets (common/wire/wire.c).
  *
  * Sockets are real: a ROUTER bound to tcp://127.0.0.1:* (a free port) and
  * DEALERs connected to it, as the coordinator and workers use them.

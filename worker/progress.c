@@ -4,20 +4,13 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "term_line.h"
 #include "wk_log.h"
 
 #define BAR_WIDTH 20
 
 static int tty = -1;        /* -1: not checked yet */
-static int bar_open;        /* a bar is drawn without its newline */
-
-void wk_progress_break(void)
-{
-    if (bar_open) {
-        fputc('\n', stderr);
-        bar_open = 0;
-    }
-}
+void wk_progress_break(void) { term_line_break(); }
 
 static void eta_text(char *buf, size_t cap, const fp_progress *p)
 {
@@ -46,7 +39,7 @@ void wk_progress(uint64_t round, const fp_progress *p)
         fprintf(stderr, "\r[%s] round %llu step %d/%d loss %.4f %.0f tok/s ETA %s\033[K", bar,
                 (unsigned long long)round, p->step, p->steps, (double)p->loss, p->tokens_per_s,
                 eta);
-        bar_open = 1;
+        term_line_opened();
         if (last)
             wk_progress_break();
         else

@@ -1,11 +1,11 @@
 /* wk_log.c - timestamped log lines (see wk_log.h). */
 #include "wk_log.h"
 
-#include "progress.h"
-
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
+
+#include "term_line.h"
 
 static char log_id[80];
 
@@ -22,7 +22,7 @@ void wk_log(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    wk_progress_break(); /* a progress bar left open on a terminal */
+    term_line_break(); /* a progress bar left open on a terminal */
     /* One fprintf per line so concurrent writers do not interleave mid-line. */
     fprintf(stderr, "%s worker%s%s: %s\n", stamp, log_id[0] ? " " : "", log_id, line);
 }

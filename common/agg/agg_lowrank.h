@@ -1,4 +1,8 @@
-/* agg_lowrank.h - LoRA-aware aggregation of factor pairs (docs/aggregation.md).
+/* common/agg/ - the coordinator's aggregation math: exact low-rank rules
+ * (this file), robust rules (agg_robust.h), server optimizers
+ * (agg_serveropt.h). Uses base and engine (model shapes, LoRA layout).
+ *
+ * agg_lowrank.h - LoRA-aware aggregation of factor pairs (docs/aggregation.md).
  *
  * FedAvg averages B and A separately, so the global product is
  * mean(B) mean(A) != mean(B A): the cross terms B_j A_k (j != k) are noise.

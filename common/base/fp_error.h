@@ -1,4 +1,7 @@
-/* fp_error.h - error reporting for the fedpeft library.
+/* common/base/ - what every subsystem needs and nothing else: errors (this
+ * file), the seeded RNG (rng.h) and INI config tables (config.h). Uses only inih.
+ *
+ * fp_error.h - error reporting for the fedpeft library.
  *
  * Library functions return 0 / -1 (or NULL) and record one human-readable
  * message with fp_error_set(): what was wrong, where (file, tensor, key), and

@@ -1,4 +1,7 @@
-/* data.h - datasets: records of several forms, packed into token streams,
+/* common/data/ - training text: records of every form, packing into token
+ * streams and batches, partitioning into shards. Uses base and tokenizer.
+ *
+ * data.h - datasets: records of several forms, packed into token streams,
  * a seeded validation split, and the batches read from a stream.
  *
  * Forms (fp_data_format; detected from the file, or forced):

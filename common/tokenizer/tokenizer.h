@@ -1,4 +1,7 @@
-/* tokenizer.h - Hugging Face tokenizer.json (BPE), encode and decode.
+/* common/tokenizer/ - text <-> token ids, exactly as Hugging Face tokenizers
+ * does. Uses base; PCRE2 and cJSON. Knows nothing of models or the federation.
+ *
+ * tokenizer.h - Hugging Face tokenizer.json (BPE), encode and decode.
  *
  * Both BPE families are supported:
  *  - SentencePiece-style (LLaMA-1/2, TinyLlama, converted llama2.c): normalizer

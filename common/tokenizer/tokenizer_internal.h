@@ -5,7 +5,8 @@
  * pre-tokenizers (incl. ByteLevel and PCRE2 regex splits); tokenizer_bpe.c is
  * the merge engine and its cache; tokenizer_encode.c runs the stages;
  * tokenizer_decode.c the decoders; tokenizer_convert.c the llama2.c
- * converter; tokenizer_util.c buffers, hash maps, UTF-8 and JSON helpers.
+ * converter; tokenizer_vocab.c id/piece lookups; tokenizer_util.c buffers,
+ * hash maps, UTF-8 and JSON helpers.
  */
 #ifndef FP_TOKENIZER_INTERNAL_H
 #define FP_TOKENIZER_INTERNAL_H
