@@ -15,6 +15,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench_tokenize(int argc, char **argv); /* bench tokenize, in cmd_bench_tokenize.c */
+int cmd_bench_secagg(int argc, char **argv);   /* bench secagg, in cmd_bench_secagg.c */
 int cmd_partition(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 int cmd_report(int argc, char **argv);

@@ -49,6 +49,8 @@ int cmd_bench(int argc, char **argv)
     const char *cmd = "bench";
     if (argc >= 2 && !strcmp(argv[1], "tokenize"))
         return cmd_bench_tokenize(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "secagg"))
+        return cmd_bench_secagg(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "train") != 0) {
         fputs(usage, argc >= 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
         return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : cli_fail(cmd, "expected 'bench train'");

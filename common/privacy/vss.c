@@ -2,6 +2,7 @@
 #include "vss.h"
 
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* x as a little-endian scalar (x < 2^32 < l, so already reduced). */
@@ -48,7 +49,7 @@ int fp_vss_deal(const uint8_t secret[FP_VSS_BYTES], unsigned t, const uint32_t *
                 uint8_t (*shares_out)[FP_VSS_BYTES], uint8_t (*commit_out)[FP_VSS_BYTES])
 {
     memset(shares_out, 0, n * FP_VSS_BYTES);
-    if (t >= 1)
+    if (t >= 1 && commit_out)
         memset(commit_out, 0, (size_t)(t <= FP_VSS_MAX_T ? t : 0) * FP_VSS_BYTES);
     if (t < 1 || t > FP_VSS_MAX_T || (size_t)t > n)
         return fp_error_set("vss: threshold t = %u with n = %zu shares; need 1 <= t <= n and "
@@ -67,7 +68,7 @@ int fp_vss_deal(const uint8_t secret[FP_VSS_BYTES], unsigned t, const uint32_t *
     for (unsigned j = 1; j < t; j++)
         fp_vss_random_secret(coef + (size_t)j * FP_VSS_BYTES);
     int rc = 0;
-    for (unsigned j = 0; j < t && rc == 0; j++)
+    for (unsigned j = 0; j < t && rc == 0 && commit_out; j++)
         if (crypto_scalarmult_ed25519_base_noclamp(commit_out[j], coef + (size_t)j * FP_VSS_BYTES))
             rc = fp_error_set("vss: commitment %u is the identity", j);
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -84,7 +85,8 @@ int fp_vss_deal(const uint8_t secret[FP_VSS_BYTES], unsigned t, const uint32_t *
     sodium_free(coef); /* sodium_free wipes */
     if (rc != 0) {
         sodium_memzero(shares_out, n * FP_VSS_BYTES);
-        memset(commit_out, 0, (size_t)t * FP_VSS_BYTES);
+        if (commit_out)
+            memset(commit_out, 0, (size_t)t * FP_VSS_BYTES);
     }
     return rc;
 }
@@ -128,44 +130,92 @@ int fp_vss_verify(const uint8_t (*commit)[FP_VSS_BYTES], unsigned t, uint32_t x,
     return 0;
 }
 
-int fp_vss_combine(const uint8_t (*shares)[FP_VSS_BYTES], const uint32_t *xs, size_t k,
-                   unsigned t, uint8_t secret_out[FP_VSS_BYTES])
+int fp_vss_lagrange(const uint32_t *xs, size_t k, uint8_t (*l_out)[FP_VSS_BYTES])
 {
-    uint8_t acc[FP_VSS_BYTES] = {0}, num[FP_VSS_BYTES], den[FP_VSS_BYTES], l[FP_VSS_BYTES];
-    uint8_t xj[FP_VSS_BYTES], xm[FP_VSS_BYTES], d[FP_VSS_BYTES], term[FP_VSS_BYTES];
+    uint8_t num[FP_VSS_BYTES], xj[FP_VSS_BYTES], xm[FP_VSS_BYTES], d[FP_VSS_BYTES];
+    uint8_t inv[FP_VSS_BYTES], tmp[FP_VSS_BYTES];
 
-    memset(secret_out, 0, FP_VSS_BYTES);
-    if (t < 1 || k < t)
-        return fp_error_set("vss: %zu shares given, %u needed", k, t);
+    memset(l_out, 0, k * FP_VSS_BYTES);
+    if (k < 1)
+        return fp_error_set("vss: no shares to interpolate");
     if (check_xs(xs, k) < 0)
         return -1;
-    for (size_t j = 0; j < k; j++)
-        if (!scalar_canonical(shares[j]))
-            return fp_error_set("vss: share %zu (x = %u) is not a canonical scalar", j,
-                                (unsigned)xs[j]);
+    uint8_t (*den)[FP_VSS_BYTES] = malloc(2 * k * FP_VSS_BYTES);
+    if (!den)
+        return fp_error_set("vss: out of memory for %zu coefficients", k);
+    uint8_t (*pre)[FP_VSS_BYTES] = den + k;
+    /* l_j = prod_{m != j} x_m / (x_m - x_j) mod l; the k denominators are
+     * inverted together (Montgomery's trick: one inversion, 3(k-1) products). */
+    scalar_of_u32(num, 1);
+    for (size_t m = 0; m < k; m++) {
+        scalar_of_u32(xm, xs[m]);
+        crypto_core_ed25519_scalar_mul(num, num, xm);  /* prod of all x_m */
+    }
     for (size_t j = 0; j < k; j++) {
-        /* Lagrange basis at 0: l_j = prod_{m != j} x_m / (x_m - x_j) mod l. */
-        scalar_of_u32(num, 1);
-        scalar_of_u32(den, 1);
+        scalar_of_u32(den[j], 1);
         scalar_of_u32(xj, xs[j]);
         for (size_t m = 0; m < k; m++) {
             if (m == j)
                 continue;
             scalar_of_u32(xm, xs[m]);
-            crypto_core_ed25519_scalar_mul(num, num, xm);
             crypto_core_ed25519_scalar_sub(d, xm, xj);
-            crypto_core_ed25519_scalar_mul(den, den, d);
+            crypto_core_ed25519_scalar_mul(den[j], den[j], d);
         }
-        if (crypto_core_ed25519_scalar_invert(l, den) != 0)
-            return fp_error_set("vss: interpolation denominator is zero");
-        crypto_core_ed25519_scalar_mul(l, l, num);
-        crypto_core_ed25519_scalar_mul(term, l, shares[j]);
+        crypto_core_ed25519_scalar_mul(den[j], den[j], xj); /* so num/den[j] drops x_j */
+        if (j == 0)
+            memcpy(pre[0], den[0], FP_VSS_BYTES);
+        else
+            crypto_core_ed25519_scalar_mul(pre[j], pre[j - 1], den[j]);
+    }
+    int rc = 0;
+    if (crypto_core_ed25519_scalar_invert(inv, pre[k - 1]) != 0) {
+        rc = fp_error_set("vss: interpolation denominator is zero");
+    } else {
+        for (size_t j = k; j-- > 0;) {
+            /* inv = 1 / (den[0] ... den[j]) */
+            if (j > 0)
+                crypto_core_ed25519_scalar_mul(tmp, inv, pre[j - 1]); /* 1 / den[j] */
+            else
+                memcpy(tmp, inv, FP_VSS_BYTES);
+            crypto_core_ed25519_scalar_mul(l_out[j], tmp, num);
+            crypto_core_ed25519_scalar_mul(inv, inv, den[j]);
+        }
+    }
+    free(den);
+    return rc;
+}
+
+void fp_vss_combine_lagrange(const uint8_t (*l)[FP_VSS_BYTES], const uint8_t (*shares)[FP_VSS_BYTES],
+                             size_t k, uint8_t secret_out[FP_VSS_BYTES])
+{
+    uint8_t acc[FP_VSS_BYTES] = {0}, term[FP_VSS_BYTES];
+    for (size_t j = 0; j < k; j++) {
+        crypto_core_ed25519_scalar_mul(term, l[j], shares[j]);
         crypto_core_ed25519_scalar_add(acc, acc, term);
     }
     memcpy(secret_out, acc, FP_VSS_BYTES);
     sodium_memzero(acc, sizeof acc);
     sodium_memzero(term, sizeof term);
-    return 0;
+}
+
+int fp_vss_combine(const uint8_t (*shares)[FP_VSS_BYTES], const uint32_t *xs, size_t k,
+                   unsigned t, uint8_t secret_out[FP_VSS_BYTES])
+{
+    memset(secret_out, 0, FP_VSS_BYTES);
+    if (t < 1 || k < t)
+        return fp_error_set("vss: %zu shares given, %u needed", k, t);
+    for (size_t j = 0; j < k; j++)
+        if (!scalar_canonical(shares[j]))
+            return fp_error_set("vss: share %zu (x = %u) is not a canonical scalar", j,
+                                (unsigned)xs[j]);
+    uint8_t (*l)[FP_VSS_BYTES] = malloc(k * FP_VSS_BYTES);
+    if (!l)
+        return fp_error_set("vss: out of memory for %zu coefficients", k);
+    int rc = fp_vss_lagrange(xs, k, l);
+    if (rc == 0)
+        fp_vss_combine_lagrange((const uint8_t (*)[FP_VSS_BYTES])l, shares, k, secret_out);
+    free(l);
+    return rc;
 }
 
 int fp_vss_check_secret(const uint8_t (*commit)[FP_VSS_BYTES], const uint8_t secret[FP_VSS_BYTES])

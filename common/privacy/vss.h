@@ -35,7 +35,8 @@ void fp_vss_random_secret(uint8_t secret_out[FP_VSS_BYTES]);
 
 /* Dealer: shares secret (a canonical scalar) t-of-n at the points xs[0..n-1]
  * (distinct, nonzero). shares_out: n rows, row i = f(xs[i]). commit_out: t points
- * C_0..C_{t-1}. 1 <= t <= min(n, FP_VSS_MAX_T). On error (-1, fp_error) both
+ * C_0..C_{t-1}, or NULL for plain (unverifiable) Shamir shares, which skips the t
+ * point multiplications. 1 <= t <= min(n, FP_VSS_MAX_T). On error (-1, fp_error) both
  * outputs are zeroed. Caller wipes the shares after sending them. */
 int fp_vss_deal(const uint8_t secret[FP_VSS_BYTES], unsigned t, const uint32_t *xs, size_t n,
                 uint8_t (*shares_out)[FP_VSS_BYTES], uint8_t (*commit_out)[FP_VSS_BYTES]) FP_WUR;
@@ -54,6 +55,14 @@ int fp_vss_verify(const uint8_t (*commit)[FP_VSS_BYTES], unsigned t, uint32_t x,
  * and on error. */
 int fp_vss_combine(const uint8_t (*shares)[FP_VSS_BYTES], const uint32_t *xs, size_t k,
                    unsigned t, uint8_t secret_out[FP_VSS_BYTES]) FP_WUR;
+
+/* The Lagrange coefficients at 0 for the points xs (distinct, nonzero): with them
+ * every secret shared at the same points is k multiply-adds
+ * (fp_vss_combine_lagrange), as when one set of responders answers for many
+ * dealers. l_out: k scalars, zeroed on error. */
+int fp_vss_lagrange(const uint32_t *xs, size_t k, uint8_t (*l_out)[FP_VSS_BYTES]) FP_WUR;
+void fp_vss_combine_lagrange(const uint8_t (*l)[FP_VSS_BYTES], const uint8_t (*shares)[FP_VSS_BYTES],
+                             size_t k, uint8_t secret_out[FP_VSS_BYTES]);
 
 /* 0 when secret * G == commit[0] (a reconstructed secret is the committed one). */
 int fp_vss_check_secret(const uint8_t (*commit)[FP_VSS_BYTES],
