@@ -202,6 +202,44 @@ static void test_quantization(void **state)
     assert_int_equal(fp_secagg_params_check(1.0f, 31, 2), -1);
 }
 
+/* The plausibility check on an unmasked sum: honest sums pass at the edge of the
+ * range; a +-512 input from one of 5 parties (clip 0.01) is refused, naming the
+ * coordinate; an unclipped input is caught by the L2 bound. */
+static void test_sum_bounds(void **state)
+{
+    (void)state;
+    enum { N = 64, P = 5, F = 16 };
+    const float clip = 0.01f;
+    uint32_t q[N], acc[N] = {0};
+    float x[N];
+    for (int p = 0; p < P; p++) {
+        for (int i = 0; i < N; i++)
+            x[i] = (i % 2 ? clip : -clip) * (p == 0 ? 1.0f : 0.5f);
+        assert_int_equal(fp_secagg_quantize(q, x, N, clip, F, NULL), 0);
+        fp_secagg_sum_add(acc, q, N);
+    }
+    size_t bad = 0;
+    assert_int_equal(fp_secagg_check_sum(acc, N, P, clip, F, 0.0, &bad), 0);
+    assert_int_equal(bad, SIZE_MAX);
+    /* L2: each |x|_2 = sqrt(N) * 0.01 at most */
+    assert_int_equal(fp_secagg_check_sum(acc, N, P, clip, F, sqrt(N) * clip, NULL), 0);
+    assert_int_equal(fp_secagg_check_sum(acc, N, P, clip, F, 0.1 * clip, NULL), -1);
+
+    /* a hostile party adds +512 (in quanta) to coordinate 7: any word mod 2^32 */
+    uint32_t evil[N] = {0};
+    evil[7] = (uint32_t)(int64_t)(512.0 * 65536.0);
+    uint32_t sum2[N];
+    memcpy(sum2, acc, sizeof acc);
+    fp_secagg_sum_add(sum2, evil, N);
+    assert_int_equal(fp_secagg_check_sum(sum2, N, P, clip, F, 0.0, &bad), -1);
+    assert_int_equal(bad, 7);
+    assert_non_null(strstr(fp_error_get(), "coordinate 7"));
+    evil[7] = (uint32_t)-(int64_t)(512.0 * 65536.0);
+    memcpy(sum2, acc, sizeof acc);
+    fp_secagg_sum_add(sum2, evil, N);
+    assert_int_equal(fp_secagg_check_sum(sum2, N, P, clip, F, 0.0, NULL), -1);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -211,6 +249,7 @@ int main(void)
         cmocka_unit_test(test_two_dropped),
         cmocka_unit_test(test_pair_seed_and_prg),
         cmocka_unit_test(test_quantization),
+        cmocka_unit_test(test_sum_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,8 @@
 #include "secagg.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -45,6 +47,38 @@ int fp_secagg_quantize(uint32_t *out, const float *in, size_t n, float clip,
             r = round(s);
         }
         out[i] = (uint32_t)(int64_t)r;            /* mod 2^32: two's complement */
+    }
+    return 0;
+}
+
+int fp_secagg_check_sum(const uint32_t *sum, size_t n, size_t n_inputs, float clip,
+                        unsigned frac_bits, double l2_each, size_t *bad_out)
+{
+    if (bad_out)
+        *bad_out = SIZE_MAX;
+    if (fp_secagg_params_check(clip, frac_bits, n_inputs ? n_inputs : 1) < 0)
+        return -1;
+    double per = ldexp((double)clip, (int)frac_bits) + 1.0, bound = (double)n_inputs * per;
+    double inv = ldexp(1.0, -(int)frac_bits), sq = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = sum[i] >= 0x80000000u ? (int64_t)sum[i] - 0x100000000LL : (int64_t)sum[i];
+        if ((double)llabs(v) > bound) {
+            if (bad_out)
+                *bad_out = i;
+            return fp_error_set("secagg: coordinate %zu of the sum of %zu inputs is %g, beyond "
+                                "what %zu inputs clipped to %g can reach (%g): an input was out "
+                                "of range", i, n_inputs, (double)v * inv, n_inputs, (double)clip,
+                                bound * inv);
+        }
+        double f = (double)v * inv;
+        sq += f * f;
+    }
+    if (l2_each > 0.0) {
+        double l2 = sqrt(sq), lim = (double)n_inputs * (l2_each + sqrt((double)n) * inv);
+        if (l2 > lim)
+            return fp_error_set("secagg: the sum of %zu inputs has L2 norm %g, beyond %zu x the "
+                                "per-update bound %g (%g): an input was not clipped", n_inputs,
+                                l2, n_inputs, l2_each, lim);
     }
     return 0;
 }

@@ -77,6 +77,17 @@ int fp_secagg_params_check(float clip, unsigned frac_bits, size_t n_parties) FP_
 int fp_secagg_quantize(uint32_t *out, const float *in, size_t n, float clip,
                        unsigned frac_bits, fp_rng *rng) FP_WUR;
 
+/* 0 when an unmasked sum of n_inputs quantized updates is possible for honest
+ * inputs: every coordinate within n * (clip * 2^f + 1) and, when l2_each > 0 (the
+ * L2 bound each worker's update was clipped to), ||sum||_2 within n * l2_each plus
+ * the quantization error. Else -1 with fp_error naming the first impossible
+ * coordinate (its index in *bad_out, when given) or the norm. Masked words cannot
+ * be checked one by one, but the sum can: one worker's out-of-range input (any
+ * word mod 2^32) either breaks this check or moves each coordinate by at most
+ * (2n - 1) * (clip * 2^f + 1) quanta, which is the bound docs/privacy.md states. */
+int fp_secagg_check_sum(const uint32_t *sum, size_t n, size_t n_inputs, float clip,
+                        unsigned frac_bits, double l2_each, size_t *bad_out) FP_WUR;
+
 /* A quantized SUM (of any number of parties) back to floats: int32 / 2^frac_bits. */
 void fp_secagg_dequantize_sum(float *out, const uint32_t *sum, size_t n, unsigned frac_bits);
 
