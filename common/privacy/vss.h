@@ -28,7 +28,7 @@
 #include "fp_error.h"
 
 #define FP_VSS_BYTES 32        /* one scalar or one point */
-#define FP_VSS_MAX_T 4096      /* polynomial degree + 1; bounds a peer's commitment list */
+#define FP_VSS_MAX_T 65536     /* polynomial degree + 1; bounds a peer's commitment list (2 MiB) */
 
 /* A fresh uniformly random nonzero scalar: the secret to share. */
 void fp_vss_random_secret(uint8_t secret_out[FP_VSS_BYTES]);
