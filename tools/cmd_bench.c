@@ -44,59 +44,21 @@ static double flops_per_token(const fp_model_config *c, const fp_lora *l, int T)
     return per_layer * c->n_layers + 4.0 * (double)c->vocab_size * c->dim;
 }
 
-int cmd_bench(int argc, char **argv)
+/* The benchmark's shape, from the command line. */
+typedef struct {
+    fp_model_config cfg;
+    fp_lora_config lc;
+    int T, B, steps, threads;
+} bench_shape;
+
+/* Trains sh->steps steps (after one untimed warm-up) and prints the figures. */
+static int bench_train(const bench_shape *sh)
 {
     const char *cmd = "bench";
-    if (argc >= 2 && !strcmp(argv[1], "tokenize"))
-        return cmd_bench_tokenize(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "secagg"))
-        return cmd_bench_secagg(argc - 1, argv + 1);
-    if (argc < 2 || strcmp(argv[1], "train") != 0) {
-        fputs(usage, argc >= 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
-        return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : cli_fail(cmd, "expected 'bench train'");
-    }
-    fp_model_config cfg = {.arch = "LlamaForCausalLM", .dim = 512, .hidden_dim = 1376,
-                           .n_layers = 8, .n_heads = 8, .n_kv_heads = 8, .vocab_size = 4096,
-                           .max_seq_len = 256, .rms_eps = 1e-5f, .rope_theta = 10000.0f,
-                           .bos_id = -1, .eos_id = -1};
-    int T = 256, B = 4, steps = 5, threads = 0;
-    fp_lora_config lc;
-    fp_lora_config_default(&lc);
-    static const struct option opts[] = {
-        {"dim", required_argument, 0, 'd'},    {"layers", required_argument, 0, 'L'},
-        {"heads", required_argument, 0, 'H'},  {"kv-heads", required_argument, 0, 'K'},
-        {"hidden", required_argument, 0, 'F'}, {"vocab", required_argument, 0, 'V'},
-        {"seq", required_argument, 0, 'T'},    {"batch", required_argument, 0, 'B'},
-        {"rank", required_argument, 0, 'r'},   {"targets", required_argument, 0, 'g'},
-        {"steps", required_argument, 0, 's'},  {"threads", required_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
-    };
-    int c, bad = 0;
-    optind = 1;
-    while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd': bad = cli_int(cmd, "--dim", optarg, 2, 65536, &cfg.dim); break;
-        case 'L': bad = cli_int(cmd, "--layers", optarg, 1, 1024, &cfg.n_layers); break;
-        case 'H': bad = cli_int(cmd, "--heads", optarg, 1, 1024, &cfg.n_heads); break;
-        case 'K': bad = cli_int(cmd, "--kv-heads", optarg, 1, 1024, &cfg.n_kv_heads); break;
-        case 'F': bad = cli_int(cmd, "--hidden", optarg, 1, 1 << 20, &cfg.hidden_dim); break;
-        case 'V': bad = cli_int(cmd, "--vocab", optarg, 2, 1 << 22, &cfg.vocab_size); break;
-        case 'T': bad = cli_int(cmd, "--seq", optarg, 1, 1 << 16, &T); break;
-        case 'B': bad = cli_int(cmd, "--batch", optarg, 1, 4096, &B); break;
-        case 'r': bad = cli_int(cmd, "--rank", optarg, 1, 4096, &lc.rank); break;
-        case 'g': bad = fp_lora_parse_targets(optarg, &lc.targets) ? cli_fail_lib(cmd) : 0; break;
-        case 's': bad = cli_int(cmd, "--steps", optarg, 1, 1000000, &steps); break;
-        case 'j': bad = cli_int(cmd, "--threads", optarg, 1, 1024, &threads); break;
-        case 'h': fputs(usage, stdout); return 0;
-        default: return cli_usage_hint(cmd);
-        }
-        if (bad)
-            return 2;
-    }
-    cfg.max_seq_len = T;
-    if (fp_config_validate(&cfg, "bench shape") != 0)
-        return cli_fail_lib(cmd);
-    fp_blas_set_threads(threads);
+    const fp_model_config cfg = sh->cfg;
+    const fp_lora_config lc = sh->lc;
+    const int T = sh->T, B = sh->B, steps = sh->steps;
+    fp_blas_set_threads(sh->threads);
 
     int rc = 1;
     fp_model *m = NULL;
@@ -164,4 +126,71 @@ out:
     fp_lora_free(&lora);
     fp_model_free(&m);
     return rc;
+}
+
+/* Parses `bench train` options into sh: 0; -1 after --help; else the exit
+ * status of an error already printed (2 usage, 1 a shape the engine refuses). */
+static int bench_parse(int argc, char **argv, bench_shape *sh)
+{
+    const char *cmd = "bench";
+    fp_model_config cfg = {.arch = "LlamaForCausalLM", .dim = 512, .hidden_dim = 1376,
+                           .n_layers = 8, .n_heads = 8, .n_kv_heads = 8, .vocab_size = 4096,
+                           .max_seq_len = 256, .rms_eps = 1e-5f, .rope_theta = 10000.0f,
+                           .bos_id = -1, .eos_id = -1};
+    sh->cfg = cfg;
+    sh->T = 256, sh->B = 4, sh->steps = 5, sh->threads = 0;
+    fp_lora_config_default(&sh->lc);
+    static const struct option opts[] = {
+        {"dim", required_argument, 0, 'd'},    {"layers", required_argument, 0, 'L'},
+        {"heads", required_argument, 0, 'H'},  {"kv-heads", required_argument, 0, 'K'},
+        {"hidden", required_argument, 0, 'F'}, {"vocab", required_argument, 0, 'V'},
+        {"seq", required_argument, 0, 'T'},    {"batch", required_argument, 0, 'B'},
+        {"rank", required_argument, 0, 'r'},   {"targets", required_argument, 0, 'g'},
+        {"steps", required_argument, 0, 's'},  {"threads", required_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    int c, bad = 0;
+    optind = 1;
+    while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': bad = cli_int(cmd, "--dim", optarg, 2, 65536, &sh->cfg.dim); break;
+        case 'L': bad = cli_int(cmd, "--layers", optarg, 1, 1024, &sh->cfg.n_layers); break;
+        case 'H': bad = cli_int(cmd, "--heads", optarg, 1, 1024, &sh->cfg.n_heads); break;
+        case 'K': bad = cli_int(cmd, "--kv-heads", optarg, 1, 1024, &sh->cfg.n_kv_heads); break;
+        case 'F': bad = cli_int(cmd, "--hidden", optarg, 1, 1 << 20, &sh->cfg.hidden_dim); break;
+        case 'V': bad = cli_int(cmd, "--vocab", optarg, 2, 1 << 22, &sh->cfg.vocab_size); break;
+        case 'T': bad = cli_int(cmd, "--seq", optarg, 1, 1 << 16, &sh->T); break;
+        case 'B': bad = cli_int(cmd, "--batch", optarg, 1, 4096, &sh->B); break;
+        case 'r': bad = cli_int(cmd, "--rank", optarg, 1, 4096, &sh->lc.rank); break;
+        case 'g': bad = fp_lora_parse_targets(optarg, &sh->lc.targets) ? cli_fail_lib(cmd) : 0; break;
+        case 's': bad = cli_int(cmd, "--steps", optarg, 1, 1000000, &sh->steps); break;
+        case 'j': bad = cli_int(cmd, "--threads", optarg, 1, 1024, &sh->threads); break;
+        case 'h': fputs(usage, stdout); return -1;
+        default: return cli_usage_hint(cmd);
+        }
+        if (bad)
+            return 2;
+    }
+    sh->cfg.max_seq_len = sh->T;
+    if (fp_config_validate(&sh->cfg, "bench shape") != 0)
+        return cli_fail_lib(cmd);
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    const char *cmd = "bench";
+    if (argc >= 2 && !strcmp(argv[1], "tokenize"))
+        return cmd_bench_tokenize(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "secagg"))
+        return cmd_bench_secagg(argc - 1, argv + 1);
+    if (argc < 2 || strcmp(argv[1], "train") != 0) {
+        fputs(usage, argc >= 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
+        return argc >= 2 && !strcmp(argv[1], "--help") ? 0 : cli_fail(cmd, "expected 'bench train'");
+    }
+    bench_shape sh;
+    int prc = bench_parse(argc, argv, &sh);
+    if (prc != 0)
+        return prc < 0 ? 0 : prc;
+    return bench_train(&sh);
 }

@@ -110,6 +110,47 @@ static int check_config(const fp_finetune_config *c, const fp_model *m)
     return 0;
 }
 
+/* Puts every A factor back from keep (FFA: A stays frozen through AdamW). */
+static void restore_a(fp_lora *lora, const float *keep)
+{
+    for (int layer = 0; layer < lora->model.n_layers; layer++)
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            size_t off = lora->off_a[layer * FP_T_COUNT + t];
+            if (off != SIZE_MAX)
+                memcpy(lora->params + off, keep + off,
+                       (size_t)fp_lora_in_dim(&lora->model, t) * (size_t)lora->cfg.rank *
+                           sizeof(float));
+        }
+}
+
+/* One optimizer step's micro-batches: adds their gradients (each scaled by
+ * 1/accum) into grad, their losses into *loss_sum and tokens into *tokens.
+ * -1 with fp_error when a loss is not finite, saying whose fault it is. */
+static int accumulate(fp_train *tr, fp_batcher *bat, const fp_finetune_config *cfg,
+                      const fp_optim_config *oc, int step, int32_t *in, int32_t *tg,
+                      float *grad, double *loss_sum, double *tokens)
+{
+    for (int micro = 0; micro < cfg->accum; micro++) {
+        int j = (cfg->first_step + step) * cfg->accum + micro;   /* data order */
+        size_t ntok = 0;
+        fp_batcher_get(bat, j, in, tg);
+        float loss = fp_train_step(tr, in, tg, grad, 1.0f / (float)cfg->accum,
+                                   cfg->seed * 1000003u + (uint64_t)j, &ntok);
+        if (!isfinite(loss)) {
+            if (step == 0)      /* nothing was updated yet: the inputs are at fault */
+                return fp_error_set("the loss is not finite (%g) at step 1, before any update: "
+                                    "the base model or the initial adapter holds NaN/Inf values",
+                                    (double)loss);
+            return fp_error_set("the loss is not finite (%g) at step %d; lower the learning "
+                                "rate (--lr, now %g) or clip gradients (--max-grad-norm 1.0)",
+                                (double)loss, step + 1, (double)fp_optim_lr(oc, step));
+        }
+        *loss_sum += loss;
+        *tokens += (double)ntok;
+    }
+    return 0;
+}
+
 int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
                 const fp_finetune_config *cfg, fp_progress_fn progress, void *ctx,
                 float *last_loss)
@@ -149,26 +190,8 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
     for (int step = 0; step < cfg->steps; step++) {
         memset(grad, 0, sizeof(float) * lora->n_params);
         double loss_sum = 0.0;
-        for (int micro = 0; micro < cfg->accum; micro++) {
-            int j = (cfg->first_step + step) * cfg->accum + micro;   /* data order */
-            size_t ntok = 0;
-            fp_batcher_get(bat, j, in, tg);
-            float loss = fp_train_step(tr, in, tg, grad, 1.0f / (float)cfg->accum,
-                                       cfg->seed * 1000003u + (uint64_t)j, &ntok);
-            if (!isfinite(loss)) {
-                if (step == 0)      /* nothing was updated yet: the inputs are at fault */
-                    fp_error_set("the loss is not finite (%g) at step 1, before any update: the "
-                                 "base model or the initial adapter holds NaN/Inf values",
-                                 (double)loss);
-                else
-                    fp_error_set("the loss is not finite (%g) at step %d; lower the learning "
-                                 "rate (--lr, now %g) or clip gradients (--max-grad-norm 1.0)",
-                                 (double)loss, step + 1, (double)fp_optim_lr(&oc, step));
-                goto err;
-            }
-            loss_sum += loss;
-            tokens += (double)ntok;
-        }
+        if (accumulate(tr, bat, cfg, &oc, step, in, tg, grad, &loss_sum, &tokens) != 0)
+            goto err;
         float lr = fp_optim_lr(&oc, step);
         if (cfg->prox_mu > 0)       /* FedProx: d/dw mu/2 ||w - w_g||^2 */
             for (size_t i = 0; i < lora->n_params; i++)
@@ -177,14 +200,7 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
             zero_a(lora, grad);
         float gnorm = fp_optim_step(opt, lora->params, grad);
         if (a_keep)     /* decoupled weight decay must not touch A either */
-            for (int layer = 0; layer < lora->model.n_layers; layer++)
-                for (int t = 0; t < FP_T_COUNT; t++) {
-                    size_t off = lora->off_a[layer * FP_T_COUNT + t];
-                    if (off != SIZE_MAX)
-                        memcpy(lora->params + off, a_keep + off,
-                               (size_t)fp_lora_in_dim(&lora->model, t) *
-                                   (size_t)lora->cfg.rank * sizeof(float));
-                }
+            restore_a(lora, a_keep);
         float loss = (float)(loss_sum / cfg->accum);
         if (last_loss)
             *last_loss = loss;
