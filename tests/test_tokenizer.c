@@ -984,6 +984,47 @@ static void test_throughput(void **state)
     free(all);
 }
 
+/* Regressions found by tests/fuzz/fuzz_tokenizer (the inputs are in
+ * tests/fuzz/corpus/tokenizer/regress_*); self-contained: the tokenizers are
+ * written here. Under ASan+UBSan a regression aborts. (1) Decoding no ids
+ * with a ByteLevel decoder did NULL + 0 (tokenizer_util.c); (2) a word none of
+ * whose pieces are in the vocabulary did NULL + 0 in the BPE memo
+ * (tokenizer_bpe.c), and an empty model.vocab loaded and encoded every text
+ * to nothing: it is refused now. */
+static void test_fuzz_regressions(void **state)
+{
+    const char *dir = tu_tempdir("tok-fuzz-bytelevel");
+    const char *path = tu_path(dir, "tokenizer.json");
+    static const char bytelevel[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+        "\"decoder\":{\"type\":\"ByteLevel\"}}";
+    assert_int_equal(tu_write_file(path, bytelevel, strlen(bytelevel)), 0);
+    fp_tokenizer *t = fp_tokenizer_load(path);
+    assert_non_null(t);
+    int32_t none = 0, *ids = NULL;
+    size_t n = 99;
+    char *s = fp_tokenizer_decode(t, &none, 0, 0);
+    assert_non_null(s);
+    assert_string_equal(s, "");
+    free(s);
+    assert_int_equal(fp_tokenizer_encode(t, "b", 1, 0, &ids, &n), 0);  /* 'b' is no piece */
+    assert_int_equal(n, 0);
+    free(ids);
+    assert_int_equal(fp_tokenizer_encode(t, "ab a", 4, 0, &ids, &n), 0);
+    assert_int_equal(n, 2);     /* "a" and "a": ' ' and 'b' have no piece */
+    assert_int_equal(ids[0], 0);
+    free(ids);
+    fp_tokenizer_free(&t);
+
+    dir = tu_tempdir("tok-fuzz-empty-vocab");
+    path = tu_path(dir, "tokenizer.json");
+    static const char empty[] = "{\"model\":{\"vocab\":{},\"merges\":[]}}";
+    assert_int_equal(tu_write_file(path, empty, strlen(empty)), 0);
+    assert_null(fp_tokenizer_load(path));
+    assert_non_null(strstr(fp_error_get(), "model.vocab is empty"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1004,6 +1045,7 @@ int main(void)
         cmocka_unit_test(test_added_and_post),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_throughput),
+        cmocka_unit_test(test_fuzz_regressions),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -260,5 +260,8 @@ int tok_bpe_word(const fp_tokenizer *t, scratch *sc, const char *w, size_t len, 
     }
     if (bpe_split(t, sc, w, len, out) != 0)
         return -1;
-    return memo ? cache_put(c, w, len, out->p + start, out->len - start) : 0;
+    /* A word of pieces the vocabulary lacks (no unk, no byte fallback) adds
+     * nothing, and out->p may still be NULL: no pointer arithmetic on it. */
+    return memo ? cache_put(c, w, len, out->len > start ? out->p + start : NULL,
+                            out->len - start) : 0;
 }

@@ -20,7 +20,11 @@ static int load_vocab(fp_tokenizer *t, const char *path, const cJSON *vocab)
         if ((size_t)id + 1 > n)
             n = (size_t)id + 1;
     }
-    t->vocab = calloc(n ? n : 1, sizeof *t->vocab);
+    /* An empty vocabulary would load and then encode every text to nothing. */
+    if (n == 0)
+        return fp_error_set("%s: model.vocab is empty; a BPE tokenizer needs its pieces "
+                            "(truncated or hand-edited tokenizer.json?)", path);
+    t->vocab = calloc(n, sizeof *t->vocab);
     if (!t->vocab)
         return fp_error_set("tokenizer: out of memory");
     t->n_vocab = n;

@@ -120,6 +120,8 @@ size_t utf8_strict(const unsigned char *s, size_t avail)
 int put_utf8_lossy(sbuf *out, const unsigned char *s, size_t len)
 {
     size_t from = 0, i = 0;
+    if (len == 0)   /* s may be NULL (nothing decoded): no s + 0 */
+        return sbuf_put(out, "", 0);
     while (i < len) {
         size_t n = utf8_strict(s + i, len - i);
         if (n) {
