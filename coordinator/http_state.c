@@ -1,6 +1,6 @@
 /* http_state.c - the event loop's side of the status server: copies the
  * coordinator's state into the snapshot the HTTP thread reads (http.h).
- * It reads the round state (rounds_internal.h) on the loop's own thread. */
+ * It reads the round state (rounds_state.h) on the loop's own thread. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 
 #include "clog.h"
 #include "http_internal.h"
-#include "rounds_internal.h"
+#include "rounds_state.h"
 
 #define PUBLISH_EVERY_MS 200
 

@@ -7,7 +7,8 @@
 #include <string.h>
 
 #include "clog.h"
-#include "rounds_internal.h"
+#include "rounds_msgs.h"
+#include "rounds_state.h"
 #include "seal.h"
 
 #define STALE FEDPEFT__REJECT__CODE__STALE
@@ -352,11 +353,66 @@ static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, 
 
 /* Opens one sealed chunk of the staged upload (chunks in order, each once,
  * bound by its AD to run, worker, round, task, index and count). */
+/* The chunk's index, offset, count and length fit the adapter (else the
+ * upload is refused). */
+static int sealed_shape_ok(rounds *r, int w, const Fedpeft__SealedChunk *c, size_t n,
+                           size_t *off_p, size_t *cnt_p)
+{
+    uint32_t want_chunks = wire_n_chunks(n);
+    size_t off = (size_t)c->index * WIRE_CHUNK_FLOATS;
+    *off_p = off;
+    *cnt_p = off < n ? (n - off < WIRE_CHUNK_FLOATS ? n - off : WIRE_CHUNK_FLOATS) : 0;
+    size_t cnt = *cnt_p;
+    if (c->n_chunks != want_chunks || c->index >= want_chunks || c->offset != off) {
+        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u: %s", c->index,
+                      "index, offset or chunk count does not fit the adapter");
+        return -1;
+    }
+    if (c->data.len != cnt * 4 + FP_SEAL_OVERHEAD) {
+        char d[96];
+        snprintf(d, sizeof d, "%zu bytes, expected %zu", c->data.len, cnt * 4 + FP_SEAL_OVERHEAD);
+        refuse_upload(r, w, REJ_TRUNCATED, "sealed chunk %u truncated or padded: %s", c->index,
+                      d);
+        return -1;
+    }
+    return 0;
+}
+
+/* Opens the chunk into r->open_buf: authentic, not replayed, in order. */
+static int open_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c, const char *id,
+                       size_t *len_p)
+{
+    fp_seal_ad ad;
+    *len_p = 0;
+    fill_ad(r, id, r->round, c->task_id, c->index, c->n_chunks, &ad);
+    if (fp_open(r->open_buf, len_p, c->data.data, c->data.len, &ad, r->stage_key) < 0) {
+        if (opens_as_previous(r, w, c))
+            refuse_upload(r, w, REJ_SPLICED, "sealed chunk %u was sealed for %s", c->index,
+                          "the previous round (spliced into this one)");
+        else
+            refuse_upload(r, w, REJ_TAMPERED, "sealed chunk %u does not authenticate: %s",
+                          c->index, "tampered, spliced or sealed with another key");
+        return -1;
+    }
+    if (fp_seal_replay_check(r->stage_guard, &ad) < 0) {
+        sodium_memzero(r->open_buf, *len_p);
+        server_reject(r->srv, w, NULL, REJ_REPLAYED, STALE, "sealed chunk %u replayed: %s",
+                      c->index, fp_error_get());
+        return -1;     /* the upload itself goes on */
+    }
+    if (c->index != r->stage_next) {
+        sodium_memzero(r->open_buf, *len_p);
+        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u out of order (%s)", c->index,
+                      "chunks are sent in order");
+        return -1;
+    }
+    return 0;
+}
+
 static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
 {
     const char *id = server_worker(r->srv, w)->id;
     size_t n = rounds_upload_n(r, w);
-    uint32_t want_chunks = wire_n_chunks(n);
     int cur = current(r, PH_TRAIN, c->task_id, TASK_TRAIN) && c->round == r->round;
     if (cur && r->status[w] == ST_DONE) {
         late_sealed(r, w, c);
@@ -374,44 +430,9 @@ static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
                       c->index, (unsigned long long)r->round);
         return;
     }
-    size_t off = (size_t)c->index * WIRE_CHUNK_FLOATS;
-    size_t cnt = off < n ? (n - off < WIRE_CHUNK_FLOATS ? n - off : WIRE_CHUNK_FLOATS) : 0;
-    if (c->n_chunks != want_chunks || c->index >= want_chunks || c->offset != off) {
-        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u: %s", c->index,
-                      "index, offset or chunk count does not fit the adapter");
+    size_t off, cnt, len;
+    if (sealed_shape_ok(r, w, c, n, &off, &cnt) < 0 || open_sealed(r, w, c, id, &len) < 0)
         return;
-    }
-    if (c->data.len != cnt * 4 + FP_SEAL_OVERHEAD) {
-        char d[96];
-        snprintf(d, sizeof d, "%zu bytes, expected %zu", c->data.len, cnt * 4 + FP_SEAL_OVERHEAD);
-        refuse_upload(r, w, REJ_TRUNCATED, "sealed chunk %u truncated or padded: %s", c->index,
-                      d);
-        return;
-    }
-    fp_seal_ad ad;
-    size_t len = 0;
-    fill_ad(r, id, r->round, c->task_id, c->index, c->n_chunks, &ad);
-    if (fp_open(r->open_buf, &len, c->data.data, c->data.len, &ad, r->stage_key) < 0) {
-        if (opens_as_previous(r, w, c))
-            refuse_upload(r, w, REJ_SPLICED, "sealed chunk %u was sealed for %s", c->index,
-                          "the previous round (spliced into this one)");
-        else
-            refuse_upload(r, w, REJ_TAMPERED, "sealed chunk %u does not authenticate: %s",
-                          c->index, "tampered, spliced or sealed with another key");
-        return;
-    }
-    if (fp_seal_replay_check(r->stage_guard, &ad) < 0) {
-        sodium_memzero(r->open_buf, len);
-        server_reject(r->srv, w, NULL, REJ_REPLAYED, STALE, "sealed chunk %u replayed: %s",
-                      c->index, fp_error_get());
-        return;     /* the upload itself goes on */
-    }
-    if (c->index != r->stage_next) {
-        sodium_memzero(r->open_buf, len);
-        refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u out of order (%s)", c->index,
-                      "chunks are sent in order");
-        return;
-    }
     if (r->dump_dir)
         dump_opened(r, id, c->index, r->open_buf, len);
     if (!r->sa) {

@@ -1,7 +1,9 @@
-/* rounds_internal.h - the round state shared by rounds.c (phases, persistence)
- * and rounds_msgs.c (the workers' messages during a phase). Not for others. */
-#ifndef COORD_ROUNDS_INTERNAL_H
-#define COORD_ROUNDS_INTERNAL_H
+/* rounds_state.h - the round state (struct rounds), shared by the rounds_*.c
+ * files, secagg_server.c and http_state.c. Data only: each file's functions
+ * are declared in its own header (rounds_phase.h, rounds_agg.h, rounds_msgs.h,
+ * rounds_persist.h, rounds_report.h). Not for others. */
+#ifndef COORD_ROUNDS_STATE_H
+#define COORD_ROUNDS_STATE_H
 
 #include <stdint.h>
 
@@ -86,18 +88,11 @@ struct rounds {
     const char *dump_dir;           /* FEDPEFT_TEST_DUMP_DIR (tests only) */
 };
 
+static inline double secs(int64_t ms) { return (double)ms / 1000.0; }
+
+/* rounds.c */
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
 /* Floats worker w uploads (its view at its rank). */
 size_t rounds_upload_n(const rounds *r, int w);
-/* rounds_msgs.c */
-void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg);
-void rounds_on_bad_frame(void *ctx, int w);
-void rounds_try_pull(rounds *r, int64_t now);
-void rounds_check_stall(rounds *r, int64_t now);
-void rounds_drop_staging(rounds *r);
-/* rounds.c: the upload phase is over (all reported, deadline, ...). */
-void rounds_upload_done(rounds *r, int64_t now, const char *why);
-void rounds_abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b);
-void rounds_aggregate(rounds *r, int64_t now, const char *why);
 
 #endif

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "clog.h"
-#include "rounds_internal.h"
+#include "rounds_state.h"
 #include "secagg.h"
 #include "shamir.h"
 #include "wire_secagg.h"
@@ -352,7 +352,7 @@ static void enter_upload(rounds *r, int64_t now)
     (void)now;
 }
 
-void sa_start_unmask(rounds *r, int64_t now, const char *why)
+sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
 {
     sa_server *sa = r->sa;
     sa->n_u3 = 0;
@@ -361,16 +361,16 @@ void sa_start_unmask(rounds *r, int64_t now, const char *why)
         sa->n_u3 += (unsigned)sa->m[i].survived;
     }
     if (sa->n_u3 < sa->t) {
-        rounds_abandon(r, now, "secure aggregation: %u masked inputs arrived, below the "
-                       "threshold t = %u", sa->n_u3, sa->t);
-        return;
+        snprintf(reason, cap, "secure aggregation: %u masked inputs arrived, below the "
+                 "threshold t = %u", sa->n_u3, sa->t);
+        return SA_FAILED;
     }
     char **surv = calloc(sa->n, sizeof *surv), **drop = calloc(sa->n, sizeof *drop);
     if (!surv || !drop) {
         free(surv);
         free(drop);
-        rounds_abandon(r, now, "out of memory (%u, %u)", 0, 0);
-        return;
+        snprintf(reason, cap, "out of memory");
+        return SA_FAILED;
     }
     size_t ns = 0, nd = 0;
     for (unsigned i = 0; i < sa->n; i++) {
@@ -399,6 +399,7 @@ void sa_start_unmask(rounds *r, int64_t now, const char *why)
     sa->sub_deadline = r->deadline_ms > now + 2000 ? r->deadline_ms : now + 2000;
     clog_info("round %llu: secagg: %u masked inputs (%s), %zu dropped after sharing; asking "
               "the survivors for their shares", (unsigned long long)r->round, sa->n_u3, why, nd);
+    return SA_GOING;
 }
 
 void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
@@ -519,53 +520,52 @@ out:
     return rc;
 }
 
-int sa_tick(rounds *r, int64_t now)
+sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
 {
     sa_server *sa = r->sa;
     switch (sa->phase) {
     case SA_KEYS:
         if (sa->n_u1 < sa->n && !phase_settled(r, has_keys, is_all) && now < sa->sub_deadline)
-            return 1;
+            return SA_GOING;
         if (sa->n_u1 < sa->t) {
-            rounds_abandon(r, now, "secure aggregation: %u workers advertised keys, below "
-                           "the threshold t = %u", sa->n_u1, sa->t);
-            return 1;
+            snprintf(reason, cap, "secure aggregation: %u workers advertised keys, below "
+                 "the threshold t = %u", sa->n_u1, sa->t);
+            return SA_FAILED;
         }
         send_peer_keys(r);
         sa->phase = SA_SHARES;
         sa->sub_deadline = now + (sa->sub_deadline - r->phase_start_ms);
-        return 1;
+        return SA_GOING;
     case SA_SHARES:
         if (sa->n_u2 < sa->n_u1 && !phase_settled(r, has_shared, has_keys) &&
             now < sa->sub_deadline)
-            return 1;
+            return SA_GOING;
         if (sa->n_u2 < sa->t) {
-            rounds_abandon(r, now, "secure aggregation: %u workers shared their keys, below "
-                           "the threshold t = %u", sa->n_u2, sa->t);
-            return 1;
+            snprintf(reason, cap, "secure aggregation: %u workers shared their keys, below "
+                 "the threshold t = %u", sa->n_u2, sa->t);
+            return SA_FAILED;
         }
         enter_upload(r, now);
-        return 1;
+        return SA_GOING;
     case SA_UPLOAD:
-        return 0;
+        return SA_UPLOADING;
     case SA_UNMASK:
         if (sa->n_resp < sa->n_u3 && !phase_settled(r, has_responded, is_survivor) &&
             now < sa->sub_deadline)
-            return 1;
+            return SA_GOING;
         if (sa->n_resp < sa->t) {
-            rounds_abandon(r, now, "secure aggregation: %u survivors sent their shares, below "
-                           "the threshold t = %u", sa->n_resp, sa->t);
-            return 1;
+            snprintf(reason, cap, "secure aggregation: %u survivors sent their shares, below "
+                 "the threshold t = %u", sa->n_resp, sa->t);
+            return SA_FAILED;
         }
         if (finalize(r, now) < 0) {
             clog_error("round %llu: secure aggregation failed: %s", (unsigned long long)r->round,
                        fp_error_get());
-            rounds_abandon(r, now, "secure aggregation could not unmask the sum (%u of %u)",
-                           sa->n_resp, sa->n_u3);
-            return 1;
+            snprintf(reason, cap, "secure aggregation could not unmask the sum (%u of %u)",
+                     sa->n_resp, sa->n_u3);
+            return SA_FAILED;
         }
-        rounds_aggregate(r, now, "secure aggregation");
-        return 1;
+        return SA_SUM_READY;
     }
-    return 0;
+    return SA_GOING;
 }

@@ -49,10 +49,20 @@ void sa_on_unmask(struct rounds *r, int w, const Fedpeft__UnmaskResponse *m);
 /* Adds a whole staged masked input (n words) of w to the sum. */
 void sa_add_input(sa_server *sa, const uint32_t *y, size_t n);
 
-/* Drives KEYS, SHARES and UNMASK (timeouts, transitions). 1 when it handled
- * the tick (not the upload phase), 0 in the upload phase. */
-int sa_tick(struct rounds *r, int64_t now);
-/* The upload phase ended: U3 = the workers whose inputs were accepted. */
-void sa_start_unmask(struct rounds *r, int64_t now, const char *why);
+/* What secure aggregation asks of the round. It never ends the round itself
+ * (the phases do, rounds_phase.c), so it calls nothing of rounds_*.c. */
+typedef enum {
+    SA_UPLOADING,   /* the upload phase: the round's own upload checks apply */
+    SA_GOING,       /* a sub-phase is running: nothing more to do this tick */
+    SA_SUM_READY,   /* the sum is unmasked into the strategy: aggregate */
+    SA_FAILED       /* abandon the round; the reason is in reason[cap] */
+} sa_verdict;
+
+/* Drives KEYS, SHARES and UNMASK (timeouts, transitions). */
+sa_verdict sa_tick(struct rounds *r, int64_t now, char *reason, size_t cap);
+/* The upload phase ended: U3 = the workers whose inputs were accepted.
+ * SA_GOING (unmask requests sent) or SA_FAILED. */
+sa_verdict sa_start_unmask(struct rounds *r, int64_t now, const char *why, char *reason,
+                           size_t cap);
 
 #endif

@@ -106,6 +106,64 @@ static int share_key(const wk_sa *sa, int peer, int sending, uint8_t key[32], fp
     return fp_seal_key_coordinator(key, ENC_SK(sa), sa->enc_pk, p->enc_pk, sa->run_id, sa->round);
 }
 
+/* Records the peers of PeerKeys (sorted, unique, with this worker's own keys
+ * unchanged) and this worker's Shamir x. */
+static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk)
+{
+    size_t n = pk->n_peers;
+    sa->my_x = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Fedpeft__PeerKey *k = pk->peers[i];
+        snprintf(sa->peers[i].id, sizeof sa->peers[i].id, "%s", k->worker_id);
+        memcpy(sa->peers[i].enc_pk, k->enc_pk.data, 32);
+        memcpy(sa->peers[i].mask_pk, k->mask_pk.data, 32);
+        if (i > 0 && strcmp(sa->peers[i - 1].id, sa->peers[i].id) >= 0)
+            return fp_error_set("PeerKeys is not sorted by id or lists '%s' twice", k->worker_id);
+        if (strcmp(k->worker_id, sa->me) == 0) {
+            if (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32))
+                return fp_error_set("PeerKeys carries other keys for this worker");
+            sa->my_x = (int)i + 1;
+        }
+    }
+    if (!sa->my_x)
+        return fp_error_set("PeerKeys does not list this worker");
+    return 0;
+}
+
+/* Seals each peer's pair of shares (self-mask seed, mask key) to that peer;
+ * keeps this worker's own pair in held. */
+static int seal_shares(wk_sa *sa, uint8_t (*sh_b)[32], uint8_t (*sh_k)[32], uint8_t *plain,
+                       uint8_t *key, Fedpeft__ShareKeys *sk)
+{
+    for (size_t i = 0; i < sa->n_peers; i++) {
+        memcpy(plain, sh_b[i], 32);
+        memcpy(plain + 32, sh_k[i], 32);
+        if ((int)i + 1 == sa->my_x) {
+            memcpy(sa->held + i * 64, plain, 64);   /* my own share */
+            sa->held_has[i] = 1;
+            continue;
+        }
+        Fedpeft__EncryptedShare *e = calloc(1, sizeof *e);
+        uint8_t *box = malloc(WIRE_SEALED_SHARE_BYTES);
+        char adid[2 * WIRE_MAX_ID + 2];
+        fp_seal_ad ad;
+        if (e)
+            sk->shares[sk->n_shares++] = e;
+        if (!e || !box) {
+            free(box);
+            fp_error_set("out of memory");
+            return -1;
+        }
+        fedpeft__encrypted_share__init(e);
+        e->worker_id = sa->peers[i].id;
+        e->sealed = (ProtobufCBinaryData){WIRE_SEALED_SHARE_BYTES, box};
+        if (share_key(sa, (int)i, 1, key, &ad, adid, sizeof adid) < 0 ||
+            fp_seal(box, plain, 64, &ad, key) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKeys **out)
 {
     *out = NULL;
@@ -126,28 +184,8 @@ int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKey
         goto out;
     }
     sa->n_peers = n;
-    sa->my_x = 0;
-    for (size_t i = 0; i < n; i++) {
-        const Fedpeft__PeerKey *k = pk->peers[i];
-        snprintf(sa->peers[i].id, sizeof sa->peers[i].id, "%s", k->worker_id);
-        memcpy(sa->peers[i].enc_pk, k->enc_pk.data, 32);
-        memcpy(sa->peers[i].mask_pk, k->mask_pk.data, 32);
-        if (i > 0 && strcmp(sa->peers[i - 1].id, sa->peers[i].id) >= 0) {
-            fp_error_set("PeerKeys is not sorted by id or lists '%s' twice", k->worker_id);
-            goto out;
-        }
-        if (strcmp(k->worker_id, sa->me) == 0) {
-            if (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32)) {
-                fp_error_set("PeerKeys carries other keys for this worker");
-                goto out;
-            }
-            sa->my_x = (int)i + 1;
-        }
-    }
-    if (!sa->my_x) {
-        fp_error_set("PeerKeys does not list this worker");
+    if (take_peers(sa, pk) < 0)
         goto out;
-    }
     if (fp_shamir_split(SELF_SEED(sa), sa->t, (unsigned)n, sh_b) < 0 ||
         fp_shamir_split(MASK_SK(sa), sa->t, (unsigned)n, sh_k) < 0)
         goto out;
@@ -159,32 +197,8 @@ int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKey
         fp_error_set("out of memory");
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(plain, sh_b[i], 32);
-        memcpy(plain + 32, sh_k[i], 32);
-        if ((int)i + 1 == sa->my_x) {
-            memcpy(sa->held + i * 64, plain, 64);   /* my own share */
-            sa->held_has[i] = 1;
-            continue;
-        }
-        Fedpeft__EncryptedShare *e = calloc(1, sizeof *e);
-        uint8_t *box = malloc(WIRE_SEALED_SHARE_BYTES);
-        char adid[2 * WIRE_MAX_ID + 2];
-        fp_seal_ad ad;
-        if (e)
-            sk->shares[sk->n_shares++] = e;
-        if (!e || !box) {
-            free(box);
-            fp_error_set("out of memory");
-            goto out;
-        }
-        fedpeft__encrypted_share__init(e);
-        e->worker_id = sa->peers[i].id;
-        e->sealed = (ProtobufCBinaryData){WIRE_SEALED_SHARE_BYTES, box};
-        if (share_key(sa, (int)i, 1, key, &ad, adid, sizeof adid) < 0 ||
-            fp_seal(box, plain, 64, &ad, key) < 0)
-            goto out;
-    }
+    if (seal_shares(sa, sh_b, sh_k, plain, key, sk) < 0)
+        goto out;
     *out = sk;
     sk = NULL;
     rc = 0;

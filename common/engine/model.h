@@ -1,4 +1,9 @@
-/* model.h - a frozen LLaMA-family base model (LlamaForCausalLM, Qwen2ForCausalLM).
+/* common/engine/ - the training engine: a frozen base model (model, llama2c,
+ * safetensors), LoRA adapters and their PEFT form, forward/backward, inference,
+ * optimizers, the training loop and finetune, BLAS set-up, the model hash.
+ * Uses base and data; OpenBLAS, cJSON and libsodium (the hash). No network.
+ *
+ * model.h - a frozen LLaMA-family base model (LlamaForCausalLM, Qwen2ForCausalLM).
  *
  * Loaded from a Hugging Face directory: config.json + model.safetensors (or the
  * shards named by model.safetensors.index.json), F32/F16/BF16 converted to F32.

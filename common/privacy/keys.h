@@ -1,4 +1,9 @@
-/* keys.h - long-term identities: X25519 key pairs for CURVE and update sealing.
+/* common/privacy/ - the privacy layer: long-term keys (this file), sealing of
+ * updates, secure-aggregation masks and the SecAgg+ graph, Shamir and Feldman
+ * shares, differential privacy, and the ZAP handler that checks CURVE keys
+ * against the allowlist. Uses base; libsodium and libzmq (ZAP only).
+ *
+ * keys.h - long-term identities: X25519 key pairs for CURVE and update sealing.
  *
  * A key pair is two files in a directory (written by `fedpeft keygen`):
  *   NAME.key      the secret key, mode 0600: "# fedpeft secret key\nsecret = <Z85>\npublic = <Z85>\n"

@@ -1,0 +1,102 @@
+/* rounds_agg.c - the end of the upload phase: aggregation (strategy, central
+ * DP noise, server optimizer, accountant) or abandonment (rounds_agg.h). */
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clog.h"
+#include "finetune.h"
+#include "rounds_agg.h"
+#include "rounds_state.h"
+
+
+/* Central DP without secure aggregation: noise N(0, (sigma C)^2) on the sum
+ * of the normalized-weight updates, i.e. sigma C / W on the average, where W
+ * is the reporters' share of the sampled weight. */
+static int plain_central_noise(rounds *r, float *view)
+{
+    double W = r->sampled_weight > 0 ? r->weight_sum / r->sampled_weight : 1.0;
+    float *x = r->staging;
+    size_t n = r->n_view;
+    memset(x, 0, n * sizeof *x);
+    if (fp_dp_add_noise(r->noise, x, n, r->cfg->dp_noise_multiplier, r->cfg->dp_clip_norm) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        view[i] += (float)((double)x[i] / W);
+    return 0;
+}
+
+/* One step of the accountant for this round's release (q = sampled / registered). */
+static void account(rounds *r)
+{
+    if (!r->cfg->dp)
+        return;
+    int reg = server_n_workers(r->srv);
+    double q = reg > 0 ? (double)r->m.sampled / (double)reg : 1.0;
+    if (q > 1)
+        q = 1;
+    if (fp_dp_accountant_add(&r->acct, q, r->cfg->dp_noise_multiplier, 1) < 0 ||
+        fp_dp_accountant_epsilon(&r->acct, r->cfg->dp_delta, &r->last_epsilon, NULL) < 0)
+        clog_error("round %llu: DP accountant: %s", (unsigned long long)r->round, fp_error_get());
+}
+
+static const char *server_opt_name(int i)
+{
+    static const char *const names[] = {"none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"};
+    return i >= 0 && i < 5 ? names[i] : "?";
+}
+
+int rounds_aggregate(rounds *r, int64_t now, const char *why)
+{
+    round_metrics *m = &r->m;
+    m->t_train = secs(now - r->phase_start_ms);
+    m->reported = r->n_reported;
+    m->dropped = m->sampled - r->n_reported;
+    if (r->weight_sum > 0)
+        m->train_loss = r->loss_wsum / r->weight_sum;
+    int64_t t0 = clog_now_ms();
+    float *x = r->view;
+    size_t n = r->n_view;
+    fp_ft_view_gather(r->global, r->b_only, r->global->params, x);
+    memcpy(r->view_old, x, n * sizeof *x);
+    if (strategy_finish(r->strat, x) < 0) {
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+        return -1;
+    }
+    if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa &&
+        plain_central_noise(r, x) < 0)
+        clog_error("round %llu: DP noise: %s", (unsigned long long)r->round, fp_error_get());
+    if (r->sopt) {  /* the aggregate's change is the server optimizer's pseudo-gradient */
+        float *d = r->staging;
+        for (size_t i = 0; i < n; i++)
+            d[i] = x[i] - r->view_old[i];
+        memcpy(x, r->view_old, n * sizeof *x);
+        if (fp_sopt_step(r->sopt, x, d) < 0) {
+            clog_error("round %llu: server optimizer: %s", (unsigned long long)r->round,
+                       fp_error_get());
+            memcpy(x, r->view_old, n * sizeof *x);
+        }
+    }
+    fp_ft_view_scatter(r->global, r->b_only, x, r->global->params);
+    account(r);
+    m->t_aggregate = secs(clog_now_ms() - t0);
+    clog_info("round %llu: aggregated %u of %u updates (%s) with %s%s%s",
+              (unsigned long long)r->round, r->n_reported, r->n_targets, why, r->strat_name,
+              r->sopt ? " + " : "", r->sopt ? server_opt_name(r->cfg->server_opt) : "");
+    return 0;
+}
+
+void rounds_abandon(rounds *r, int64_t now, const char *reason)
+{
+    round_metrics *m = &r->m;
+    m->abandoned = 1;
+    snprintf(m->reason, sizeof m->reason, "%s", reason);
+    sa_destroy(&r->sa);
+    m->t_train = secs(now - r->phase_start_ms);
+    m->reported = r->n_reported;
+    m->dropped = m->sampled - r->n_reported;
+    clog_info("round %llu abandoned: %s; the global adapter is unchanged",
+              (unsigned long long)r->round, m->reason);
+}

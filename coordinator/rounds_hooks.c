@@ -1,0 +1,118 @@
+/* rounds_hooks.c - the server's hooks into the round state: the tick that
+ * drives the phases, a worker's (re-)Hello, and rounds_attach. */
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clog.h"
+#include "rounds_msgs.h"
+#include "rounds_phase.h"
+#include "rounds_state.h"
+
+static int tick(void *ctx, int64_t now, int *done)
+{
+    rounds *r = ctx;
+    switch (r->ph) {
+    case PH_WAIT: rounds_check_wait(r, now); break;
+    case PH_TRAIN: rounds_check_train(r, now); break;
+    case PH_EVAL: rounds_check_eval(r, now); break;
+    case PH_FINISHING:
+        if (now >= r->deadline_ms)
+            rounds_finish_run(r);
+        break;
+    case PH_DONE: break;
+    }
+    if (r->ph == PH_DONE) {
+        *done = 1;
+        return 0;
+    }
+    if (r->ph == PH_TRAIN || r->ph == PH_EVAL || r->ph == PH_FINISHING) {
+        int64_t left = r->deadline_ms - now;
+        return left < 0 ? 0 : left > 100 ? 100 : (int)left;
+    }
+    return 100;
+}
+
+static void queue_remove(rounds *r, int w)
+{
+    int n = 0;
+    for (int i = 0; i < r->q_len; i++) {
+        int x = r->queue[(r->q_head + i) % SERVER_MAX_WORKERS];
+        if (x != w)
+            r->queue[(r->q_head + n++) % SERVER_MAX_WORKERS] = x;
+    }
+    r->q_len = n;
+}
+
+/* A worker said Hello again: it restarted or reconnected and lost its task. */
+/* flora: which folds worker w's base holds, from its Hello. A base with folds
+ * of another run, or more than this run has (a fold lost in a coordinator
+ * crash), is restored to the original by the next Task (fold_reset). */
+static void hello_folds(rounds *r, int w)
+{
+    const worker_info *wi = server_worker(r->srv, w);
+    uint32_t F = (uint32_t)strategy_flora_n_folds(r->strat);
+    r->fold_have[w] = 0;
+    r->fold_reset[w] = 0;
+    if (wi->n_folds == 0)
+        return;
+    if (strcmp(wi->fold_run, r->run_id) == 0 && wi->n_folds <= F) {
+        r->fold_have[w] = wi->n_folds;
+        return;
+    }
+    r->fold_reset[w] = 1;
+    clog_info("%s: its base weights hold %u folds of run %s, this run has %u: its next task "
+              "restores the original base", wi->id, wi->n_folds, wi->fold_run, F);
+}
+
+static void on_hello(void *ctx, int w)
+{
+    rounds *r = ctx;
+    hello_folds(r, w);
+    if (r->ph == PH_FINISHING || r->ph == PH_DONE) {
+        server_shutdown_workers(r->srv, "run complete");
+        return;
+    }
+    if (r->ph != PH_TRAIN && r->ph != PH_EVAL)
+        return;
+    uint8_t s = r->status[w];
+    if (s == ST_STAGING)
+        rounds_drop_staging(r);
+    if (s == ST_READY)
+        queue_remove(r, w);
+    if (r->ph == PH_TRAIN && r->sa && s != ST_NONE && s != ST_DONE && s != ST_FAILED) {
+        r->status[w] = ST_FAILED;   /* its per-round keys are gone: a dropout */
+        clog_info("round %llu: %s rejoined during secure aggregation; counted as dropped",
+                  (unsigned long long)r->round, server_worker(r->srv, w)->id);
+        return;
+    }
+    if (s == ST_PENDING || s == ST_READY || s == ST_STAGING) {
+        r->status[w] = ST_PENDING;
+        clog_info("round %llu: %s rejoined; resending its %s task", (unsigned long long)r->round,
+                  server_worker(r->srv, w)->id, r->ph == PH_TRAIN ? "training" : "evaluation");
+        rounds_send_task(r, w);
+    }
+}
+
+int rounds_attach(rounds *r, server *srv)
+{
+    /* Only now that this process owns the port: metrics.jsonl = the checkpoint's. */
+    if (metrics_rewrite(r->metrics_path, r->lines, r->n_lines) < 0)
+        return -1;
+    r->srv = srv;
+    server_hooks h = {r, rounds_on_task_msg, rounds_on_bad_frame, on_hello, NULL, tick};
+    server_set_hooks(srv, &h);
+    server_set_round(srv, r->round);
+    int64_t now = clog_now_ms();
+    r->phase_start_ms = now;
+    if (r->finished_flag || r->round > (uint64_t)r->cfg->rounds) {
+        /* Done before the restart: let reconnecting workers hear SHUTDOWN. */
+        r->ph = PH_FINISHING;
+        r->deadline_ms = now + 5 * (int64_t)r->cfg->heartbeat_ms + 2000;
+        return 0;
+    }
+    r->ph = PH_WAIT;
+    return 0;
+}

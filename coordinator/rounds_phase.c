@@ -1,0 +1,477 @@
+/* rounds_phase.c - the phases of a round and their deadlines: wait for
+ * workers, sample and send tasks, train, evaluate, complete (rounds_phase.h). */
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agg_lowrank.h"
+#include "clog.h"
+#include "rng.h"
+#include "rounds_agg.h"
+#include "rounds_msgs.h"
+#include "rounds_persist.h"
+#include "rounds_phase.h"
+#include "rounds_report.h"
+#include "rounds_state.h"
+
+/* Ends the round without changing the global adapter. */
+static void abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b)
+{
+    char reason[256];
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    snprintf(reason, sizeof reason, fmt, a, b);
+#pragma GCC diagnostic pop
+    rounds_abandon(r, now, reason);
+    rounds_complete_round(r, now);
+}
+
+/* The upload phase is over: unmask the secure sum first, or aggregate now. */
+static void upload_done(rounds *r, int64_t now, const char *why)
+{
+    if (r->sa) {
+        char reason[256];
+        if (sa_start_unmask(r, now, why, reason, sizeof reason) == SA_FAILED) {
+            rounds_abandon(r, now, reason);
+            rounds_complete_round(r, now);
+        }
+        return;
+    }
+    if (rounds_aggregate(r, now, why) == 0)
+        rounds_start_eval(r, clog_now_ms());
+}
+
+static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_s)
+{
+    memset(r->status, ST_NONE, SERVER_MAX_WORKERS);
+    r->q_head = r->q_len = 0;
+    r->staging_worker = -1;
+    r->n_targets = r->n_reported = 0;
+    r->ph = ph;
+    r->phase_start_ms = now;
+    r->deadline_ms = now + (int64_t)(deadline_s * 1000.0);
+}
+
+static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
+{
+    const coord_config *c = r->cfg;
+    p->local_steps = (uint32_t)c->local_steps;
+    p->batch = (uint32_t)c->batch;
+    p->seq = (uint32_t)c->seq;
+    p->lr = c->lr;
+    p->optimizer = (uint32_t)c->optimizer;
+    p->weight_decay = c->weight_decay;
+    p->max_grad_norm = c->max_grad_norm;
+    p->seed = c->seed;
+    p->freeze_a = r->b_only;
+    p->prox_mu = c->prox_mu;
+}
+
+/* flora (docs/protocol.md, "Folds"): the folds worker w's base lacks go in
+ * the Task, their slabs before the adapter a in *slab (n floats in all);
+ * with no fold to send, *slab stays NULL and *n = a's floats. */
+static int fold_fields(const rounds *r, int w, const fp_lora *a, Fedpeft__Task *t,
+                       uint32_t **ranks, float **slab, size_t *n)
+{
+    int F = strategy_flora_n_folds(r->strat);
+    int from = r->fold_reset[w] ? 0 : (int)r->fold_have[w];
+    t->fold_reset = r->fold_reset[w];
+    t->fold_base = (uint32_t)from;
+    if (from >= F)
+        return 0;
+    size_t total = a->n_params;
+    *ranks = malloc((size_t)(F - from) * sizeof **ranks);
+    if (!*ranks)
+        return fp_error_set("out of memory");
+    for (int i = from; i < F; i++) {
+        const fp_lora *f = strategy_flora_fold(r->strat, i);
+        (*ranks)[i - from] = (uint32_t)f->cfg.rank;
+        total += f->n_params;
+    }
+    if (total > WIRE_MAX_ADAPTER_FLOATS)
+        return fp_error_set("%d folds and the adapter are %zu floats, above the protocol's "
+                            "%llu", F - from, total, (unsigned long long)WIRE_MAX_ADAPTER_FLOATS);
+    if (!(*slab = malloc(total * sizeof **slab)))
+        return fp_error_set("out of memory for the folds (%zu floats)", total);
+    size_t pos = 0;
+    for (int i = from; i < F; i++) {
+        const fp_lora *f = strategy_flora_fold(r->strat, i);
+        memcpy(*slab + pos, f->params, f->n_params * sizeof **slab);
+        pos += f->n_params;
+    }
+    memcpy(*slab + pos, a->params, a->n_params * sizeof **slab);
+    t->fold_ranks = *ranks;
+    t->n_fold_ranks = (size_t)(F - from);
+    *n = total;
+    return 0;
+}
+
+/* Task + the global adapter to worker w for the current phase. */
+void rounds_send_task(rounds *r, int w)
+{
+    int kind = r->ph == PH_TRAIN ? TASK_TRAIN : TASK_EVAL;
+    Fedpeft__TrainParams params = FEDPEFT__TRAIN_PARAMS__INIT;
+    fill_params(r, &params);
+    Fedpeft__Task t = FEDPEFT__TASK__INIT;
+    t.kind = kind == TASK_TRAIN ? FEDPEFT__TASK__KIND__TRAIN : FEDPEFT__TASK__KIND__EVAL;
+    t.round = r->round;
+    t.task_id = rounds_task_id(r, r->round, kind);
+    t.params = &params;
+    t.n_chunks = wire_n_chunks(r->global->n_params);
+    t.deadline_unix_ms = (uint64_t)(clog_wall_ms() + (r->deadline_ms - clog_now_ms()));
+    Fedpeft__SecAggParams sap = FEDPEFT__SEC_AGG_PARAMS__INIT;
+    Fedpeft__DpParams dpp = FEDPEFT__DP_PARAMS__INIT;
+    if (kind == TASK_TRAIN) {
+        t.coordinator_pk = (ProtobufCBinaryData){FP_KEY_BYTES, r->seal_kp->public_key};
+        if (r->sa) {
+            sa_task_fields(r->sa, w, &sap, &t.peers, &t.n_peers);
+            t.secagg = &sap;
+        }
+        if (r->cfg->dp) {
+            dpp.clip_norm = (float)r->cfg->dp_clip_norm;
+            dpp.noise_multiplier = (float)r->cfg->dp_noise_multiplier;
+            dpp.distributed = r->cfg->dp_mode == COORD_DP_DISTRIBUTED;
+            dpp.n_noise = r->n_targets;
+            t.dp = &dpp;
+        }
+    }
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
+    env.task = &t;
+    int rk = server_worker(r->srv, w)->rank;
+    fp_lora *small = NULL;
+    if (rk > 0 && rk < r->global->cfg.rank) {
+        /* HetLoRA: the best rank-rk part of the (SVD-ordered) global */
+        fp_lora_config lc = r->global->cfg;
+        lc.rank = rk;
+        if (!(small = fp_lora_new(&r->global->model, &lc)) ||
+            fp_lr_adapter_truncate(small, r->global) < 0) {
+            clog_error("round %llu: cannot truncate the adapter for %s: %s",
+                       (unsigned long long)r->round, server_worker(r->srv, w)->id,
+                       fp_error_get());
+            fp_lora_free(&small);
+            return;
+        }
+    }
+    const fp_lora *a = small ? small : r->global;
+    float *slab = NULL;
+    size_t n = a->n_params;
+    uint32_t *ranks = NULL;
+    if (fold_fields(r, w, a, &t, &ranks, &slab, &n) < 0) {
+        clog_error("round %llu: cannot send the folds to %s: %s", (unsigned long long)r->round,
+                   server_worker(r->srv, w)->id, fp_error_get());
+    } else {
+        t.n_chunks = wire_n_chunks(n);
+        if (server_send(r->srv, w, &env) == 0)
+            (void)server_send_slab(r->srv, w, t.task_id, slab ? slab : a->params, n);
+    }
+    free(slab);
+    free(ranks);
+    fp_lora_free(&small);
+}
+
+static int cmp_ids(const void *a, const void *b, void *srv)
+{
+    return strcmp(server_worker(srv, *(const int *)a)->id, server_worker(srv, *(const int *)b)->id);
+}
+
+/* Live workers sorted by id; k of them by a partial Fisher-Yates seeded from
+ * (seed, round); the chosen ones sorted by id again. Returns k. */
+static int sample(rounds *r, int *chosen)
+{
+    int n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (server_worker(r->srv, i)->alive)
+            chosen[n++] = i;
+    qsort_r(chosen, (size_t)n, sizeof *chosen, cmp_ids, r->srv);
+    long k = lround(r->cfg->fraction * n);
+    if (k < r->cfg->min_workers)
+        k = r->cfg->min_workers;
+    if (r->cfg->max_workers > 0 && k > r->cfg->max_workers)
+        k = r->cfg->max_workers;
+    if (k > n)
+        k = n;
+    fp_rng rng;
+    fp_rng_seed(&rng, r->cfg->seed * 1000003u + r->round);
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)fp_rng_below(&rng, (uint64_t)(n - i));
+        int t = chosen[i];
+        chosen[i] = chosen[j];
+        chosen[j] = t;
+    }
+    qsort_r(chosen, (size_t)k, sizeof *chosen, cmp_ids, r->srv);
+    return (int)k;
+}
+
+static void start_train(rounds *r, int64_t now)
+{
+    static int chosen[SERVER_MAX_WORKERS];
+    reset_phase(r, PH_TRAIN, now, r->cfg->deadline_s);
+    metrics_reset(&r->m, r->round);
+    if (strategy_begin(r->strat, r->round) < 0)
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    r->loss_wsum = r->weight_sum = 0;
+    static const uint8_t zero[32];
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        memcpy(r->prev_seal_pk[i], r->seal_pk[i], 32);   /* to recognise round splices */
+        r->prev_task[i] = r->round ? rounds_task_id(r, r->round - 1, TASK_TRAIN) : 0;
+        memcpy(r->seal_pk[i], zero, 32);
+    }
+    int k = sample(r, chosen);
+    char names[1024] = "";
+    for (int i = 0; i < k; i++) {
+        size_t len = strlen(names);
+        if (len + WIRE_MAX_ID + 6 < sizeof names)
+            snprintf(names + len, sizeof names - len, "%s%s", i ? " " : "",
+                     server_worker(r->srv, chosen[i])->id);
+        else if (i == k - 1)
+            snprintf(names + len, sizeof names - len, " ...");
+        r->status[chosen[i]] = ST_PENDING;
+    }
+    r->n_targets = (unsigned)k;
+    r->m.live = (unsigned)server_n_live(r->srv);
+    r->m.sampled = (unsigned)k;
+    r->sampled_weight = 0;
+    for (int i = 0; i < k; i++) {
+        uint64_t e = server_worker(r->srv, chosen[i])->n_examples;
+        r->sampled_weight += e ? (double)e : 1.0;
+    }
+    clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
+              server_n_live(r->srv), names);
+    sa_destroy(&r->sa);
+    if (r->cfg->secagg && k > 0) {
+        r->m.secagg = 1;
+        if (!(r->sa = sa_new(r, chosen, k))) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", fp_error_get());
+            clog_error("round %llu: %s", (unsigned long long)r->round, why);
+            abandon(r, now, "secure aggregation cannot run: see the log (%u of %u)", 0,
+                    (unsigned)k);
+            return;
+        }
+    }
+    for (int i = 0; i < k; i++)
+        rounds_send_task(r, chosen[i]);
+}
+
+void rounds_start_eval(rounds *r, int64_t now)
+{
+    reset_phase(r, PH_EVAL, now, r->cfg->eval_deadline_s);
+    r->val_sum = 0;
+    r->val_tokens = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (server_worker(r->srv, i)->alive) {
+            r->status[i] = ST_PENDING;
+            r->n_targets++;
+        }
+    clog_info("round %llu: evaluating the global adapter on %u workers",
+              (unsigned long long)r->round, r->n_targets);
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (r->status[i] == ST_PENDING)
+            rounds_send_task(r, i);
+}
+
+void rounds_finish_run(rounds *r)
+{
+    char out[1100];
+    if (r->cfg->out_dir[0])
+        snprintf(out, sizeof out, "%s", r->cfg->out_dir);
+    else
+        snprintf(out, sizeof out, "%s/adapter", r->cfg->state_dir);
+    fp_lora *merged = NULL;
+    if (strategy_flora_n_folds(r->strat) > 0 && !(merged = strategy_flora_merged(r->strat)))
+        clog_error("flora: %s; writing the (restarted) global adapter instead", fp_error_get());
+    if (fp_lora_save(merged ? merged : r->global, out) < 0) {
+        clog_error("cannot write the final adapter: %s", fp_error_get());
+        r->exit_code = 1;
+    } else {
+        clog_info("run %s complete: final adapter written to %s%s", r->run_id, out,
+                  merged ? " (every flora fold, merged)" : "");
+        r->exit_code = 0;
+    }
+    fp_lora_free(&merged);
+    server_shutdown_workers(r->srv, "run complete");
+    r->ph = PH_DONE;
+}
+
+/* Checkpoint, metrics line, then the next round or the end. */
+void rounds_complete_round(rounds *r, int64_t now)
+{
+    round_metrics *m = &r->m;
+    if (r->ph == PH_EVAL) {
+        m->t_eval = secs(now - r->phase_start_ms);
+        if (r->val_tokens > 0) {
+            m->val_loss = r->val_sum / (double)r->val_tokens;
+            m->val_tokens = r->val_tokens;
+        }
+    }
+    server_take_counters(r->srv, m->rejected, &m->bytes_up, &m->bytes_down);
+    if (r->cfg->dp)
+        m->epsilon = r->last_epsilon;
+    int finished = r->round >= (uint64_t)r->cfg->rounds ||
+                   (r->cfg->target_loss > 0 && isfinite(m->val_loss) &&
+                    m->val_loss <= r->cfg->target_loss);
+    if (rounds_add_line(r, m) < 0) {
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    } else {
+        int64_t t0 = clog_now_ms();
+        if (rounds_save_checkpoint(r, r->round, finished) < 0)
+            clog_error("round %llu: checkpoint failed, the round is kept in memory only: %s",
+                       (unsigned long long)r->round, fp_error_get());
+        m->t_checkpoint = secs(clog_now_ms() - t0);
+        rounds_patch_last_line(r, m);
+        if (metrics_append(r->metrics_path, r->lines[r->n_lines - 1]) < 0)
+            clog_error("%s", fp_error_get());
+    }
+    rounds_log_round(r, m);
+    if (finished) {
+        if (r->cfg->target_loss > 0 && r->round < (uint64_t)r->cfg->rounds)
+            clog_info("validation loss %.4f <= target_loss %g: stopping after round %llu",
+                      m->val_loss, r->cfg->target_loss, (unsigned long long)r->round);
+        rounds_finish_run(r);
+        return;
+    }
+    r->round++;
+    server_set_round(r->srv, r->round);
+    r->ph = PH_WAIT;
+    r->phase_start_ms = now;
+    r->wait_log_ms = now;
+}
+
+/* Counts the sampled workers still able to answer (not done or refused, and
+ * alive or mid-upload). */
+static unsigned active_targets(const rounds *r)
+{
+    unsigned n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        uint8_t s = r->status[i];
+        if (s == ST_READY || s == ST_STAGING || (s == ST_PENDING && server_worker(r->srv, i)->alive))
+            n++;
+    }
+    return n;
+}
+
+static unsigned settled(const rounds *r)
+{
+    unsigned n = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        n += r->status[i] == ST_DONE || r->status[i] == ST_FAILED;
+    return n;
+}
+
+void rounds_check_train(rounds *r, int64_t now)
+{
+    if (r->sa) {
+        char reason[256];
+        switch (sa_tick(r, now, reason, sizeof reason)) {
+        case SA_FAILED:
+            rounds_abandon(r, now, reason);
+            rounds_complete_round(r, now);
+            return;
+        case SA_SUM_READY:
+            if (rounds_aggregate(r, now, "secure aggregation") == 0)
+                rounds_start_eval(r, clog_now_ms());
+            return;
+        case SA_GOING:
+            return;
+        case SA_UPLOADING:
+            break;
+        }
+    }
+    rounds_check_stall(r, now);
+    rounds_try_pull(r, now);
+    unsigned quorum = (unsigned)r->cfg->min_quorum;
+    unsigned active = active_targets(r);
+    if (r->n_reported == r->n_targets && r->n_targets > 0)
+        upload_done(r, now, "all sampled workers reported");
+    else if (active == 0 && r->n_reported >= quorum)
+        upload_done(r, now, "the others failed or are dead");
+    else if (r->n_targets == 0)
+        abandon(r, now, "no live worker to sample (%u of %u)", 0, 0);
+    else if (settled(r) == r->n_targets)
+        abandon(r, now, "every sampled worker answered but only %u updates were accepted, "
+                        "below min_quorum = %u", r->n_reported, quorum);
+    else if (now >= r->deadline_ms && r->n_reported >= quorum)
+        upload_done(r, now, "deadline");
+    else if (now >= r->deadline_ms)
+        abandon(r, now, "deadline passed with %u updates, below min_quorum = %u", r->n_reported,
+                quorum);
+}
+
+void rounds_check_eval(rounds *r, int64_t now)
+{
+    unsigned active = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++)
+        if (r->status[i] == ST_PENDING && server_worker(r->srv, i)->alive)
+            active++;
+    if (r->n_targets > 0 && active > 0 && now < r->deadline_ms)
+        return;
+    if (active > 0 && r->n_reported == 0)
+        clog_info("round %llu: no evaluation result before the deadline",
+                  (unsigned long long)r->round);
+    else if (r->n_targets > 0 && active == 0 && r->n_reported == 0 && now < r->deadline_ms &&
+             settled(r) < r->n_targets)
+        return; /* the targets died; one may come back before the deadline */
+    rounds_complete_round(r, now);
+}
+
+/* Would one more round keep epsilon within [dp] epsilon_budget? (q estimated
+ * from the live workers the round will sample.) */
+static int budget_allows(rounds *r, int live)
+{
+    if (!r->cfg->dp || r->cfg->dp_epsilon_budget <= 0)
+        return 1;
+    int reg = server_n_workers(r->srv);
+    long k = lround(r->cfg->fraction * live);
+    if (k < r->cfg->min_workers)
+        k = r->cfg->min_workers;
+    if (r->cfg->max_workers > 0 && k > r->cfg->max_workers)
+        k = r->cfg->max_workers;
+    if (k > live)
+        k = live;
+    double q = reg > 0 ? (double)k / (double)reg : 1.0, eps = 0;
+    fp_dp_accountant next = r->acct;
+    if (fp_dp_accountant_add(&next, q > 1 ? 1 : q, r->cfg->dp_noise_multiplier, 1) < 0 ||
+        fp_dp_accountant_epsilon(&next, r->cfg->dp_delta, &eps, NULL) < 0)
+        return 1;
+    if (eps <= r->cfg->dp_epsilon_budget)
+        return 1;
+    clog_info("privacy budget spent: round %llu would bring epsilon to %.4f > epsilon_budget "
+              "%g at delta %g (spent so far: %.4f); stopping the run",
+              (unsigned long long)r->round, eps, r->cfg->dp_epsilon_budget, r->cfg->dp_delta,
+              r->last_epsilon);
+    return 0;
+}
+
+void rounds_check_wait(rounds *r, int64_t now)
+{
+    int live = server_n_live(r->srv);
+    int need = r->cfg->min_workers;
+    int64_t waited = now - r->phase_start_ms;
+    int timed_out = waited >= (int64_t)(r->cfg->start_timeout_s * 1000.0);
+    int enough_late = live >= 1 && (r->round == 0 || live >= r->cfg->min_quorum);
+    if (live >= need || (timed_out && enough_late)) {
+        if (live < need)
+            clog_info("round %llu: only %d of min_workers = %d live after %.0fs; starting anyway",
+                      (unsigned long long)r->round, live, need, secs(waited));
+        server_set_round(r->srv, r->round);
+        if (r->round == 0) {
+            metrics_reset(&r->m, 0);
+            r->m.live = (unsigned)live;
+            rounds_start_eval(r, now);
+        } else if (!budget_allows(r, live)) {
+            rounds_finish_run(r);
+        } else {
+            start_train(r, now);
+        }
+        return;
+    }
+    if (now - r->wait_log_ms >= (int64_t)(r->cfg->start_timeout_s * 1000.0) ||
+        r->wait_log_ms == 0) {
+        clog_info("round %llu: waiting for workers: %d live, min_workers = %d",
+                  (unsigned long long)r->round, live, need);
+        r->wait_log_ms = now;
+    }
+}
