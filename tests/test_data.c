@@ -285,11 +285,11 @@ static void test_loss_mask(void **state)
 }
 
 /* Plain text through the real LLaMA-2 tokenizer.json; reference ids from
- * shared/data/tokenizers/llama2/reference_ids.jsonl ("Hello world"). */
+ * tests/fixtures/tokenizers/llama2/reference_ids.jsonl ("Hello world"). */
 static void test_plain_text(void **state)
 {
     (void)state;
-    fp_tokenizer *tok = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/llama2"));
+    fp_tokenizer *tok = fp_tokenizer_load(tu_fixture("tokenizers/llama2"));
     if (!tok)
         fail_msg("loading the llama2 tokenizer: %s", fp_error_get());
     const char *p = write_tmp("data-text", "hello.txt", "Hello world");
@@ -311,7 +311,7 @@ static void test_plain_text(void **state)
 
 /* Plain text through the stories260K tokenizer, converted from llama2.c's
  * tok512.bin: ids stay in the 512 vocabulary and decode back to the text;
- * " Once" is id 403 (shared/data/stories260K/SOURCE.md). */
+ * " Once" is id 403 (data/stories260K/SOURCE.md). */
 static void test_plain_text_tok512(void **state)
 {
     (void)state;
@@ -319,7 +319,7 @@ static void test_plain_text_tok512(void **state)
     snprintf(dir, sizeof dir, "%s", tu_tempdir("data-tok512"));
     char tj[4200];
     snprintf(tj, sizeof tj, "%s/tokenizer.json", dir);
-    if (fp_tokenizer_convert_llama2c(tu_path(tu_shared_data(), "stories260K/tok512.bin"), 512,
+    if (fp_tokenizer_convert_llama2c(tu_data("stories260K/tok512.bin"), 512,
                                      tj) != 0)
         fail_msg("converting tok512.bin: %s", fp_error_get());
     fp_tokenizer *tok = fp_tokenizer_load(tj);
@@ -354,7 +354,7 @@ static fp_tokenizer *tok512(void)
     if (tok)
         return tok;
     snprintf(tj, sizeof tj, "%s/tokenizer.json", tu_tempdir("data-tok512-forms"));
-    if (fp_tokenizer_convert_llama2c(tu_path(tu_shared_data(), "stories260K/tok512.bin"), 512,
+    if (fp_tokenizer_convert_llama2c(tu_data("stories260K/tok512.bin"), 512,
                                      tj) != 0)
         fail_msg("converting tok512.bin: %s", fp_error_get());
     if (!(tok = fp_tokenizer_load(tj)))
@@ -468,7 +468,7 @@ static void test_alpaca_file(void **state)
     fp_data_options o;
     fp_data_options_default(&o);
     fp_dataset d;
-    load_ok(tu_path(tu_shared_data(), "alpaca_tiny/alpaca_tiny.json"), &o, &d);
+    load_ok(tu_fixture("alpaca_tiny/alpaca_tiny.json"), &o, &d);
     assert_int_equal(d.format, FP_FORMAT_ALPACA);
     assert_int_equal(d.examples, 100);
     assert_int_equal(d.valid_examples, 10);
@@ -667,7 +667,7 @@ static void test_tool_finetune_alpaca(void **state)
              "--tokenizer %s/data/stories260K/tok512.bin --out %s/m", FP_SOURCE_DIR,
              FP_SOURCE_DIR, dir);
     assert_int_equal(tu_run(cmd, NULL), 0);
-    const char *data = tu_path(tu_shared_data(), "alpaca_tiny/alpaca_tiny.json");
+    const char *data = tu_fixture("alpaca_tiny/alpaca_tiny.json");
     snprintf(cmd, sizeof cmd, FP_TOOL " finetune --model %s/m --data %s --out %s/ad --steps 4 "
              "--batch 2 --seq 64 --val-fraction 0.2 --split-seed 3", dir, data, dir);
     int rc = tu_run(cmd, &out);

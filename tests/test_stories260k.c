@@ -45,7 +45,7 @@ static void test_greedy_text_matches_llama2c(void **state)
              model_dir);
     int rc = tu_run(cmd, &out);
     assert_int_equal(rc, 0);
-    char *want = tu_read_file(tu_path(tu_shared_data(), "stories260K/expected_greedy_t0_n256.txt"), NULL);
+    char *want = tu_read_file(tu_fixture("stories260K/expected_greedy_t0_n256.txt"), NULL);
     assert_non_null(want);
     if (strcmp(out, want) != 0) {
         size_t i = 0;
@@ -61,7 +61,7 @@ static void test_greedy_text_matches_llama2c(void **state)
 static void test_first_logits_match_reference(void **state)
 {
     (void)state;
-    char *json = tu_read_file(tu_path(tu_shared_data(), "stories260K/reference_bos.json"), NULL);
+    char *json = tu_read_file(tu_fixture("stories260K/reference_bos.json"), NULL);
     assert_non_null(json);
     cJSON *ref = cJSON_Parse(json);
     assert_non_null(ref);

@@ -186,15 +186,15 @@ static int *l2c_encode(const l2c_vocab *v, const char *text, int bos, size_t *n_
 static int setup(void **state)
 {
     g_tmp = strdup(tu_tempdir("tokenizer"));
-    const char *bin = tu_path(tu_shared_data(), "stories260K/tok512.bin");
+    const char *bin = tu_data("stories260K/tok512.bin");
     if (fp_tokenizer_convert_llama2c(bin, 512, tu_path(g_tmp, "tokenizer.json")) != 0) {
         fprintf(stderr, "convert: %s\n", fp_error_get());
         return -1;
     }
     g_tok512 = fp_tokenizer_load(g_tmp);
-    g_llama2 = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/llama2"));
-    g_gpt2 = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/gpt2"));
-    g_smollm = fp_tokenizer_load(tu_path(tu_shared_data(), "tokenizers/smollm/tokenizer.json"));
+    g_llama2 = fp_tokenizer_load(tu_fixture("tokenizers/llama2"));
+    g_gpt2 = fp_tokenizer_load(tu_fixture("tokenizers/gpt2"));
+    g_smollm = fp_tokenizer_load(tu_fixture("tokenizers/smollm/tokenizer.json"));
     if (!g_tok512 || !g_llama2 || !g_gpt2 || !g_smollm) {
         fprintf(stderr, "load: %s\n", fp_error_get());
         return -1;
@@ -246,11 +246,10 @@ static void test_converted_basics(void **state)
 /* (a) llama2.c's greedy ids decode to exactly the text run.c printed. */
 static void test_decode_greedy_story(void **state)
 {
-    cJSON *ref = read_json(tu_path(tu_shared_data(), "stories260K/reference_bos.json"));
+    cJSON *ref = read_json(tu_fixture("stories260K/reference_bos.json"));
     size_t n, len;
     int32_t *ids = json_ids(cJSON_GetObjectItem(ref, "greedy_ids_from_bos"), &n);
-    char *want = tu_read_file(tu_path(tu_shared_data(),
-                                      "stories260K/expected_greedy_t0_n256.txt"), &len);
+    char *want = tu_read_file(tu_fixture("stories260K/expected_greedy_t0_n256.txt"), &len);
     assert_non_null(want);
     assert_int_equal(n, 257);
     assert_int_equal(ids[0], 1);
@@ -276,13 +275,12 @@ static void test_decode_greedy_story(void **state)
 /* (b) encode(story) against the generated ids and against llama2.c's encode. */
 static void test_encode_story(void **state)
 {
-    cJSON *ref = read_json(tu_path(tu_shared_data(), "stories260K/reference_bos.json"));
+    cJSON *ref = read_json(tu_fixture("stories260K/reference_bos.json"));
     size_t n, len, n2c;
     int32_t *ids = json_ids(cJSON_GetObjectItem(ref, "greedy_ids_from_bos"), &n);
-    char *text = tu_read_file(tu_path(tu_shared_data(),
-                                      "stories260K/expected_greedy_t0_n256.txt"), &len);
+    char *text = tu_read_file(tu_fixture("stories260K/expected_greedy_t0_n256.txt"), &len);
     text[--len] = '\0'; /* drop run.c's trailing newline */
-    l2c_vocab v = l2c_load(tu_path(tu_shared_data(), "stories260K/tok512.bin"), 512);
+    l2c_vocab v = l2c_load(tu_data("stories260K/tok512.bin"), 512);
     int *l2c = l2c_encode(&v, text, 1, &n2c);
     int32_t *want = malloc(n2c * sizeof *want);
     for (size_t i = 0; i < n2c; i++)
@@ -303,9 +301,9 @@ static void test_encode_story(void **state)
  * several hundred lines of Shakespeare (one line at a time, newline kept off). */
 static void test_encode_matches_llama2c(void **state)
 {
-    char *all = tu_read_file(tu_path(tu_shared_data(), "tinyshakespeare/input.txt"), NULL);
+    char *all = tu_read_file(tu_data("tinyshakespeare/input.txt"), NULL);
     assert_non_null(all);
-    l2c_vocab v = l2c_load(tu_path(tu_shared_data(), "stories260K/tok512.bin"), 512);
+    l2c_vocab v = l2c_load(tu_data("stories260K/tok512.bin"), 512);
     int lines = 0;
     for (char *line = strtok(all, "\n"); line && lines < 400; line = strtok(NULL, "\n")) {
         size_t n2c;
@@ -339,7 +337,7 @@ static const char *k_unicode[] = {
 static void test_roundtrip(void **state)
 {
     fp_tokenizer *toks[4] = { g_tok512, g_llama2, g_gpt2, g_smollm };
-    char *all = tu_read_file(tu_path(tu_shared_data(), "tinyshakespeare/input.txt"), NULL);
+    char *all = tu_read_file(tu_data("tinyshakespeare/input.txt"), NULL);
     assert_non_null(all);
     for (int k = 0; k < 4; k++) {
         for (size_t i = 0; i < sizeof k_unicode / sizeof *k_unicode; i++)
@@ -474,7 +472,7 @@ static void test_llama2_reference(void **state)
     assert_int_equal(fp_tokenizer_vocab_size(g_llama2), 32000);
     assert_int_equal(fp_tokenizer_bos(g_llama2), 1);
     assert_int_equal(fp_tokenizer_eos(g_llama2), 2);
-    char *all = tu_read_file(tu_path(tu_shared_data(), "tokenizers/llama2/reference_ids.jsonl"),
+    char *all = tu_read_file(tu_fixture("tokenizers/llama2/reference_ids.jsonl"),
                              NULL);
     assert_non_null(all);
     int lines = 0;
@@ -660,7 +658,7 @@ static void expect_convert_error(const char *tag, const void *bin, size_t len, i
 static void test_convert_errors(void **state)
 {
     size_t len;
-    char *bin = tu_read_file(tu_path(tu_shared_data(), "stories260K/tok512.bin"), &len);
+    char *bin = tu_read_file(tu_data("stories260K/tok512.bin"), &len);
     assert_non_null(bin);
     assert_int_equal(fp_tokenizer_convert_llama2c("/nonexistent/tok.bin", 512,
                                                   tu_path(g_tmp, "x.json")), -1);
@@ -676,19 +674,18 @@ static void test_convert_errors(void **state)
     int32_t zero = 0;
     memcpy(bin, &zero, 4);
     expect_convert_error("tok-badmax", bin, len, 512, "max_token_len 0");
-    assert_int_equal(fp_tokenizer_convert_llama2c(tu_path(tu_shared_data(),
-                                                          "stories260K/tok512.bin"), 2,
+    assert_int_equal(fp_tokenizer_convert_llama2c(tu_data("stories260K/tok512.bin"), 2,
                                                   tu_path(g_tmp, "x.json")), -1);
     free(bin);
 }
 
-/* (f) Every reference line of every shared tokenizer, honouring its
+/* (f) Every reference line of every bundled tokenizer, honouring its
  * add_special_tokens field, and decode back to the text. With the flag
  * flipped on, only LLaMA-2 adds anything (BOS), as their SOURCE.md files say. */
 static void check_reference(const char *name, fp_tokenizer *tok, int32_t bos_if_special)
 {
-    char *all = tu_read_file(tu_path(tu_shared_data(), tu_path(tu_path("tokenizers", name),
-                                                               "reference_ids.jsonl")), NULL);
+    char *all = tu_read_file(tu_path(tu_fixture("tokenizers"), tu_path(name, "reference_ids.jsonl")),
+                             NULL);
     assert_non_null(all);
     int lines = 0;
     for (char *line = strtok(all, "\n"); line; line = strtok(NULL, "\n")) {
@@ -940,9 +937,9 @@ static void run_tool(const char *stdin_text, const char *args, int want_rc, cons
 static void test_cli(void **state)
 {
     char gpt2[1024], llama2[1024];
-    snprintf(gpt2, sizeof gpt2, "--tokenizer %s", tu_path(tu_shared_data(), "tokenizers/gpt2"));
+    snprintf(gpt2, sizeof gpt2, "--tokenizer %s", tu_fixture("tokenizers/gpt2"));
     snprintf(llama2, sizeof llama2, "--tokenizer %s",
-             tu_path(tu_shared_data(), "tokenizers/llama2/tokenizer.json"));
+             tu_fixture("tokenizers/llama2/tokenizer.json"));
     run_tool("Hello world", gpt2, 0, "[15496,995]");
     char args[1200];
     snprintf(args, sizeof args, "%s --special", llama2);
@@ -966,7 +963,7 @@ static void test_throughput(void **state)
 {
     size_t len, n;
     int32_t *ids;
-    char *all = tu_read_file(tu_path(tu_shared_data(), "tinyshakespeare/input.txt"), &len);
+    char *all = tu_read_file(tu_data("tinyshakespeare/input.txt"), &len);
     assert_non_null(all);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

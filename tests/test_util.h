@@ -4,8 +4,14 @@
 
 #include <stddef.h>
 
-/* ../shared/data relative to the source tree (FP_SHARED_DATA overrides). */
+/* ../shared/data relative to the source tree (FP_SHARED_DATA overrides): only for
+ * optional extra cases, which skip when it is absent. */
 const char *tu_shared_data(void);
+/* tests/fixtures/REL in the source tree: the data the required cases need,
+ * bundled (tests/fixtures/SOURCE.md). Static rotating buffer. */
+const char *tu_fixture(const char *rel);
+/* data/REL in the source tree (the demo's model, tokenizer and text). */
+const char *tu_data(const char *rel);
 /* Joins a and b with '/' into a static rotating buffer (8 slots). */
 const char *tu_path(const char *a, const char *b);
 /* Makes a fresh empty temp directory under the build dir; returns its path

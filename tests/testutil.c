@@ -25,6 +25,20 @@ const char *tu_shared_data(void)
     return p;
 }
 
+const char *tu_fixture(const char *rel)
+{
+    char *p = slot();
+    snprintf(p, 4096, "%s/tests/fixtures/%s", FP_SOURCE_DIR, rel);
+    return p;
+}
+
+const char *tu_data(const char *rel)
+{
+    char *p = slot();
+    snprintf(p, 4096, "%s/data/%s", FP_SOURCE_DIR, rel);
+    return p;
+}
+
 const char *tu_path(const char *a, const char *b)
 {
     char *p = slot();
