@@ -353,6 +353,51 @@ static void test_config_errors(void **state)
     e = config_error(dir, &m, "modules_to_save",
                      cJSON_CreateStringArray((const char *[]){ "lm_head" }, 1));
     HAS(e, "\"modules_to_save\" is not supported");
+    /* Allowlist: a field that changes the computation and is not implemented is
+     * refused, a known one at its default is accepted, an unknown one is named. */
+    cJSON *rep = cJSON_CreateArray();
+    cJSON_AddItemToArray(rep, cJSON_CreateIntArray((const int[]){0, 3}, 2));
+    cJSON_AddItemToArray(rep, cJSON_CreateIntArray((const int[]){1, 3}, 2));
+    e = config_error(dir, &m, "layer_replication", rep);
+    HAS(e, "\"layer_replication\" (repeated layers) is not supported");
+    e = config_error(dir, &m, "alora_invocation_tokens",
+                     cJSON_CreateIntArray((const int[]){5, 7}, 2));
+    HAS(e, "\"alora_invocation_tokens\" (activated LoRA) is not supported");
+    e = config_error(dir, &m, "exclude_modules", cJSON_CreateStringArray((const char *[]){"q_proj"}, 1));
+    HAS(e, "\"exclude_modules\" is not supported");
+    e = config_error(dir, &m, "lora_bias", cJSON_CreateTrue());
+    HAS(e, "\"lora_bias\": true is not supported");
+    e = config_error(dir, &m, "use_qalora", cJSON_CreateTrue());
+    HAS(e, "\"use_qalora\": true is not supported");
+    e = config_error(dir, &m, "shiny_new_option", cJSON_CreateNumber(1));
+    HAS(e, "unknown field \"shiny_new_option\"");
+    const char *defaults[] = {"lora_bias", "use_qalora", "exclude_modules", "layer_replication",
+                              "alora_invocation_tokens", "target_parameters",
+                              "trainable_token_indices"};
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) {
+        cJSON *v = i < 2 ? cJSON_CreateFalse() : cJSON_CreateNull();
+        const char *path = tu_path(dir, "adapter_config.json");
+        cJSON *j = read_json(path), *orig = cJSON_Duplicate(j, 1);
+        cJSON_AddItemToObject(j, defaults[i], v);
+        write_json(path, j);
+        fp_lora *ok = fp_lora_load(dir, &m);
+        if (!ok)
+            fail_msg("%s at its default was refused: %s", defaults[i], fp_error_get());
+        fp_lora_free(&ok);
+        write_json(path, orig);
+        cJSON_Delete(j);
+        cJSON_Delete(orig);
+    }
+    /* A .bin-only adapter: the error says only safetensors is read. */
+    {
+        char cmd[16384];
+        snprintf(cmd, sizeof cmd, "mv %s/adapter_model.safetensors %s/adapter_model.bin", dir, dir);
+        assert_int_equal(tu_run(cmd, NULL), 0);
+        e = load_error(dir, &m);
+        HAS(e, "only adapter_model.safetensors is read");
+        snprintf(cmd, sizeof cmd, "mv %s/adapter_model.bin %s/adapter_model.safetensors", dir, dir);
+        assert_int_equal(tu_run(cmd, NULL), 0);
+    }
     /* The file itself restored: it loads again. */
     fp_lora *lo = fp_lora_load(dir, &m);
     assert_non_null(lo);

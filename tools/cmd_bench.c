@@ -17,6 +17,7 @@ static const char usage[] =
     "usage: fedpeft bench train [--dim 512] [--layers 8] [--heads 8] [--kv-heads 8]\n"
     "           [--hidden 1376] [--vocab 4096] [--seq 256] [--batch 4] [--rank 8]\n"
     "           [--targets q_proj,k_proj,v_proj,o_proj] [--steps 5] [--threads N]\n"
+    "           [--base-dtype f32|bf16|int8|nf4]\n"
     "  The same shape as bench/torch_lora_ref.py's defaults; compare the two on the\n"
     "  same machine one right after the other.\n";
 
@@ -49,7 +50,22 @@ typedef struct {
     fp_model_config cfg;
     fp_lora_config lc;
     int T, B, steps, threads;
+    fp_base_dtype dt;
 } bench_shape;
+
+/* VmRSS of this process in MiB (Linux), or -1. */
+static double rss_now_mib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1.0;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atof(line + 6);
+    if (f)
+        fclose(f);
+    return kb < 0 ? -1.0 : kb / 1024.0;
+}
 
 /* Trains sh->steps steps (after one untimed warm-up) and prints the figures. */
 static int bench_train(const bench_shape *sh)
@@ -72,6 +88,8 @@ static int bench_train(const bench_shape *sh)
     if (!(m = fp_model_new(&cfg)))
         goto lib_err;
     fp_model_randomize(m, 1, 0.02f);
+    if (fp_model_quantize(m, sh->dt) != 0)
+        goto lib_err;
     if (!(lora = fp_lora_new(&cfg, &lc)))
         goto lib_err;
     fp_lora_init(lora, 2);
@@ -93,9 +111,9 @@ static int bench_train(const bench_shape *sh)
     }
     double selfcheck = fp_blas_selfcheck();
     printf("bench train: dim %d, %d layers, %d heads (%d kv), hidden %d, vocab %d, seq %d, "
-           "batch %d, rank %d; OpenBLAS core %s (sgemm check: max rel err %.1e)\n",
+           "batch %d, rank %d, base %s; OpenBLAS core %s (sgemm check: max rel err %.1e)\n",
            cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size,
-           T, B, lc.rank, fp_blas_corename(), selfcheck);
+           T, B, lc.rank, fp_base_dtype_name(sh->dt), fp_blas_corename(), selfcheck);
     double t_total = 0.0;
     for (int s = -1; s < steps; s++) {          /* step -1 warms up, untimed */
         double t0 = now_s();
@@ -112,9 +130,12 @@ static int bench_train(const bench_shape *sh)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double tps = (double)nbt * steps / t_total;
-    printf("tokens/s: %.1f\nGFLOP/s: %.1f\npeak RSS: %.1f MiB (weights %.1f MiB, LoRA %zu params)\n",
+    printf("tokens/s: %.1f\nGFLOP/s: %.1f\npeak RSS: %.1f MiB (weights %.1f MiB as %s, LoRA %zu "
+           "params)\nRSS after training: %.1f MiB (the peak includes the f32 model the "
+           "benchmark builds before quantizing it)\n",
            tps, tps * flops_per_token(&cfg, lora, T) / 1e9, ru.ru_maxrss / 1024.0,
-           m->n_floats * 4.0 / (1 << 20), lora->n_params);
+           fp_model_bytes(m) / (double)(1 << 20), fp_base_dtype_name(sh->dt), lora->n_params,
+           rss_now_mib());
     rc = 0;
     goto out;
 lib_err:
@@ -139,6 +160,7 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
                            .bos_id = -1, .eos_id = -1};
     sh->cfg = cfg;
     sh->T = 256, sh->B = 4, sh->steps = 5, sh->threads = 0;
+    sh->dt = FP_BASE_F32;
     fp_lora_config_default(&sh->lc);
     static const struct option opts[] = {
         {"dim", required_argument, 0, 'd'},    {"layers", required_argument, 0, 'L'},
@@ -147,6 +169,7 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
         {"seq", required_argument, 0, 'T'},    {"batch", required_argument, 0, 'B'},
         {"rank", required_argument, 0, 'r'},   {"targets", required_argument, 0, 'g'},
         {"steps", required_argument, 0, 's'},  {"threads", required_argument, 0, 'j'},
+        {"base-dtype", required_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c, bad = 0;
@@ -165,6 +188,7 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
         case 'g': bad = fp_lora_parse_targets(optarg, &sh->lc.targets) ? cli_fail_lib(cmd) : 0; break;
         case 's': bad = cli_int(cmd, "--steps", optarg, 1, 1000000, &sh->steps); break;
         case 'j': bad = cli_int(cmd, "--threads", optarg, 1, 1024, &sh->threads); break;
+        case 'q': bad = fp_base_dtype_parse(optarg, &sh->dt) ? cli_fail_lib(cmd) : 0; break;
         case 'h': fputs(usage, stdout); return -1;
         default: return cli_usage_hint(cmd);
         }

@@ -15,6 +15,7 @@
     "  --format auto|text|json|alpaca|ids (auto)  --skip-bad\n" \
     "  --val-fraction F (0: no split; e.g. 0.1 holds out 10% of the examples)\n" \
     "  --split-seed S (42)\n" \
+    "  --base-dtype f32|bf16|int8|nf4 (f32): how the frozen base matrices are held\n" \
     "  Data forms: plain text (blocks split at blank lines; one token stream, no EOS);\n" \
     "  JSONL or a JSON array of {\"text\": ...} (EOS after each); Alpaca records\n" \
     "  {\"instruction\", \"input\", \"output\"} (Stanford template, loss on the response\n" \
@@ -22,10 +23,13 @@
     "  --skip-bad skips and counts malformed records instead of failing. The split\n" \
     "  holds out that fraction of examples, chosen by --split-seed.\n"
 
-/* --format, --skip-bad, --val-fraction, --split-seed: shared by finetune and eval. */
-enum { O_FORMAT = 200, O_SKIPBAD, O_VALFRAC, O_SPLITSEED };
+/* --format, --skip-bad, --val-fraction, --split-seed and --base-dtype: shared by
+ * finetune and eval. The base format is per process, so it is a file static. */
+enum { O_FORMAT = 200, O_SKIPBAD, O_VALFRAC, O_SPLITSEED, O_BASEDTYPE };
+static fp_base_dtype base_dtype = FP_BASE_F32;
 #define DATA_LONG_OPTS \
     {"format", required_argument, 0, O_FORMAT}, {"skip-bad", no_argument, 0, O_SKIPBAD}, \
+    {"base-dtype", required_argument, 0, O_BASEDTYPE}, \
     {"val-fraction", required_argument, 0, O_VALFRAC}, \
     {"split-seed", required_argument, 0, O_SPLITSEED}
 
@@ -37,6 +41,8 @@ static int parse_data_opt(const char *cmd, int c, fp_data_options *d)
     case O_FORMAT:
         return fp_data_parse_format(optarg, &d->format) != 0 ? (cli_fail_lib(cmd), -1) : 0;
     case O_SKIPBAD: d->skip_bad = 1; return 0;
+    case O_BASEDTYPE:
+        return fp_base_dtype_parse(optarg, &base_dtype) != 0 ? (cli_fail_lib(cmd), -1) : 0;
     case O_VALFRAC:
         if (cli_float(cmd, "--val-fraction", optarg, 0, 0.9, &f) != 0)
             return -1;
@@ -142,7 +148,7 @@ static int load_inputs(const char *model_dir, const char *data_path,
                        const fp_data_options *opt, fp_model **m, fp_dataset *data)
 {
     int failed = 0;
-    if (!(*m = fp_model_load(model_dir)))
+    if (!(*m = fp_model_load_dtype(model_dir, base_dtype)))
         return -1;
     fp_tokenizer *tok = cli_tokenizer_for(model_dir, &failed);
     if (failed)

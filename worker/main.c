@@ -61,7 +61,7 @@ static int load_inputs(const wk_config *cfg, fp_model **model, fp_dataset *data)
     char path[1100];
     fp_tokenizer *tok = NULL;
     fp_data_options opt;
-    if (!(*model = fp_model_load(cfg->model_path)))
+    if (!(*model = fp_model_load_dtype(cfg->model_path, (fp_base_dtype)cfg->base_dtype)))
         return -1;
     snprintf(path, sizeof path, "%s/tokenizer.json", cfg->model_path);
     FILE *f = fopen(path, "rb");

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 static const char *const format_names[] = {"auto", "text", "json", "alpaca", "ids", NULL};
+static const char *const dtype_names[] = {"f32", "bf16", "int8", "nf4", NULL}; /* fp_base_dtype */
 
 #define F(field) offsetof(wk_config, field)
 #define S(field) sizeof(((wk_config *)0)->field)
@@ -14,6 +15,8 @@ static const char *const format_names[] = {"auto", "text", "json", "alpaca", "id
 const fp_cfg_key wk_config_keys[] = {
     {"model", "path", FP_CFG_STRING, 0, 0, "", F(model_path), S(model_path), NULL,
      "base model directory (Hugging Face layout); must be the coordinator's model"},
+    {"model", "dtype", FP_CFG_ENUM, 0, 0, "f32", F(base_dtype), 0, dtype_names,
+     "how this worker holds the frozen base matrices (the hash stays the f32 source's)"},
     {"worker", "id", FP_CFG_STRING, 0, 0, "", F(id), S(id), NULL,
      "this worker's unique name (required; also its ZeroMQ routing id)"},
     {"worker", "endpoint", FP_CFG_STRING, 0, 0, "tcp://127.0.0.1:5555", F(endpoint),

@@ -318,6 +318,10 @@ static float *base_weight(fp_model *m, int l, int t)
 
 int fp_lr_adapter_fold(fp_model *m, const fp_lora *a)
 {
+    if (m->base_dtype != FP_BASE_F32)
+        return fp_error_set("flora folds merged updates into the base weights, which this "
+                            "process holds as %s; run flora workers with [model] dtype = f32",
+                            fp_base_dtype_name(m->base_dtype));
     if (fp_lora_check_model(a, &m->cfg) < 0)
         return -1;
     float s = fp_lora_scale(&a->cfg);

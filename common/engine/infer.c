@@ -27,6 +27,7 @@ struct fp_infer {
     float *xa;              /* [r] */
     float *inv_freq;        /* [hd/2] */
     float *logits;          /* [V] */
+    float *panel;           /* dequantized rows of a quantized base matrix */
 };
 
 fp_infer *fp_infer_new(const fp_model *model, const fp_lora *lora, int max_seq)
@@ -59,6 +60,7 @@ fp_infer *fp_infer_new(const fp_model *model, const fp_lora *lora, int max_seq)
         {&self->hg, H}, {&self->hu, H}, {&self->att, (size_t)c->n_heads * S},
         {&self->xa, lora ? (size_t)lora->cfg.rank : 0}, {&self->inv_freq, hd / 2},
         {&self->logits, (size_t)c->vocab_size},
+        {&self->panel, model->qm ? fp_qpanel_floats((int)mx) : 0},
     };
     size_t total = 0, nt = sizeof t / sizeof t[0];
     for (size_t i = 0; i < nt; i++)
@@ -102,10 +104,11 @@ static void rmsnorm(float *restrict out, const float *restrict x, const float *r
 }
 
 // y (out) = W x (+ bias) + s * B (A x);  W (out,in), A (r,in), B (out,r)
-static void lora_linear(fp_infer *self, float *y, const float *x, const float *w, const float *bias,
+static void lora_linear(fp_infer *self, float *y, const float *x, const float *bias,
                         int l, int t, int in, int out)
 {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x, 1, 0.0f, y, 1);
+    fp_qmat w = fp_model_qmat(self->model, l, t);   /* f32: one sgemv; else panels */
+    fp_qmat_gemv(&w, x, y, self->panel);
     if (bias)
         for (int o = 0; o < out; o++)
             y[o] += bias[o];
@@ -193,22 +196,22 @@ const float *fp_infer_step(fp_infer *self, int32_t token, int pos)
         float *vr = self->vc + ((size_t)l * self->max_seq + pos) * KV;
 
         rmsnorm(xn, x, w->rms_att + lc, C, c->rms_eps);
-        lora_linear(self, self->q, xn, w->wq + lc * C, w->bq ? w->bq + lc : NULL, l, FP_T_Q, C, C);
-        lora_linear(self, kr, xn, w->wk + lkv * C, w->bk ? w->bk + lkv : NULL, l, FP_T_K, C, KV);
-        lora_linear(self, vr, xn, w->wv + lkv * C, w->bv ? w->bv + lkv : NULL, l, FP_T_V, C, KV);
+        lora_linear(self, self->q, xn, w->bq ? w->bq + lc : NULL, l, FP_T_Q, C, C);
+        lora_linear(self, kr, xn, w->bk ? w->bk + lkv : NULL, l, FP_T_K, C, KV);
+        lora_linear(self, vr, xn, w->bv ? w->bv + lkv : NULL, l, FP_T_V, C, KV);
         rope(self->q, self->inv_freq, pos, c->n_heads, hd);
         rope(kr, self->inv_freq, pos, c->n_kv_heads, hd);
         attention(self, l, pos);
-        lora_linear(self, self->tmp, self->atty, w->wo + lc * C, NULL, l, FP_T_O, C, C);
+        lora_linear(self, self->tmp, self->atty, NULL, l, FP_T_O, C, C);
         for (int i = 0; i < C; i++)
             x[i] += self->tmp[i];
 
         rmsnorm(xn, x, w->rms_ffn + lc, C, c->rms_eps);
-        lora_linear(self, self->hg, xn, w->w_gate + (size_t)l * H * C, NULL, l, FP_T_GATE, C, H);
-        lora_linear(self, self->hu, xn, w->w_up + (size_t)l * H * C, NULL, l, FP_T_UP, C, H);
+        lora_linear(self, self->hg, xn, NULL, l, FP_T_GATE, C, H);
+        lora_linear(self, self->hu, xn, NULL, l, FP_T_UP, C, H);
         for (int i = 0; i < H; i++)
             self->hg[i] = self->hg[i] / (1.0f + expf(-self->hg[i])) * self->hu[i];
-        lora_linear(self, self->tmp, self->hg, w->w_down + (size_t)l * C * H, NULL, l, FP_T_DOWN, H, C);
+        lora_linear(self, self->tmp, self->hg, NULL, l, FP_T_DOWN, H, C);
         for (int i = 0; i < C; i++)
             x[i] += self->tmp[i];
     }

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lora_peft_allow.h"
 #include "safetensors.h"
 
 #define NAME_MAX_LEN 160
@@ -227,34 +228,6 @@ static int parse_targets(const cJSON *tm, const char *path, unsigned *mask)
     return 0;
 }
 
-/* Options we cannot honour are refused rather than silently ignored. */
-static int check_unsupported(const cJSON *j, const char *path)
-{
-    const char *pats[] = { "rank_pattern", "alpha_pattern" };
-    for (int i = 0; i < 2; i++) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, pats[i]);
-        if (p && !cJSON_IsNull(p) && !(cJSON_IsObject(p) && p->child == NULL))
-            return fp_error_set("%s: a non-empty \"%s\" (per-module ranks) is not supported",
-                                path, pats[i]);
-    }
-    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "bias");
-    if (b && !cJSON_IsNull(b) && !(cJSON_IsString(b) && strcmp(b->valuestring, "none") == 0))
-        return fp_error_set("%s: \"bias\" must be \"none\"; trained LoRA biases are not "
-                            "supported", path);
-    const char *flags[] = { "fan_in_fan_out", "use_dora" };
-    for (int i = 0; i < 2; i++)
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, flags[i])))
-            return fp_error_set("%s: \"%s\": true is not supported (LLaMA linears need "
-                                "false)", path, flags[i]);
-    const char *nulls[] = { "modules_to_save", "layers_to_transform" };
-    for (int i = 0; i < 2; i++) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, nulls[i]);
-        if (p && !cJSON_IsNull(p) && !(cJSON_IsArray(p) && p->child == NULL))
-            return fp_error_set("%s: \"%s\" is not supported; it must be null", path, nulls[i]);
-    }
-    return 0;
-}
-
 static int parse_config(const cJSON *j, const char *path, fp_lora_config *c)
 {
     fp_lora_config_default(c);
@@ -288,7 +261,7 @@ static int parse_config(const cJSON *j, const char *path, fp_lora_config *c)
     const cJSON *bm = cJSON_GetObjectItemCaseSensitive(j, "base_model_name_or_path");
     if (cJSON_IsString(bm))
         snprintf(c->base_model, sizeof c->base_model, "%s", bm->valuestring);
-    return check_unsupported(j, path);
+    return fp_peft_config_allowed(j, path);   /* everything else: allowlist */
 }
 
 static int read_config(const char *dir, fp_lora_config *c)
@@ -425,6 +398,16 @@ fp_lora *fp_lora_load(const char *dir, const fp_model_config *m)
         goto err;
     }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if (access(path, F_OK) != 0) {
+        char bin[4200];
+        snprintf(bin, sizeof bin, "%s/adapter_model.bin", dir);
+        if (access(bin, F_OK) == 0) {
+            fp_error_set("%s: only adapter_model.safetensors is read; %s is a pickled "
+                         "PyTorch file (save with safe_serialization=True, or convert it)",
+                         dir, bin);
+            goto err;
+        }
+    }
     st = fp_st_open(path);
     if (!st)
         goto err;

@@ -499,6 +499,9 @@ void fp_model_free(fp_model **self_p)
     if (!self_p || !*self_p)
         return;
     free((*self_p)->slab);
+    free((*self_p)->qm);
+    free((*self_p)->qdata);
+    free((*self_p)->qscale);
     free(*self_p);
     *self_p = NULL;
 }
@@ -718,6 +721,9 @@ err:
 int fp_model_save(const fp_model *m, const char *dir)
 {
     char path[8192];
+    if (m->qm)
+        return fp_error_set("model save: the base is held as %s; save the f32 source instead",
+                            fp_base_dtype_name(m->base_dtype));
     pspec p[MAX_PSPEC];
     int np = param_table((fp_model *)m, p);   /* reads pointers only */
     int L = m->cfg.n_layers, rc = -1;

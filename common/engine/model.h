@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "fp_error.h"
+#include "quant.h"
 
 typedef struct {
     char arch[64];          /* "LlamaForCausalLM", "Qwen2ForCausalLM", ... */
@@ -64,6 +65,16 @@ typedef struct {
     fp_model_weights w;
     float *slab;
     size_t n_floats;        /* floats in the slab */
+    /* Quantized base (fp_model_quantize): the seven projection matrices of every
+     * layer live in qdata/qscale, their fp_model_weights pointers are NULL and the
+     * slab holds only embeddings, norms, biases and lm_head. */
+    fp_base_dtype base_dtype;    /* FP_BASE_F32 unless quantized */
+    fp_qmat *qm;            /* [L][FP_T_COUNT] views, NULL for f32 */
+    uint8_t *qdata;
+    float *qscale;
+    size_t q_bytes;         /* qdata + qscale bytes */
+    int has_src_hash;       /* src_hash is fp_model_hash of the f32 source weights */
+    char src_hash[65];
 } fp_model;
 
 /* Parses and validates config.json. Error names the file and the key. */
@@ -85,6 +96,19 @@ int fp_model_save(const fp_model *m, const char *dir) FP_WUR;
  * 1). For tests and benchmarks. */
 void fp_model_randomize(fp_model *m, uint64_t seed, float scale);
 void fp_model_free(fp_model **self_p);
+
+/* Converts the seven projection matrices of every layer (q,k,v,o,gate,up,down)
+ * to dt, one tensor at a time, and shrinks the f32 slab to what remains. The
+ * hash is taken first, so a quantized model hashes like its f32 source (workers
+ * on different formats federate together). dt == FP_BASE_F32 does nothing. */
+int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
+/* fp_model_load then fp_model_quantize. */
+fp_model *fp_model_load_dtype(const char *dir, fp_base_dtype dt) FP_WUR;
+/* The matrix of target t (FP_T_* order: q,k,v,o,gate,up,down) of layer l, in
+ * whatever format the model holds it (an f32 view when not quantized). */
+fp_qmat fp_model_qmat(const fp_model *m, int l, int t);
+/* Bytes the base weights occupy (f32 slab + quantized storage). */
+size_t fp_model_bytes(const fp_model *m);
 
 /* SHA-256 (hex, 64 chars + NUL) of the model's architecture fields and every
  * weight: workers and coordinator compare it to be sure they share a base model. */

@@ -1,11 +1,16 @@
 /* model_hash.c - a fingerprint of a base model (see fp_model_hash in model.h). */
 #include <sodium.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "model.h"
 
 void fp_model_hash(const fp_model *m, char out[65])
 {
+    if (m->has_src_hash) {     /* quantized: the hash of the f32 source weights */
+        memcpy(out, m->src_hash, 65);
+        return;
+    }
     const fp_model_config *c = &m->cfg;
     /* Shapes and numerics-relevant settings, in a fixed text form, then the
      * weights: two models hash alike only if they compute alike. */

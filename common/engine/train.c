@@ -89,6 +89,7 @@ struct fp_train {
     float *xn;                  /* [N][C] */
     float *act;                 /* [N][H] */
     float *att, *datt;          /* [QB][T] */
+    float *panel;               /* dequantized rows of a quantized base matrix */
     /* backward (lora only) */
     float *dlogits;             /* [N][V] */
     float *dres, *dxn;          /* [N][C] */
@@ -232,12 +233,12 @@ static float *saved_xa(const fp_train *self, int l, int t)
 }
 
 // y (N,out) = x (N,in) W^T (+ bias) + s * drop(x) A^T B^T;  W is (out,in), A (r,in), B (out,r)
-static void lora_linear_forward(fp_train *self, float *y, const float *x, const float *w,
-                                const float *bias, int l, int t, int in, int out)
+static void lora_linear_forward(fp_train *self, float *y, const float *x, const float *bias,
+                                int l, int t, int in, int out)
 {
     size_t N = self->N;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, out, in,
-                1.0f, x, in, w, in, 0.0f, y, out);
+    fp_qmat w = fp_model_qmat(self->model, l, t);  /* f32: one sgemm; else panels */
+    fp_qmat_xwt(&w, (int)N, x, 0.0f, y, out, self->panel);
     if (bias) {
         for (size_t n = 0; n < N; n++) {
             float *restrict yr = y + n * (size_t)out;
@@ -268,12 +269,13 @@ static void lora_linear_forward(fp_train *self, float *y, const float *x, const 
  * dB += s dy^T xa, dA += (s dy B)^T drop(x). dy (N,out), x (N,in) undropped.
  * dx is skipped (dx = NULL) where no LoRA factor lies below this module. */
 static void lora_linear_backward(fp_train *self, float *grad, float *dx, float beta, const float *dy,
-                                 const float *x, const float *w, int l, int t, int in, int out)
+                                 const float *x, int l, int t, int in, int out)
 {
     size_t N = self->N;
-    if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, out,
-                    1.0f, dy, out, w, in, beta, dx, in);
+    if (dx) {
+        fp_qmat w = fp_model_qmat(self->model, l, t);
+        fp_qmat_dyw(&w, (int)N, dy, beta, dx, self->panel);
+    }
     const float *A = fp_lora_a(self->lora, l, t);
     if (!A)
         return;
@@ -514,6 +516,7 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
         {&self->dxa, N * r},
         {&self->mask, drop ? N * mx : 0}, {&self->xd, drop ? N * mx : 0},
         {&self->dxl, drop ? N * mx : 0},
+        {&self->panel, model->qm ? fp_qpanel_floats((int)mx) : 0},
     };
     size_t total = 0, nt = sizeof t / sizeof t[0];
     for (size_t i = 0; i < nt; i++)
@@ -573,21 +576,21 @@ static void forward(fp_train *self, const int32_t *inputs)
 
         // attention block
         rmsnorm_forward(xn, self->rstd1 + (size_t)l * N, res, w->rms_att + lc, N, (int)C, c->rms_eps);
-        lora_linear_forward(self, q, xn, w->wq + lc * C, w->bq ? w->bq + lc : NULL, l, FP_T_Q, (int)C, (int)C);
-        lora_linear_forward(self, k, xn, w->wk + lkv * C, w->bk ? w->bk + lkv : NULL, l, FP_T_K, (int)C, (int)KV);
-        lora_linear_forward(self, v, xn, w->wv + lkv * C, w->bv ? w->bv + lkv : NULL, l, FP_T_V, (int)C, (int)KV);
+        lora_linear_forward(self, q, xn, w->bq ? w->bq + lc : NULL, l, FP_T_Q, (int)C, (int)C);
+        lora_linear_forward(self, k, xn, w->bk ? w->bk + lkv : NULL, l, FP_T_K, (int)C, (int)KV);
+        lora_linear_forward(self, v, xn, w->bv ? w->bv + lkv : NULL, l, FP_T_V, (int)C, (int)KV);
         rope_apply(q, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, 1.0f);
         rope_apply(k, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, 1.0f);
         attention_forward(self, atty, self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
-        lora_linear_forward(self, res2, atty, w->wo + lc * C, NULL, l, FP_T_O, (int)C, (int)C);
+        lora_linear_forward(self, res2, atty, NULL, l, FP_T_O, (int)C, (int)C);
         cblas_saxpy((int)(N * C), 1.0f, res, 1, res2, 1);
 
         // feed-forward block
         rmsnorm_forward(xn, self->rstd2 + (size_t)l * N, res2, w->rms_ffn + lc, N, (int)C, c->rms_eps);
-        lora_linear_forward(self, gate, xn, w->w_gate + (size_t)l * H * C, NULL, l, FP_T_GATE, (int)C, (int)H);
-        lora_linear_forward(self, up, xn, w->w_up + (size_t)l * H * C, NULL, l, FP_T_UP, (int)C, (int)H);
+        lora_linear_forward(self, gate, xn, NULL, l, FP_T_GATE, (int)C, (int)H);
+        lora_linear_forward(self, up, xn, NULL, l, FP_T_UP, (int)C, (int)H);
         swiglu_forward(self->act, gate, up, N * H);
-        lora_linear_forward(self, out, self->act, w->w_down + (size_t)l * C * H, NULL, l, FP_T_DOWN, (int)H, (int)C);
+        lora_linear_forward(self, out, self->act, NULL, l, FP_T_DOWN, (int)H, (int)C);
         cblas_saxpy((int)(N * C), 1.0f, res2, 1, out, 1);
     }
     rmsnorm_forward(self->xnf, self->rstdf, self->res + (size_t)c->n_layers * N * C, w->rms_final,
@@ -619,29 +622,29 @@ static void backward(fp_train *self, float *grad)
         float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
         float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
         float *rstd1 = self->rstd1 + (size_t)l * N, *rstd2 = self->rstd2 + (size_t)l * N;
-        size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
+        size_t lc = (size_t)l * C;
         float *dact = self->dy, *datty = self->dy;
 
         // feed-forward block: dres is d(out) and flows through the residual unchanged
         swiglu_forward(self->act, gate, up, N * H);
         lora_linear_backward(self, grad, s0 < 4 * l + 3 ? dact : NULL, 0.0f, dres, self->act,
-                             w->w_down + (size_t)l * C * H, l, FP_T_DOWN, (int)H, (int)C);
+                             l, FP_T_DOWN, (int)H, (int)C);
         if (s0 > 4 * l + 2)
             break;
         swiglu_backward(self->dgate, self->dup, dact, gate, up, N * H);
         rmsnorm_recompute(xn, res2, rstd2, w->rms_ffn + lc, N, (int)C);
         int dx = s0 < 4 * l + 2;
         lora_linear_backward(self, grad, dx ? dxn : NULL, 0.0f, self->dgate, xn,
-                             w->w_gate + (size_t)l * H * C, l, FP_T_GATE, (int)C, (int)H);
+                             l, FP_T_GATE, (int)C, (int)H);
         lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dup, xn,
-                             w->w_up + (size_t)l * H * C, l, FP_T_UP, (int)C, (int)H);
+                             l, FP_T_UP, (int)C, (int)H);
         if (!dx)
             break;
         rmsnorm_backward(dres, dxn, res2, w->rms_ffn + lc, rstd2, N, (int)C);
 
         // attention block
         lora_linear_backward(self, grad, s0 < 4 * l + 1 ? datty : NULL, 0.0f, dres, atty,
-                             w->wo + lc * C, l, FP_T_O, (int)C, (int)C);
+                             l, FP_T_O, (int)C, (int)C);
         if (s0 > 4 * l)
             break;
         attention_backward(self, self->dq, self->dk, self->dv, datty,
@@ -650,11 +653,11 @@ static void backward(fp_train *self, float *grad)
         rope_apply(self->dk, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, -1.0f);
         rmsnorm_recompute(xn, res, rstd1, w->rms_att + lc, N, (int)C);
         dx = s0 < 4 * l;
-        lora_linear_backward(self, grad, dx ? dxn : NULL, 0.0f, self->dq, xn, w->wq + lc * C,
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 0.0f, self->dq, xn,
                              l, FP_T_Q, (int)C, (int)C);
-        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dk, xn, w->wk + lkv * C,
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dk, xn,
                              l, FP_T_K, (int)C, (int)KV);
-        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dv, xn, w->wv + lkv * C,
+        lora_linear_backward(self, grad, dx ? dxn : NULL, 1.0f, self->dv, xn,
                              l, FP_T_V, (int)C, (int)KV);
         if (dx)
             rmsnorm_backward(dres, dxn, res, w->rms_att + lc, rstd1, N, (int)C);
