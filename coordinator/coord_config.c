@@ -15,6 +15,7 @@ const char *const coord_robust_names[] = {"none", "median", "trimmed_mean", "nor
 static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
                                           NULL};
 static const char *const dp_modes[] = {"central", "distributed", NULL};
+static const char *const weightings[] = {"examples", "equal", NULL};
 
 const char *const coord_config_ignore[] = {"worker", "simulate", NULL};
 
@@ -53,6 +54,10 @@ const fp_cfg_key coord_config_keys[] = {
      "sample at least this many; a round waits until this many are live"},
     {"sampling", "max_workers", FP_CFG_INT, 0, 1000000, "0", F(max_workers), 0, NULL,
      "sample at most this many (0 = all)"},
+    {"sampling", "weighting", FP_CFG_ENUM, 0, 0, "examples", F(weighting), 0, weightings,
+     "averaging weight: examples (declared count, capped) or equal (1 per worker)"},
+    {"sampling", "max_examples", FP_CFG_U64, 0, 0, "0", F(max_examples), 0, NULL,
+     "cap on the example count a worker declares (0 = none; allowlist max_examples=N per key)"},
     {"round", "deadline_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(deadline_s), 0, NULL,
      "seconds a training round waits for updates"},
     {"round", "min_quorum", FP_CFG_INT, 1, 1000000, "1", F(min_quorum), 0, NULL,
@@ -85,6 +90,9 @@ const fp_cfg_key coord_config_keys[] = {
      "trimmed_mean: fraction beta cut at each end per coordinate"},
     {"strategy", "norm_bound", FP_CFG_DOUBLE, 1e-12, 1e12, "1.0", F(robust_norm_bound), 0, NULL,
      "norm_bound: each update is clipped to this L2 norm"},
+    {"strategy", "max_update_norm", FP_CFG_DOUBLE, 0, 1e12, "0", F(max_update_norm), 0, NULL,
+     "plain mode: refuse an update whose L2 norm exceeds this (0 = auto: the most the "
+     "optimizer can move in local_steps)"},
     {"http", "port", FP_CFG_INT, 0, 65535, "0", F(http_port), 0, NULL,
      "status server port: /, /status, /metrics, /healthz (0 = off)"},
     {"http", "address", FP_CFG_STRING, 0, 0, "127.0.0.1", F(http_address), S(http_address),

@@ -12,6 +12,7 @@
 #include "fp_error.h"
 
 enum { COORD_STRATEGY_FEDAVG, COORD_STRATEGY_FFA, COORD_STRATEGY_FLORA, COORD_STRATEGY_SVD };
+enum { COORD_WEIGHT_EXAMPLES, COORD_WEIGHT_EQUAL };
 enum { COORD_ROBUST_NONE, COORD_ROBUST_MEDIAN, COORD_ROBUST_TRIMMED, COORD_ROBUST_NORM };
 /* Names by the enums above. */
 extern const char *const coord_strategy_names[];
@@ -41,6 +42,8 @@ typedef struct {
     /* [sampling] */
     double fraction;
     int min_workers, max_workers;
+    int weighting;              /* COORD_WEIGHT_EXAMPLES / COORD_WEIGHT_EQUAL */
+    uint64_t max_examples;      /* cap on a worker's declared examples (0 = none) */
     /* [round] */
     double deadline_s;
     int min_quorum;
@@ -55,6 +58,7 @@ typedef struct {
     double server_beta1, server_beta2, server_tau;
     int robust;                 /* COORD_ROBUST_* */
     double robust_trim, robust_norm_bound;
+    double max_update_norm;     /* plain mode: bound on each update's L2 norm (0 = auto) */
     /* [http] */
     int http_port;              /* 0 = no status server */
     char http_address[64];

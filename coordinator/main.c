@@ -106,8 +106,8 @@ static int load_identity(const coord_config *cfg, fp_keypair **kp)
 {
     *kp = NULL;
     if (cfg->insecure) {
-        clog_info("WARNING: --insecure: traffic is plain TCP, unauthenticated; use only for "
-                  "local tests");
+        clog_info("WARNING: --insecure: traffic is plain TCP, unauthenticated, and worker ids "
+                  "are whatever a peer says (no key binds them); use only for local tests");
         return 0;
     }
     if (!(*kp = fp_keypair_load(cfg->secret_key)))
@@ -137,9 +137,11 @@ static int run(const coord_config *cfg)
         goto err;
     server_config sc = {cfg->endpoint, cfg->heartbeat_ms, hash, rounds_run_id(r),
                         FEDPEFT__LORA_SPEC__INIT, kp, cfg->allowlist, &reload_allowlist,
-                        NULL};
+                        NULL, 0, 0};
     rounds_lora_spec(r, &sc.lora);
     sc.rank_refusal = rounds_rank_refusal(r);
+    sc.weighting_equal = cfg->weighting == COORD_WEIGHT_EQUAL;
+    sc.max_examples = cfg->max_examples;
     srv = server_new(&sc);
     fp_keypair_free(&kp);   /* libzmq holds its own copy */
     if (!srv)

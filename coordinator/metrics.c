@@ -13,7 +13,7 @@
 static const char *const reason_names[REJ_COUNT] = {
     "late", "duplicate", "wrong_round", "shape", "nonfinite", "oversized",
     "undecodable", "version", "invalid", "model", "unknown_worker", "stalled",
-    "tampered", "replayed", "truncated", "spliced", "unsealed",
+    "tampered", "replayed", "truncated", "spliced", "unsealed", "identity", "bound", "flood",
 };
 
 const char *reject_reason_name(reject_reason r)

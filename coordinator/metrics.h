@@ -39,6 +39,9 @@ typedef enum {
     REJ_TRUNCATED,      /* a sealed chunk of the wrong length */
     REJ_SPLICED,        /* a sealed chunk of another round / worker / position */
     REJ_UNSEALED,       /* a plain TensorChunk upload where sealing is required */
+    REJ_IDENTITY,       /* an id its key is not allowlisted under, or a removed key */
+    REJ_BOUND,          /* a plain update past [strategy] max_update_norm */
+    REJ_FLOOD,          /* Hellos faster than the per-key limit */
     REJ_COUNT
 } reject_reason;
 

@@ -24,6 +24,21 @@ uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind)
     return r->nonce + 2 * round + (uint64_t)kind;
 }
 
+/* auto: an AdamW step moves each coordinate by about lr (|m/sqrt(v)| <= ~3 in
+ * the first steps), so local_steps of them move the whole by at most
+ * 4 lr steps sqrt(n); clipped SGD moves it by lr steps max_grad_norm (x2 for
+ * weight decay and the proximal term). Unclipped SGD has no bound. */
+double rounds_update_bound(const rounds *r, size_t n)
+{
+    const coord_config *c = r->cfg;
+    if (c->max_update_norm > 0)
+        return c->max_update_norm;
+    double steps = (double)c->local_steps, lr = (double)c->lr;
+    if (c->optimizer == 0)
+        return 4.0 * lr * steps * sqrt((double)n);
+    return c->max_grad_norm > 0 ? 2.0 * lr * steps * (double)c->max_grad_norm : 0.0;
+}
+
 const char *rounds_run_id(const rounds *r) { return r->run_id; }
 
 int rounds_exit_code(const rounds *r) { return r->exit_code; }
@@ -138,6 +153,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->staging = malloc(r->global->n_params * sizeof(float));
     r->status = calloc(SERVER_MAX_WORKERS, 1);
     r->examples = calloc(SERVER_MAX_WORKERS, sizeof *r->examples);
+    r->val_loss = calloc(SERVER_MAX_WORKERS, sizeof *r->val_loss);
     r->loss = calloc(SERVER_MAX_WORKERS, sizeof *r->loss);
     r->queue = calloc(SERVER_MAX_WORKERS, sizeof *r->queue);
     r->seal_pk = calloc(SERVER_MAX_WORKERS, sizeof *r->seal_pk);
@@ -168,7 +184,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
         fp_error_prefix("[security] secret_key (sealing updates): ");
         goto err;
     }
-    if (!r->strat || !r->staging || !r->status || !r->examples || !r->loss || !r->queue) {
+    if (!r->strat || !r->staging || !r->status || !r->examples || !r->val_loss || !r->loss || !r->queue) {
         if (r->strat)
             fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
         goto err;
@@ -194,6 +210,7 @@ void rounds_destroy(rounds **r_p)
     free(r->staging);
     free(r->status);
     free(r->examples);
+    free(r->val_loss);
     free(r->loss);
     free(r->queue);
     free(r->seal_pk);

@@ -48,6 +48,27 @@ static const char *server_opt_name(int i)
     return i >= 0 && i < 5 ? names[i] : "?";
 }
 
+/* fedavg/ffa in plain mode: the aggregate is a weighted mean of updates each
+ * within the bound, so its change is within it too; a larger one means the
+ * bound was bypassed (a bug or an attack) and is never applied. (Robust rules,
+ * svd and flora are not means: no such check.) */
+static int impossible_aggregate(const rounds *r, const float *x)
+{
+    int mean = r->cfg->robust == COORD_ROBUST_NONE && (r->cfg->strategy == COORD_STRATEGY_FEDAVG ||
+                                                        r->cfg->strategy == COORD_STRATEGY_FFA);
+    double bound = rounds_update_bound(r, r->n_view), s = 0;
+    if (r->sa || !mean || bound <= 0)
+        return 0;
+    for (size_t i = 0; i < r->n_view; i++) {
+        double d = (double)x[i] - r->view_old[i];
+        s += d * d;
+    }
+    if (sqrt(s) <= bound * (1 + 1e-5))
+        return 0;
+    return fp_error_set("the aggregate moves the adapter by %.4g, more than any mean of "
+                        "updates within max_update_norm = %.4g can: refused", sqrt(s), bound);
+}
+
 int rounds_aggregate(rounds *r, int64_t now, const char *why)
 {
     round_metrics *m = &r->m;
@@ -61,10 +82,10 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
     size_t n = r->n_view;
     fp_ft_view_gather(r->global, r->b_only, r->global->params, x);
     memcpy(r->view_old, x, n * sizeof *x);
-    if (strategy_finish(r->strat, x) < 0) {
-        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    if (strategy_finish(r->strat, x) < 0)
         return -1;
-    }
+    if (impossible_aggregate(r, x) < 0)
+        return -1;
     if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa &&
         plain_central_noise(r, x) < 0)
         clog_error("round %llu: DP noise: %s", (unsigned long long)r->round, fp_error_get());

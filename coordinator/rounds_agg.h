@@ -8,8 +8,9 @@
 
 #include "rounds_state.h"
 
-/* Strategy, central DP noise, server optimizer, accountant. -1 when the
- * strategy failed (logged; the global adapter is unchanged). */
+/* Strategy, central DP noise, server optimizer, accountant. -1 with an error
+ * when the strategy failed or the aggregate is impossible under the update
+ * bound (the global adapter is unchanged; the caller abandons the round). */
 int rounds_aggregate(rounds *r, int64_t now, const char *why);
 /* Marks the round abandoned (metrics, log) and drops secure aggregation. */
 void rounds_abandon(rounds *r, int64_t now, const char *reason);

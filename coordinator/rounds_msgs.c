@@ -122,12 +122,12 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
     else
         memset(r->seal_pk[w], 0, 32);
     r->status[w] = ST_READY;
-    r->examples[w] = u->n_examples;
+    r->examples[w] = server_weight(r->srv, w, u->n_examples);
     r->loss[w] = u->train_loss;
     r->queue[(r->q_head + r->q_len++) % SERVER_MAX_WORKERS] = w;
-    clog_info("round %llu: update ready from %s (%llu examples, train loss %.4f)",
+    clog_info("round %llu: update ready from %s (%llu examples, weight %g, train loss %.4f)",
               (unsigned long long)r->round, id, (unsigned long long)u->n_examples,
-              u->train_loss);
+              r->examples[w], u->train_loss);
     rounds_try_pull(r, clog_now_ms());
 }
 
@@ -193,10 +193,26 @@ void rounds_check_stall(rounds *r, int64_t now)
     rounds_try_pull(r, now);
 }
 
+static double l2_norm(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return sqrt(s);
+}
+
 static void accept_update(rounds *r, int w)
 {
     const char *id = server_worker(r->srv, w)->id;
     fp_seal_replay_destroy(&r->stage_guard);
+    size_t n = rounds_upload_n(r, w);
+    double bound = rounds_update_bound(r, n), norm = r->sa ? 0 : l2_norm(r->staging, n);
+    if (!r->sa && bound > 0 && !(norm <= bound)) {
+        server_reject(r->srv, w, NULL, REJ_BOUND, BAD, "update of L2 norm %.4g exceeds the "
+                      "bound %.4g ([strategy] max_update_norm): refused", norm, bound);
+        rounds_drop_staging(r);
+        return;
+    }
     if (r->sa) {
         sa_add_input(r->sa, (const uint32_t *)(void *)r->staging, r->n_view);
     } else if ((strategy_staged_set_rank(r->strat, server_worker(r->srv, w)->rank ==
@@ -351,8 +367,6 @@ static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, 
     rounds_try_pull(r, clog_now_ms());
 }
 
-/* Opens one sealed chunk of the staged upload (chunks in order, each once,
- * bound by its AD to run, worker, round, task, index and count). */
 /* The chunk's index, offset, count and length fit the adapter (else the
  * upload is refused). */
 static int sealed_shape_ok(rounds *r, int w, const Fedpeft__SealedChunk *c, size_t n,
@@ -409,6 +423,8 @@ static int open_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c, const ch
     return 0;
 }
 
+/* One sealed chunk of the staged upload (chunks in order, each once, bound by
+ * its AD to run, worker, round, task, index and count). */
 static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
 {
     const char *id = server_worker(r->srv, w)->id;
@@ -499,13 +515,18 @@ static void on_eval_result(rounds *r, int w, const Fedpeft__EvalResult *e)
                       (unsigned long long)e->n_tokens);
         return;
     }
+    /* Its weight in the mean: no more tokens than it declared it holds. */
+    uint64_t declared = server_worker(r->srv, w)->n_tokens;
+    uint64_t tokens = declared && e->n_tokens > declared ? declared : e->n_tokens;
     r->status[w] = ST_DONE;
     r->n_reported++;
-    r->val_sum += e->loss * (double)e->n_tokens;
-    r->val_tokens += e->n_tokens;
-    clog_info("round %llu: eval from %s: loss %.4f over %llu tokens (%u of %u)",
-              (unsigned long long)r->round, id, e->loss, (unsigned long long)e->n_tokens,
-              r->n_reported, r->n_targets);
+    r->val_loss[w] = e->loss;
+    r->val_sum += e->loss * (double)tokens;
+    r->val_tokens += tokens;
+    clog_info("round %llu: eval from %s: loss %.4f over %llu tokens%s (%u of %u)",
+              (unsigned long long)r->round, id, e->loss, (unsigned long long)tokens,
+              tokens < e->n_tokens ? " (capped: it declared fewer)" : "", r->n_reported,
+              r->n_targets);
 }
 
 void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)

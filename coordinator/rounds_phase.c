@@ -28,6 +28,20 @@ static void abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigne
     rounds_complete_round(r, now);
 }
 
+/* Aggregates, then evaluates; or abandons the round when aggregation fails. */
+static void aggregate(rounds *r, int64_t now, const char *why)
+{
+    if (rounds_aggregate(r, now, why) == 0) {
+        rounds_start_eval(r, clog_now_ms());
+        return;
+    }
+    char reason[256];
+    snprintf(reason, sizeof reason, "aggregation failed: %s", fp_error_get());
+    clog_error("round %llu: %s", (unsigned long long)r->round, reason);
+    rounds_abandon(r, now, reason);
+    rounds_complete_round(r, now);
+}
+
 /* The upload phase is over: unmask the secure sum first, or aggregate now. */
 static void upload_done(rounds *r, int64_t now, const char *why)
 {
@@ -39,8 +53,7 @@ static void upload_done(rounds *r, int64_t now, const char *why)
         }
         return;
     }
-    if (rounds_aggregate(r, now, why) == 0)
-        rounds_start_eval(r, clog_now_ms());
+    aggregate(r, now, why);
 }
 
 static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_s)
@@ -235,8 +248,7 @@ static void start_train(rounds *r, int64_t now)
     r->m.sampled = (unsigned)k;
     r->sampled_weight = 0;
     for (int i = 0; i < k; i++) {
-        uint64_t e = server_worker(r->srv, chosen[i])->n_examples;
-        r->sampled_weight += e ? (double)e : 1.0;
+        r->sampled_weight += server_worker(r->srv, chosen[i])->weight;
     }
     clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
               server_n_live(r->srv), names);
@@ -296,6 +308,33 @@ void rounds_finish_run(rounds *r)
     r->ph = PH_DONE;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* What target_loss is compared with: the upper median of the workers' own
+ * evaluation losses, and only with a quorum (min_quorum, and more than half
+ * of those asked). One worker alone cannot pull it down: a fake loss of 0 is
+ * at most the lower half. NAN when there is no quorum. */
+static double stop_statistic(const rounds *r)
+{
+    unsigned n = 0, q = (unsigned)r->cfg->min_quorum;
+    if (r->n_reported < q || 2 * r->n_reported <= r->n_targets)
+        return NAN;
+    double *v = malloc(r->n_reported * sizeof *v);
+    if (!v)
+        return NAN;
+    for (int i = 0; i < server_n_workers(r->srv) && n < r->n_reported; i++)
+        if (r->status[i] == ST_DONE)
+            v[n++] = r->val_loss[i];
+    qsort(v, n, sizeof *v, cmp_double);
+    double med = n ? v[n / 2] : NAN;
+    free(v);
+    return med;
+}
+
 /* Checkpoint, metrics line, then the next round or the end. */
 void rounds_complete_round(rounds *r, int64_t now)
 {
@@ -310,9 +349,10 @@ void rounds_complete_round(rounds *r, int64_t now)
     server_take_counters(r->srv, m->rejected, &m->bytes_up, &m->bytes_down);
     if (r->cfg->dp)
         m->epsilon = r->last_epsilon;
+    double stop_loss = r->ph == PH_EVAL ? stop_statistic(r) : NAN;
     int finished = r->round >= (uint64_t)r->cfg->rounds ||
-                   (r->cfg->target_loss > 0 && isfinite(m->val_loss) &&
-                    m->val_loss <= r->cfg->target_loss);
+                   (r->cfg->target_loss > 0 && isfinite(stop_loss) &&
+                    stop_loss <= r->cfg->target_loss);
     if (rounds_add_line(r, m) < 0) {
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
     } else {
@@ -328,8 +368,9 @@ void rounds_complete_round(rounds *r, int64_t now)
     rounds_log_round(r, m);
     if (finished) {
         if (r->cfg->target_loss > 0 && r->round < (uint64_t)r->cfg->rounds)
-            clog_info("validation loss %.4f <= target_loss %g: stopping after round %llu",
-                      m->val_loss, r->cfg->target_loss, (unsigned long long)r->round);
+            clog_info("median validation loss %.4f of %u workers <= target_loss %g: stopping "
+                      "after round %llu", stop_loss, r->n_reported, r->cfg->target_loss,
+                      (unsigned long long)r->round);
         rounds_finish_run(r);
         return;
     }
@@ -371,8 +412,7 @@ void rounds_check_train(rounds *r, int64_t now)
             rounds_complete_round(r, now);
             return;
         case SA_SUM_READY:
-            if (rounds_aggregate(r, now, "secure aggregation") == 0)
-                rounds_start_eval(r, clog_now_ms());
+            aggregate(r, now, "secure aggregation");
             return;
         case SA_GOING:
             return;

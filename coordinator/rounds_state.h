@@ -47,7 +47,8 @@ struct rounds {
     int64_t phase_start_ms, deadline_ms, wait_log_ms;
     /* Per worker (server index), this phase. */
     uint8_t *status;
-    uint64_t *examples;
+    double *examples;           /* this round's averaging weight (server_weight) */
+    double *val_loss;           /* this round's evaluation loss per worker */
     float *loss;
     int *queue;                     /* READY workers waiting for Pull, FIFO */
     int q_head, q_len;
@@ -92,6 +93,9 @@ static inline double secs(int64_t ms) { return (double)ms / 1000.0; }
 
 /* rounds.c */
 uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
+/* Plain mode: the largest L2 norm an honest update of n floats can have
+ * ([strategy] max_update_norm, or auto), 0 = unbounded. */
+double rounds_update_bound(const rounds *r, size_t n);
 /* Floats worker w uploads (its view at its rank). */
 size_t rounds_upload_n(const rounds *r, int w);
 

@@ -25,6 +25,7 @@ struct server {
     void (*observer)(void *ctx); /* after each loop iteration (the HTTP snapshot) */
     void *observer_ctx;
     fp_zap *zap;                /* CURVE: the ZAP handler thread */
+    uint64_t zap_generation;    /* the allowlist the registry was last checked against */
 };
 
 static void zap_log(const char *line) { clog_info("%s", line); }
@@ -101,6 +102,23 @@ int server_n_live(const server *srv)
     for (int i = 0; i < srv->n_workers; i++)
         n += srv->workers[i].alive;
     return n;
+}
+
+double server_weight(const server *srv, int w, uint64_t declared)
+{
+    fp_allow_policy pol = {0};
+    if (srv->zap)
+        (void)fp_zap_lookup(srv->zap, srv->workers[w].id, &pol);
+    if (pol.weight > 0)
+        return pol.weight;
+    if (srv->cfg.weighting_equal)
+        return 1.0;
+    uint64_t n = declared ? declared : 1;
+    if (srv->cfg.max_examples && n > srv->cfg.max_examples)
+        n = srv->cfg.max_examples;
+    if (pol.max_examples && n > pol.max_examples)
+        n = pol.max_examples;
+    return (double)n;
 }
 
 static int find_worker(const server *srv, const char *rid)
@@ -274,7 +292,7 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
     Fedpeft__LoraSpec spec = srv->cfg.lora;
     if (h->rank != 0 && h->rank != spec.rank) {
         if (srv->cfg.rank_refusal || h->rank > spec.rank) {
-            server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__OTHER,
+            server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__RANK,
                           "worker asks for LoRA rank %u, the run's [lora] rank is %u: %s",
                           h->rank, spec.rank,
                           h->rank > spec.rank ? "a worker's rank may only be smaller"
@@ -297,14 +315,15 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
     }
     worker_info *wi = &srv->workers[w];
     wi->n_examples = h->n_train_examples;
+    wi->weight = server_weight(srv, w, h->n_train_examples);
     wi->n_tokens = h->n_train_tokens;
     wi->rank = (int)spec.rank;
     wi->n_folds = h->n_folds;
     snprintf(wi->fold_run, sizeof wi->fold_run, "%s", h->n_folds ? h->fold_run_id : "");
     wi->alive = 1;
     wi->last_seen_ms = now;
-    clog_info("worker %s registered: %llu examples, %llu tokens (%d live)", wi->id,
-              (unsigned long long)wi->n_examples, (unsigned long long)wi->n_tokens,
+    clog_info("worker %s registered: %llu examples (weight %g), %llu tokens (%d live)", wi->id,
+              (unsigned long long)wi->n_examples, wi->weight, (unsigned long long)wi->n_tokens,
               server_n_live(srv));
     Fedpeft__Welcome wel = FEDPEFT__WELCOME__INIT;
     wel.run_id = srv->run_id;
@@ -352,9 +371,63 @@ static const char *body_name(Fedpeft__Envelope__BodyCase c)
     }
 }
 
-static void handle_msg(server *srv, const char *rid, const wire_msg *msg, int64_t now)
+/* CURVE: the key decides who a peer is. Its ZAP User-Id is the one worker id
+ * its allowlist line grants; a socket routing id (= the id a worker says
+ * Hello with) that differs is an impostor or a Sybil, and a key removed from
+ * the allowlist since it connected is out. 0 when the message may go on. */
+static int identity_refused(server *srv, const char *rid, const char *user,
+                            const wire_msg *msg)
+{
+    if (!srv->zap)
+        return 0;   /* --insecure: ids are unauthenticated (said at start) */
+    if (!fp_zap_lookup(srv->zap, user, NULL)) {
+        int w = find_worker(srv, rid);
+        server_reject(srv, w, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                      "the key of worker '%s' is no longer in the allowlist", user);
+        return 1;
+    }
+    if (strcmp(rid, user) == 0)
+        return 0;
+    /* Reply to the impostor's routing id only when no registered worker owns it:
+     * a Reject sent there would reach the real worker. */
+    const char *to = find_worker(srv, rid) >= 0 ? NULL : rid;
+    server_reject(srv, -1, to, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                  "the key allowlisted as '%s' may only use the id '%s', not '%s' (%s)", user,
+                  user, rid, msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO ? "Hello"
+                                                                              : "a message");
+    return 1;
+}
+
+/* After a SIGHUP reload: a registered worker whose id left the allowlist is
+ * told and dropped (its rounds count it as dead). */
+static void recheck_registry(server *srv)
+{
+    uint64_t g = fp_zap_generation(srv->zap);
+    if (!srv->zap || g == srv->zap_generation)
+        return;
+    srv->zap_generation = g;
+    for (int i = 0; i < srv->n_workers; i++) {
+        worker_info *wi = &srv->workers[i];
+        if (wi->banned || fp_zap_lookup(srv->zap, wi->id, NULL))
+            continue;
+        server_reject(srv, i, NULL, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                      "the key of worker '%s' was removed from the allowlist: session ended",
+                      wi->id);
+        wi->banned = 1;
+        if (wi->alive) {
+            wi->alive = 0;
+            if (srv->hooks.on_dead)
+                srv->hooks.on_dead(srv->hooks.ctx, i);
+        }
+    }
+}
+
+static void handle_msg(server *srv, const char *rid, const char *user, const wire_msg *msg,
+                       int64_t now)
 {
     srv->bytes_up += fedpeft__envelope__get_packed_size(msg);
+    if (identity_refused(srv, rid, user, msg))
+        return;
     if (msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO) {
         handle_hello(srv, rid, msg->hello, now);
         return;
@@ -398,17 +471,18 @@ static void handle_msg(server *srv, const char *rid, const wire_msg *msg, int64_
 static int drain(server *srv)
 {
     for (int k = 0; k < SERVER_DRAIN_MAX; k++) {
-        char rid[WIRE_MAX_ID] = "";
+        char rid[WIRE_MAX_ID] = "", user[WIRE_MAX_ID] = "";
         wire_msg *msg = NULL;
         wire_err why = WIRE_OK;
-        int rc = wire_recv(srv->sock, ZMQ_DONTWAIT, rid, sizeof rid, &msg, &why);
+        int rc = wire_recv_user(srv->sock, ZMQ_DONTWAIT, rid, sizeof rid, user, sizeof user,
+                                &msg, &why);
         if (rc == 0)
             return 0;
         if (rc < 0) {
             handle_bad_frame(srv, rid, why);
             continue;
         }
-        handle_msg(srv, rid, msg, clog_now_ms());
+        handle_msg(srv, rid, user, msg, clog_now_ms());
         wire_msg_free(&msg);
     }
     return 0;
@@ -419,6 +493,7 @@ int server_run(server *srv, volatile sig_atomic_t *stop)
     int liveness_ms = srv->cfg.heartbeat_ms / 2 > 0 ? srv->cfg.heartbeat_ms / 2 : 1;
     while (!*stop) {
         int64_t now = clog_now_ms();
+        recheck_registry(srv);
         check_liveness(srv, now);
         int done = 0, wait = -1;
         if (srv->hooks.tick)

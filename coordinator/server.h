@@ -26,7 +26,10 @@ typedef struct {
     char id[WIRE_MAX_ID];
     int alive;
     int64_t last_seen_ms;       /* clog_now_ms() of its last message */
-    uint64_t n_examples, n_tokens;
+    uint64_t n_examples, n_tokens;  /* as declared in Hello (untrusted) */
+    double weight;              /* its averaging weight: n_examples under the operator's
+                                   policy (server_weight) */
+    int banned;                 /* its key left the allowlist (SIGHUP): refused from now on */
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
     uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
     char fold_run[WIRE_MAX_ID];
@@ -67,6 +70,11 @@ typedef struct {
      * rank_refusal (the strategy cannot mix ranks) unless it is NULL; a rank
      * above lora.rank is always refused. */
     const char *rank_refusal;
+    /* The averaging weight a worker's declared example count gives it:
+     * weighting_equal (every worker 1), else min(declared, max_examples (0 =
+     * no cap), the key's allowlist max_examples); an allowlist weight=W wins. */
+    int weighting_equal;
+    uint64_t max_examples;
 } server_config;
 
 /* Binds the ROUTER. NULL with an error ("port in use ...") on failure.
@@ -83,6 +91,8 @@ int server_run(server *srv, volatile sig_atomic_t *stop) FP_WUR;
 int server_n_workers(const server *srv);
 const worker_info *server_worker(const server *srv, int i);
 int server_n_live(const server *srv);
+/* Worker w's averaging weight for a declared count of examples (> 0). */
+double server_weight(const server *srv, int w, uint64_t declared);
 
 /* Sends to a worker; counts its bytes as downloaded. -1 if it cannot be
  * routed (gone), logged, never fatal. */

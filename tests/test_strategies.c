@@ -312,8 +312,10 @@ static void test_fedadam_restart(void **state)
     free(a), free(b);
 }
 
-/* 6. One worker scales its update by 1e3: median stays between the honest
- * updates coordinate-wise; fedavg moves far outside them. */
+/* 6. One worker scales its update by 1e3. With the update bound lifted
+ * (max_update_norm = 1e9), median stays between the honest updates
+ * coordinate-wise and fedavg moves far outside them; with the default bound,
+ * fedavg refuses the poisoned update and stays in the honest range. */
 static void run_poisoned(const char *tag, const char *strategy_extra, float **g, size_t *n,
                          float **h0, float **h1)
 {
@@ -332,14 +334,22 @@ static void run_poisoned(const char *tag, const char *strategy_extra, float **g,
     assert_int_equal(m, *n);
 }
 
+static double max_abs_change(const float *g, const float *init, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)g[i] - init[i]));
+    return m;
+}
+
 static void test_median_poisoned(void **state)
 {
     (void)state;
     fp_lora *init = init_adapter(4, 3);
     float *g, *h0, *h1;
     size_t n;
-    run_poisoned("median", "[strategy]\nrobust = median\n[secagg]\nenabled = false\n", &g, &n,
-                 &h0, &h1);
+    run_poisoned("median", "[strategy]\nrobust = median\nmax_update_norm = 1e9\n[secagg]\n"
+                 "enabled = false\n", &g, &n, &h0, &h1);
     assert_int_equal(n, init->n_params);
     double out_med = 0, hnorm = 0;
     for (size_t i = 0; i < n; i++) {
@@ -349,17 +359,19 @@ static void test_median_poisoned(void **state)
         hnorm = fmax(hnorm, fmax(fabs(h0[i]), fabs(h1[i])));
     }
     free(g), free(h0), free(h1);
-    run_poisoned("poison-fedavg", "[secagg]\nenabled = false\n", &g, &n, &h0, &h1);
-    double out_avg = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)g[i] - init->params[i];
-        double lo = fmin(h0[i], h1[i]), hi = fmax(h0[i], h1[i]);
-        out_avg = fmax(out_avg, fmax(lo - d, d - hi));
-    }
-    printf("poisoned: median leaves the honest range by %.3g, fedavg by %.3g (honest max %.3g)\n",
-           out_med, out_avg, hnorm);
+    run_poisoned("poison-fedavg", "[strategy]\nmax_update_norm = 1e9\n[secagg]\nenabled = false\n",
+                 &g, &n, &h0, &h1);
+    double out_avg = max_abs_change(g, init->params, n);
+    free(g), free(h0), free(h1);
+    run_poisoned("poison-bounded", "[secagg]\nenabled = false\n", &g, &n, &h0, &h1);
+    double out_bounded = max_abs_change(g, init->params, n);
+    assert_true(fh_log_has(tu_path(cur.dir, "coordinator-1.log"), "exceeds the bound"));
+    printf("poisoned: median leaves the honest range by %.3g; fedavg unbounded moves by %.3g, "
+           "with the default bound by %.3g (honest max %.3g)\n", out_med, out_avg, out_bounded,
+           hnorm);
     assert_true(out_med <= 1e-6 * fmax(1.0, hnorm) + 1e-7);
     assert_true(out_avg > 10 * hnorm);
+    assert_true(out_bounded <= hnorm * (1 + 1e-5));
     free(g), free(h0), free(h1);
     fp_lora_free(&init);
 }

@@ -219,8 +219,7 @@ static void take_welcome(wk_conn *self, const Fedpeft__Welcome *w)
 }
 
 /* A Reject: 0 when handled (UNKNOWN_WORKER: Hello sent again; STALE and the
- * like: logged), WK_SHUTDOWN, or -1 (refused: VERSION or MODEL). */
-#define WK_RANK_REFUSED "worker asks for LoRA rank"
+ * like: logged), WK_SHUTDOWN, or -1 (refused: VERSION, MODEL, IDENTITY, RANK). */
 
 static int take_reject(wk_conn *self, const Fedpeft__Reject *r)
 {
@@ -241,12 +240,14 @@ static int take_reject(wk_conn *self, const Fedpeft__Reject *r)
         if (send_hello(self) != 0)
             wk_log("sending Hello failed: %s", fp_error_get());
         return 0;
+    case FEDPEFT__REJECT__CODE__IDENTITY:
+        return fp_error_set("the coordinator at %s refused this worker: %s ([worker] id must "
+                            "be the name its key has in the coordinator's allowlist)",
+                            self->cfg->endpoint, reason);
+    case FEDPEFT__REJECT__CODE__RANK:
+        return fp_error_set("the coordinator at %s refused this worker: %s ([worker] "
+                            "rank = %d)", self->cfg->endpoint, reason, self->cfg->rank);
     default:
-        /* A refused [worker] rank (server.c; the wire's codes stop at SHUTDOWN,
-         * so it comes as OTHER with this reason): retrying cannot help. */
-        if (strncmp(reason, WK_RANK_REFUSED, strlen(WK_RANK_REFUSED)) == 0)
-            return fp_error_set("the coordinator at %s refused this worker: %s ([worker] "
-                                "rank = %d)", self->cfg->endpoint, reason, self->cfg->rank);
         wk_log("the coordinator rejected a message (code %d): %s", (int)r->code, reason);
         return 0;
     }

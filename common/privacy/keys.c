@@ -349,18 +349,53 @@ int fp_pubkey_parse(const char *file_or_z85, uint8_t out[FP_KEY_BYTES])
 }
 
 /* Parses one allowlist line (already trimmed, non-empty, no comment) into key/name. */
+/* One "key=value" option of an allowlist line. */
+static int allow_option(const char *path, int lineno, const char *opt, fp_allow_policy *pol)
+{
+    char *end = NULL;
+    if (strncmp(opt, "max_examples=", 13) == 0) {
+        errno = 0;
+        unsigned long long v = strtoull(opt + 13, &end, 10);
+        if (opt[13] && !*end && !errno && v > 0 && opt[13] != '-') {
+            pol->max_examples = v;
+            return 0;
+        }
+    } else if (strncmp(opt, "weight=", 7) == 0) {
+        double v = strtod(opt + 7, &end);
+        if (opt[7] && !*end && v > 0 && v <= 1e12) {
+            pol->weight = v;
+            return 0;
+        }
+    } else {
+        return fp_error_set("%s:%d: unknown option '%.60s' (known: max_examples=N, weight=W)",
+                            path, lineno, opt);
+    }
+    return fp_error_set("%s:%d: '%.60s': max_examples takes an integer >= 1, weight a number "
+                        "in (0, 1e12]", path, lineno, opt);
+}
+
 static int allow_line(const char *path, int lineno, char *line, uint8_t key[FP_KEY_BYTES],
-                      char name[64])
+                      char name[64], fp_allow_policy *pol)
 {
     size_t klen = strcspn(line, " \t");
     if (z85_to_key(line, klen, key) < 0)
         return fp_error_set("%s:%d: expected '<%d-character Z85 public key> [name]', got '%.60s'",
                             path, lineno, FP_KEY_Z85_LEN, line);
-    char *nm = trim(line + klen);
-    if (strlen(nm) > 63 || strpbrk(nm, " \t"))
-        return fp_error_set("%s:%d: name '%.60s' must be one word of at most 63 characters",
-                            path, lineno, nm);
-    snprintf(name, 64, "%s", nm);
+    name[0] = '\0';
+    memset(pol, 0, sizeof *pol);
+    char *save = NULL;
+    for (char *tok = strtok_r(line + klen, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+        if (strchr(tok, '=')) {
+            if (allow_option(path, lineno, tok, pol) < 0)
+                return -1;
+        } else if (!name[0] && valid_name(tok)) {
+            snprintf(name, 64, "%s", tok);
+        } else {
+            return fp_error_set("%s:%d: name '%.60s' must come once, right after the key, and "
+                                "be 1-63 characters of [A-Za-z0-9._-] (the worker's id)",
+                                path, lineno, tok);
+        }
+    }
     return 0;
 }
 
@@ -397,17 +432,25 @@ int fp_allowlist_load(const char *path, fp_allowlist *out)
             if (k)
                 al.keys = k;
             void *nm = k ? realloc(al.names, nc * sizeof *al.names) : NULL;
-            if (!k || !nm) {
+            if (nm)
+                al.names = nm;
+            void *pl = nm ? realloc(al.policy, nc * sizeof *al.policy) : NULL;
+            if (!k || !nm || !pl) {
                 fp_error_set("out of memory reading %s", path);
                 goto err;
             }
-            al.names = nm;
+            al.policy = pl;
             cap = nc;
         }
-        if (allow_line(path, lineno, line, al.keys[al.n], al.names[al.n]) < 0)
+        if (allow_line(path, lineno, line, al.keys[al.n], al.names[al.n], &al.policy[al.n]) < 0)
             goto err;
         if (fp_allowlist_find(&al, al.keys[al.n]) >= 0) {
             fp_error_set("%s:%d: key listed twice", path, lineno);
+            goto err;
+        }
+        if (al.names[al.n][0] && fp_allowlist_find_id(&al, al.names[al.n]) >= 0) {
+            fp_error_set("%s:%d: name '%s' listed twice: one id belongs to one key", path,
+                         lineno, al.names[al.n]);
             goto err;
         }
         al.n++;
@@ -438,11 +481,29 @@ long fp_allowlist_find(const fp_allowlist *al, const uint8_t key[FP_KEY_BYTES])
     return found;
 }
 
+long fp_allowlist_find_id(const fp_allowlist *al, const char *id)
+{
+    if (!al || !id || !*id)
+        return -1;
+    char z85[FP_KEY_Z85_LEN + 1];
+    for (size_t i = 0; i < al->n; i++) {
+        const char *own = al->names[i];
+        if (!own[0]) {
+            zmq_z85_encode(z85, al->keys[i], FP_KEY_BYTES);
+            own = z85;
+        }
+        if (strcmp(own, id) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
 void fp_allowlist_free(fp_allowlist *al)
 {
     if (!al)
         return;
     free(al->keys);
     free(al->names);
+    free(al->policy);
     memset(al, 0, sizeof *al);
 }

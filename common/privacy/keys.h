@@ -60,18 +60,30 @@ void fp_keypair_free(fp_keypair **kp_p);
  * when no file of that name exists). out is zeroed first and on error. */
 int fp_pubkey_parse(const char *file_or_z85, uint8_t out[FP_KEY_BYTES]) FP_WUR;
 
+/* What the operator grants one key (allowlist options; 0 = not set). */
+typedef struct {
+    uint64_t max_examples;  /* max_examples=N: caps the example count it declares */
+    double weight;          /* weight=W: its averaging weight, whatever it declares */
+} fp_allow_policy;
+
 typedef struct {
     size_t n;
     uint8_t (*keys)[FP_KEY_BYTES];
-    char (*names)[64];
+    char (*names)[64];      /* the only worker id the key may use ("" = its Z85) */
+    fp_allow_policy *policy;
 } fp_allowlist;
 
+/* Parses an allowlist file into *out. A line is "<Z85> [NAME] [max_examples=N]
+ * [weight=W]"; NAME is [A-Za-z0-9._-]{1,63} and unique in the file. */
 /* Parses an allowlist file into *out (replacing and freeing the old contents only
  * on success; *out must be zero-initialised or a loaded list). Free with
  * fp_allowlist_free. */
 int fp_allowlist_load(const char *path, fp_allowlist *out) FP_WUR;
 /* Index of key in the list, or -1. Compares every entry in constant time. */
 long fp_allowlist_find(const fp_allowlist *al, const uint8_t key[FP_KEY_BYTES]);
+/* Index of the entry whose worker id (NAME, or the key's Z85 for a line
+ * without one) is id, or -1. */
+long fp_allowlist_find_id(const fp_allowlist *al, const char *id);
 void fp_allowlist_free(fp_allowlist *al);
 
 #endif

@@ -2,7 +2,7 @@
  *
  * The thread owns the REP socket (bound by fp_zap_start in the caller's
  * thread, then handed over: pthread_create is a full barrier) and the
- * allowlist; other threads only read the atomic counters. Requests come from
+ * allowlist; other threads read the counters and, under the lock, look an id up. Requests come from
  * libzmq itself, but are still bounded: at most ZAP_MAX_FRAMES frames, each
  * copied into a fixed buffer (longer ones are truncated and then fail the
  * checks).
@@ -32,7 +32,9 @@ struct fp_zap {
     atomic_int *reload;
     atomic_uint_fast64_t refused, n_keys;
     fp_zap_log_fn log;
-    fp_allowlist al;            /* the ZAP thread's after start */
+    fp_allowlist al;            /* written by the ZAP thread under lock, read by others under it */
+    pthread_mutex_t lock;
+    atomic_uint_fast64_t generation;    /* successful reloads */
     char path[1024];
 };
 
@@ -174,9 +176,12 @@ static void zap_reload(fp_zap *z)
                  z->al.n, fp_error_get());
         return;
     }
+    pthread_mutex_lock(&z->lock);
     fp_allowlist_free(&z->al);
     z->al = fresh;
+    pthread_mutex_unlock(&z->lock);
     atomic_store(&z->n_keys, z->al.n);
+    atomic_fetch_add(&z->generation, 1);
     zap_logf(z, "SIGHUP: allowlist %s reloaded: %zu worker keys", z->path, z->al.n);
 }
 
@@ -215,6 +220,8 @@ fp_zap *fp_zap_start(void *zctx, const char *allowlist_path, atomic_int *reload,
     z->log = log;
     atomic_init(&z->stop, 0);
     atomic_init(&z->refused, 0);
+    atomic_init(&z->generation, 0);
+    pthread_mutex_init(&z->lock, NULL);
     if (!allowlist_path || !allowlist_path[0]) {
         fp_error_set("no allowlist: set [security] allowlist to a file of worker public keys");
         goto err;
@@ -258,6 +265,7 @@ err:
     if (z->sock)
         zmq_close(z->sock);
     fp_allowlist_free(&z->al);
+    pthread_mutex_destroy(&z->lock);
     free(z);
     return NULL;
 }
@@ -274,6 +282,7 @@ void fp_zap_stop(fp_zap **zap_p)
         zmq_close(z->sock);
     }
     fp_allowlist_free(&z->al);
+    pthread_mutex_destroy(&z->lock);
     free(z);
     *zap_p = NULL;
 }
@@ -286,4 +295,21 @@ uint64_t fp_zap_refused(const fp_zap *zap)
 uint64_t fp_zap_n_keys(const fp_zap *zap)
 {
     return zap ? atomic_load(&((fp_zap *)zap)->n_keys) : 0;
+}
+
+uint64_t fp_zap_generation(const fp_zap *zap)
+{
+    return zap ? atomic_load(&((fp_zap *)zap)->generation) : 0;
+}
+
+int fp_zap_lookup(fp_zap *zap, const char *id, fp_allow_policy *pol)
+{
+    if (!zap)
+        return 0;
+    pthread_mutex_lock(&zap->lock);
+    long i = fp_allowlist_find_id(&zap->al, id);
+    if (i >= 0 && pol)
+        *pol = zap->al.policy[i];
+    pthread_mutex_unlock(&zap->lock);
+    return i >= 0;
 }

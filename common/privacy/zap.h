@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "fp_error.h"
+#include "keys.h"
 
 /* The ZAP domain the coordinator's ROUTER announces (common/wire/wire.c). */
 #define ZAP_DOMAIN "fedpeft"
@@ -48,5 +49,11 @@ void fp_zap_stop(fp_zap **zap_p);
 uint64_t fp_zap_refused(const fp_zap *zap);
 /* Keys in the allowlist now. */
 uint64_t fp_zap_n_keys(const fp_zap *zap);
+/* Successful reloads so far: a change tells the caller to re-check its peers. */
+uint64_t fp_zap_generation(const fp_zap *zap);
+/* 1 when worker id (a ZAP User-Id) is in the current allowlist, with its
+ * policy in *pol (may be NULL); 0 when it is not (removed by a reload). Any
+ * thread. */
+int fp_zap_lookup(fp_zap *zap, const char *id, fp_allow_policy *pol);
 
 #endif

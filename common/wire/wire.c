@@ -115,7 +115,7 @@ static void wire_sanitize(char *s)
 
 static int wire_check_reject(Fedpeft__Reject *r)
 {
-    if ((unsigned)r->code > FEDPEFT__REJECT__CODE__SHUTDOWN)
+    if ((unsigned)r->code > FEDPEFT__REJECT__CODE__RANK)
         return fp_error_set("Reject.code %d is not a known code", (int)r->code);
     if (strnlen(wire_str(r->reason), WIRE_MAX_REASON) >= WIRE_MAX_REASON)
         return fp_error_set("Reject.reason is longer than %d bytes", WIRE_MAX_REASON - 1);
@@ -502,6 +502,12 @@ static int wire_more(void *sock)
 int wire_recv(void *sock, int flags, char *routing_id, size_t cap, wire_msg **out,
               wire_err *why)
 {
+    return wire_recv_user(sock, flags, routing_id, cap, NULL, 0, out, why);
+}
+
+int wire_recv_user(void *sock, int flags, char *routing_id, size_t cap, char *user, size_t ucap,
+                   wire_msg **out, wire_err *why)
+{
     wire_err dummy;
     if (!why)
         why = &dummy;
@@ -509,6 +515,8 @@ int wire_recv(void *sock, int flags, char *routing_id, size_t cap, wire_msg **ou
     *why = WIRE_OK;
     if (routing_id && cap)
         routing_id[0] = '\0';
+    if (user && ucap)
+        user[0] = '\0';
     int type = 0;
     size_t tsz = sizeof type;
     if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tsz) != 0)
@@ -536,6 +544,9 @@ int wire_recv(void *sock, int flags, char *routing_id, size_t cap, wire_msg **ou
         if (wire_more(sock)) {
             zmq_msg_recv(&body, sock, 0);
             frames++;
+            const char *u = zmq_msg_gets(&body, "User-Id");   /* set by our ZAP handler */
+            if (user && ucap && u)
+                snprintf(user, ucap, "%s", u);
         }
         payload = &body;
         if (frames < 2) {

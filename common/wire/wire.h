@@ -103,6 +103,11 @@ int wire_send(void *sock, const char *routing_id, wire_msg *env) FP_WUR;
  * not set one) is written as "0x" + hex and cannot be replied to. */
 int wire_recv(void *sock, int flags, char *routing_id, size_t cap, wire_msg **out,
               wire_err *why) FP_WUR;
+/* wire_recv that also returns the ZAP User-Id of a ROUTER peer (user, ucap):
+ * on a CURVE socket the name its key is allowlisted under, the identity the
+ * coordinator trusts; "" on a socket without ZAP. */
+int wire_recv_user(void *sock, int flags, char *routing_id, size_t cap, char *user, size_t ucap,
+                   wire_msg **out, wire_err *why) FP_WUR;
 
 /* Builders for each body: fill a stack Envelope and send (rid: as wire_send).
  * A reject reason longer than 1023 bytes is truncated. */
