@@ -86,7 +86,8 @@ static int atomic_write(const char *path, const uint8_t *p, size_t n)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* 0600: the global adapter and the strategy state are the operator's alone. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return fp_error_set("checkpoint %s: cannot create %s: %s", path, tmp, strerror(errno));
     if (write_all(fd, p, n) < 0 || fsync(fd) < 0) {

@@ -86,7 +86,7 @@ static int write_lines(int fd, char *const *lines, size_t n)
 
 int metrics_append(const char *path, const char *line)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (fd < 0)
         return fp_error_set("metrics %s: cannot open: %s", path, strerror(errno));
     char *const one[1] = {(char *)line};
@@ -100,7 +100,7 @@ int metrics_rewrite(const char *path, char *const *lines, size_t n)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return fp_error_set("metrics %s: cannot create: %s", tmp, strerror(errno));
     int rc = write_lines(fd, lines, n);

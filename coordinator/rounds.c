@@ -161,16 +161,21 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->prev_task = calloc(SERVER_MAX_WORKERS, sizeof *r->prev_task);
     r->fold_have = calloc(SERVER_MAX_WORKERS, sizeof *r->fold_have);
     r->fold_reset = calloc(SERVER_MAX_WORKERS, 1);
+    r->resent = calloc(SERVER_MAX_WORKERS, 1);
     r->stage_key = sodium_malloc(FP_SEAL_KEY_BYTES);
     r->open_buf = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
     r->noise = fp_dp_noise_new(NULL);
     fp_dp_accountant_init(&r->acct);
     r->last_epsilon = 0;
+#ifdef FEDPEFT_TEST_HOOKS   /* a test build only (CMakeLists.txt) */
     r->dump_dir = getenv("FEDPEFT_TEST_DUMP_DIR");
     if (r->dump_dir && !r->dump_dir[0])
         r->dump_dir = NULL;
+#else
+    r->dump_dir = NULL;
+#endif
     if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stage_key || !r->open_buf ||
-        !r->noise || !r->fold_have || !r->fold_reset) {
+        !r->noise || !r->fold_have || !r->fold_reset || !r->resent) {
         fp_error_set("out of memory");
         goto err;
     }
@@ -218,6 +223,7 @@ void rounds_destroy(rounds **r_p)
     free(r->prev_task);
     free(r->fold_have);
     free(r->fold_reset);
+    free(r->resent);
     if (r->stage_key)
         sodium_free(r->stage_key);
     fp_seal_replay_destroy(&r->stage_guard);

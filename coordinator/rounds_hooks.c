@@ -46,7 +46,6 @@ static void queue_remove(rounds *r, int w)
     r->q_len = n;
 }
 
-/* A worker said Hello again: it restarted or reconnected and lost its task. */
 /* flora: which folds worker w's base holds, from its Hello. A base with folds
  * of another run, or more than this run has (a fold lost in a coordinator
  * crash), is restored to the original by the next Task (fold_reset). */
@@ -67,6 +66,9 @@ static void hello_folds(rounds *r, int w)
               "restores the original base", wi->id, wi->n_folds, wi->fold_run, F);
 }
 
+/* A worker said Hello again: it restarted or reconnected and lost its task.
+ * The task (and its adapter) is resent once per phase: a key that keeps
+ * saying Hello cannot make the coordinator send the adapter again and again. */
 static void on_hello(void *ctx, int w)
 {
     rounds *r = ctx;
@@ -88,7 +90,14 @@ static void on_hello(void *ctx, int w)
                   (unsigned long long)r->round, server_worker(r->srv, w)->id);
         return;
     }
+    if ((s == ST_PENDING || s == ST_READY || s == ST_STAGING) && r->resent[w]) {
+        r->status[w] = ST_FAILED;
+        clog_info("round %llu: %s said Hello again after its task was resent once: out of "
+                  "this phase", (unsigned long long)r->round, server_worker(r->srv, w)->id);
+        return;
+    }
     if (s == ST_PENDING || s == ST_READY || s == ST_STAGING) {
+        r->resent[w] = 1;
         r->status[w] = ST_PENDING;
         clog_info("round %llu: %s rejoined; resending its %s task", (unsigned long long)r->round,
                   server_worker(r->srv, w)->id, r->ph == PH_TRAIN ? "training" : "evaluation");

@@ -140,6 +140,7 @@ static int has_seal_pk(const rounds *r, int w)
 void rounds_drop_staging(rounds *r)
 {
     fp_seal_replay_destroy(&r->stage_guard);
+    sodium_memzero(r->staging, r->global->n_params * sizeof *r->staging);  /* a worker's plaintext */
     if (r->staging_worker >= 0 && r->status[r->staging_worker] == ST_STAGING)
         r->status[r->staging_worker] = ST_FAILED;
     r->staging_worker = -1;
@@ -224,6 +225,7 @@ static void accept_update(rounds *r, int w)
         rounds_drop_staging(r);
         return;
     }
+    sodium_memzero(r->staging, r->global->n_params * sizeof *r->staging);  /* in the strategy now */
     r->status[w] = ST_DONE;
     r->staging_worker = -1;
     r->n_reported++;

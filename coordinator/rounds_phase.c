@@ -59,6 +59,7 @@ static void upload_done(rounds *r, int64_t now, const char *why)
 static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_s)
 {
     memset(r->status, ST_NONE, SERVER_MAX_WORKERS);
+    memset(r->resent, 0, SERVER_MAX_WORKERS);
     r->q_head = r->q_len = 0;
     r->staging_worker = -1;
     r->n_targets = r->n_reported = 0;

@@ -47,6 +47,7 @@ struct rounds {
     int64_t phase_start_ms, deadline_ms, wait_log_ms;
     /* Per worker (server index), this phase. */
     uint8_t *status;
+    uint8_t *resent;                /* re-Hello task resends this phase (at most one) */
     double *examples;           /* this round's averaging weight (server_weight) */
     double *val_loss;           /* this round's evaluation loss per worker */
     float *loss;

@@ -11,6 +11,16 @@
 #include "clog.h"
 
 #define SERVER_DRAIN_MAX 1024   /* messages handled per poll before timers run */
+#define GATE_SLOTS 256          /* refusal log gates, by hash of the peer's identity */
+
+/* How many refusals of one peer were logged and answered in the current
+ * window, and how many were dropped. */
+typedef struct {
+    uint64_t who;
+    int64_t window_ms;
+    unsigned n, suppressed;
+    char name[WIRE_MAX_ID];
+} refusal_gate;
 
 struct server {
     void *zctx, *sock;
@@ -26,7 +36,41 @@ struct server {
     void *observer_ctx;
     fp_zap *zap;                /* CURVE: the ZAP handler thread */
     uint64_t zap_generation;    /* the allowlist the registry was last checked against */
+    const char *cur_user;       /* the ZAP User-Id of the message being handled */
+    refusal_gate gates[GATE_SLOTS];
 };
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+/* 1 when a refusal of peer `who` may be logged and answered now. One peer
+ * (one key, or one routing id without CURVE) gets SERVER_LOG_BURST per
+ * window; the rest are counted and summarised in one line. */
+static int gate_pass(server *srv, const char *who, int64_t now)
+{
+    uint64_t h = fnv1a(who);
+    refusal_gate *g = &srv->gates[h % GATE_SLOTS];
+    if (g->who != h || now - g->window_ms >= SERVER_GATE_WINDOW_MS) {
+        if (g->suppressed)
+            clog_info("%u more refusals of %s suppressed in %d s", g->suppressed, g->name,
+                      SERVER_GATE_WINDOW_MS / 1000);
+        g->who = h;
+        g->window_ms = now;
+        g->n = g->suppressed = 0;
+        snprintf(g->name, sizeof g->name, "%s", who && *who ? who : "an unnamed peer");
+    }
+    if (g->n < SERVER_LOG_BURST) {
+        g->n++;
+        return 1;
+    }
+    g->suppressed++;
+    return 0;
+}
 
 static void zap_log(const char *line) { clog_info("%s", line); }
 
@@ -61,6 +105,11 @@ server *server_new(const server_config *cfg)
     srv->cfg.curve = NULL;  /* borrowed for the bind only */
     if (!srv->sock)
         goto err;
+    /* The per-peer outbound budget: two adapters' chunks and some small
+     * messages; a peer that does not read stops receiving (EAGAIN, logged)
+     * instead of growing the coordinator. Applies to each new connection. */
+    int hwm = (int)(2 * wire_n_chunks(cfg->lora.n_params) + 256);
+    zmq_setsockopt(srv->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     return srv;
 err:
     server_destroy(&srv);
@@ -207,6 +256,9 @@ static void reject_v(server *srv, int worker, const char *rid, reject_reason why
     if (worker >= 0)
         rid = srv->workers[worker].id;
     srv->rejected[why]++;
+    const char *who = srv->cur_user && *srv->cur_user ? srv->cur_user : rid;
+    if (!gate_pass(srv, who, clog_now_ms()))
+        return;
     clog_info("rejected (%s) from %s: %s", reject_reason_name(why),
               rid && *rid ? rid : "an unnamed peer", reason);
     if (!rid || !*rid)
@@ -314,6 +366,16 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
         snprintf(srv->workers[w].id, sizeof srv->workers[w].id, "%s", rid);
     }
     worker_info *wi = &srv->workers[w];
+    if (now - wi->hello_window_ms >= SERVER_GATE_WINDOW_MS) {
+        wi->hello_window_ms = now;
+        wi->hellos = 0;
+    }
+    if (++wi->hellos > SERVER_HELLO_BURST) {
+        server_reject(srv, w, NULL, REJ_FLOOD, FEDPEFT__REJECT__CODE__OTHER,
+                      "more than %d Hellos in %d s from '%s': ignored", SERVER_HELLO_BURST,
+                      SERVER_GATE_WINDOW_MS / 1000, wi->id);
+        return;
+    }
     wi->n_examples = h->n_train_examples;
     wi->weight = server_weight(srv, w, h->n_train_examples);
     wi->n_tokens = h->n_train_tokens;
@@ -338,7 +400,7 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
         srv->hooks.on_hello(srv->hooks.ctx, w);
 }
 
-static void handle_bad_frame(server *srv, const char *rid, wire_err why)
+static void handle_bad_frame(server *srv, const char *rid, const char *user, wire_err why)
 {
     static const reject_reason map[WIRE_ERR_COUNT] = {
         [WIRE_ERR_OVERSIZED] = REJ_OVERSIZED, [WIRE_ERR_UNDECODABLE] = REJ_UNDECODABLE,
@@ -346,7 +408,11 @@ static void handle_bad_frame(server *srv, const char *rid, wire_err why)
     };
     reject_reason r = (unsigned)why < WIRE_ERR_COUNT && why != WIRE_OK ? map[why]
                                                                         : REJ_UNDECODABLE;
-    int w = find_worker(srv, rid);
+    /* Another key's bytes under a worker's routing id are not that worker's. */
+    int impostor = srv->zap && strcmp(rid, user) != 0;
+    int w = impostor ? -1 : find_worker(srv, rid);
+    if (impostor && find_worker(srv, rid) >= 0)
+        rid = NULL;     /* log only: a Reject there would reach the real worker */
     if (w >= 0)
         touch(srv, w, clog_now_ms());
     char msg[512];
@@ -426,6 +492,7 @@ static void handle_msg(server *srv, const char *rid, const char *user, const wir
                        int64_t now)
 {
     srv->bytes_up += fedpeft__envelope__get_packed_size(msg);
+    srv->cur_user = user;
     if (identity_refused(srv, rid, user, msg))
         return;
     if (msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO) {
@@ -479,10 +546,13 @@ static int drain(server *srv)
         if (rc == 0)
             return 0;
         if (rc < 0) {
-            handle_bad_frame(srv, rid, why);
+            srv->cur_user = user;
+            handle_bad_frame(srv, rid, user, why);
+            srv->cur_user = NULL;
             continue;
         }
         handle_msg(srv, rid, user, msg, clog_now_ms());
+        srv->cur_user = NULL;
         wire_msg_free(&msg);
     }
     return 0;

@@ -21,6 +21,12 @@
 #include "zap.h"
 
 #define SERVER_MAX_WORKERS 4096
+/* Per identity: Hellos beyond the burst in a window are refused (REJ_FLOOD);
+ * refusals beyond SERVER_LOG_BURST in a window are neither logged nor
+ * answered, only counted and summarised when the window ends. */
+#define SERVER_HELLO_BURST 5
+#define SERVER_LOG_BURST 20
+#define SERVER_GATE_WINDOW_MS 10000
 
 typedef struct {
     char id[WIRE_MAX_ID];
@@ -30,6 +36,8 @@ typedef struct {
     double weight;              /* its averaging weight: n_examples under the operator's
                                    policy (server_weight) */
     int banned;                 /* its key left the allowlist (SIGHUP): refused from now on */
+    int64_t hello_window_ms;    /* Hello rate limit: SERVER_HELLO_BURST per window */
+    unsigned hellos;
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
     uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
     char fold_run[WIRE_MAX_ID];

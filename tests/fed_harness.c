@@ -314,6 +314,10 @@ void fh_worker_start(fh_fed *f, int k)
 
 void fh_fed_start(fh_fed *f)
 {
+#ifndef FEDPEFT_TEST_HOOKS
+    fail_msg("the end-to-end tests drive the programs' test hooks: configure with "
+             "-DFEDPEFT_TEST_HOOKS=ON (the README's test command does)");
+#endif
     fh_coordinator_start(f);
     for (int k = 0; k < f->n_workers; k++)
         fh_worker_start(f, k);
