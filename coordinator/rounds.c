@@ -39,6 +39,12 @@ double rounds_update_bound(const rounds *r, size_t n)
     return c->max_grad_norm > 0 ? 2.0 * lr * steps * (double)c->max_grad_norm : 0.0;
 }
 
+double rounds_weight(const rounds *r, int w, uint64_t declared)
+{
+    double x = server_weight(r->srv, w, declared);
+    return r->weight_cap > 0 && x > r->weight_cap ? r->weight_cap : x;
+}
+
 const char *rounds_run_id(const rounds *r) { return r->run_id; }
 
 int rounds_exit_code(const rounds *r) { return r->exit_code; }

@@ -122,7 +122,7 @@ static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
     else
         memset(r->seal_pk[w], 0, 32);
     r->status[w] = ST_READY;
-    r->examples[w] = server_weight(r->srv, w, u->n_examples);
+    r->examples[w] = rounds_weight(r, w, u->n_examples);
     r->loss[w] = u->train_loss;
     r->queue[(r->q_head + r->q_len++) % SERVER_MAX_WORKERS] = w;
     clog_info("round %llu: update ready from %s (%llu examples, weight %g, train loss %.4f)",

@@ -56,6 +56,31 @@ static void upload_done(rounds *r, int64_t now, const char *why)
     aggregate(r, now, why);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* [sampling] max_examples = 0 (auto): no sampled worker weighs more than 4x
+ * the median weight of the round's sample, so a worker that declares 2^64-1
+ * examples cannot drown the others (an honest majority sets the median). An
+ * explicit max_examples, weighting = equal or fewer than 3 workers: no cap. */
+static void set_weight_cap(rounds *r, const int *chosen, int k)
+{
+    r->weight_cap = 0;
+    if (r->cfg->max_examples || r->cfg->weighting == COORD_WEIGHT_EQUAL || k < 3)
+        return;
+    double *v = malloc((size_t)k * sizeof *v);
+    if (!v)
+        return;
+    for (int i = 0; i < k; i++)
+        v[i] = server_weight(r->srv, chosen[i], server_worker(r->srv, chosen[i])->n_examples);
+    qsort(v, (size_t)k, sizeof *v, cmp_double);
+    r->weight_cap = 4.0 * v[(k - 1) / 2];
+    free(v);
+}
+
 static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_s)
 {
     memset(r->status, ST_NONE, SERVER_MAX_WORKERS);
@@ -247,9 +272,10 @@ static void start_train(rounds *r, int64_t now)
     r->n_targets = (unsigned)k;
     r->m.live = (unsigned)server_n_live(r->srv);
     r->m.sampled = (unsigned)k;
+    set_weight_cap(r, chosen, k);
     r->sampled_weight = 0;
     for (int i = 0; i < k; i++) {
-        r->sampled_weight += server_worker(r->srv, chosen[i])->weight;
+        r->sampled_weight += rounds_weight(r, chosen[i], server_worker(r->srv, chosen[i])->n_examples);
     }
     clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
               server_n_live(r->srv), names);
@@ -307,12 +333,6 @@ void rounds_finish_run(rounds *r)
     fp_lora_free(&merged);
     server_shutdown_workers(r->srv, "run complete");
     r->ph = PH_DONE;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* What target_loss is compared with: the upper median of the workers' own

@@ -58,7 +58,8 @@ struct rounds {
     wire_assembler as;
     unsigned n_targets, n_reported;
     double loss_wsum, weight_sum;   /* train loss weighted by examples */
-    double sampled_weight;          /* sum of the sampled workers' Hello n_examples */
+    double sampled_weight;          /* sum of the sampled workers' weights (rounds_weight) */
+    double weight_cap;              /* this round's cap on one weight (0 = none) */
     double val_sum;
     uint64_t val_tokens;
     round_metrics m;
@@ -97,6 +98,9 @@ uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
 /* Plain mode: the largest L2 norm an honest update of n floats can have
  * ([strategy] max_update_norm, or auto), 0 = unbounded. */
 double rounds_update_bound(const rounds *r, size_t n);
+/* Worker w's averaging weight this round: its server weight for `declared`
+ * examples, capped at weight_cap. */
+double rounds_weight(const rounds *r, int w, uint64_t declared);
 /* Floats worker w uploads (its view at its rank). */
 size_t rounds_upload_n(const rounds *r, int w);
 

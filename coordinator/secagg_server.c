@@ -118,7 +118,7 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
         sa->m[i].w = chosen[i];
         snprintf(sa->m[i].id, sizeof sa->m[i].id, "%s", wi->id);
         sa->peer_ids[i] = sa->m[i].id;
-        sa->m[i].weight = wi->weight > 0 ? wi->weight : 1.0;
+        sa->m[i].weight = rounds_weight(r, sa->m[i].w, wi->n_examples);
         total += sa->m[i].weight;
     }
     for (int i = 0; i < k; i++)
