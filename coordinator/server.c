@@ -219,9 +219,9 @@ static int send_to(server *srv, const char *rid, wire_msg *env)
 
 int server_send(server *srv, int worker, wire_msg *env)
 {
-    const char *rid = srv->workers[worker].id;
+    const char *rid = srv->workers[worker].route;
     if (send_to(srv, rid, env) < 0) {
-        clog_info("cannot send to worker %s: %s", rid, fp_error_get());
+        clog_info("cannot send to worker %s: %s", srv->workers[worker].id, fp_error_get());
         return -1;
     }
     return 0;
@@ -253,14 +253,17 @@ static void reject_v(server *srv, int worker, const char *rid, reject_reason why
 {
     char reason[512];
     vsnprintf(reason, sizeof reason, fmt, ap);
-    if (worker >= 0)
-        rid = srv->workers[worker].id;
+    const char *name = rid;
+    if (worker >= 0) {
+        rid = srv->workers[worker].route;
+        name = srv->workers[worker].id;
+    }
     srv->rejected[why]++;
-    const char *who = srv->cur_user && *srv->cur_user ? srv->cur_user : rid;
+    const char *who = srv->cur_user && *srv->cur_user ? srv->cur_user : name;
     if (!gate_pass(srv, who, clog_now_ms()))
         return;
     clog_info("rejected (%s) from %s: %s", reject_reason_name(why),
-              rid && *rid ? rid : "an unnamed peer", reason);
+              name && *name ? name : "an unnamed peer", reason);
     if (!rid || !*rid)
         return;
     Fedpeft__Reject r = FEDPEFT__REJECT__INIT;
@@ -326,9 +329,11 @@ void server_set_observer(server *srv, void (*fn)(void *ctx), void *ctx)
 
 /* ---- dispatch ------------------------------------------------------------------ */
 
-static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, int64_t now)
+/* route: the session's routing id; id: who it is (the part before '#'). */
+static void handle_hello(server *srv, const char *rid, const char *id, const Fedpeft__Hello *h,
+                         int64_t now)
 {
-    if (strcmp(h->worker_id, rid) != 0) {
+    if (strcmp(h->worker_id, id) != 0) {
         server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
                       "Hello names worker '%.64s' but its socket's routing id is '%s'",
                       h->worker_id, rid);
@@ -354,7 +359,7 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
         spec.n_params = spec.n_params / spec.rank * h->rank; /* n is linear in r */
         spec.rank = h->rank;
     }
-    int w = find_worker(srv, rid);
+    int w = find_worker(srv, id);
     if (w < 0) {
         if (srv->n_workers >= SERVER_MAX_WORKERS) {
             server_reject(srv, -1, rid, REJ_INVALID, FEDPEFT__REJECT__CODE__OTHER,
@@ -363,9 +368,14 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
             return;
         }
         w = srv->n_workers++;
-        snprintf(srv->workers[w].id, sizeof srv->workers[w].id, "%s", rid);
+        snprintf(srv->workers[w].id, sizeof srv->workers[w].id, "%s", id);
     }
     worker_info *wi = &srv->workers[w];
+    if (wi->banned) {
+        server_reject(srv, -1, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                      "the key of worker '%s' was removed from the allowlist", id);
+        return;
+    }
     if (now - wi->hello_window_ms >= SERVER_GATE_WINDOW_MS) {
         wi->hello_window_ms = now;
         wi->hellos = 0;
@@ -376,6 +386,9 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
                       SERVER_GATE_WINDOW_MS / 1000, wi->id);
         return;
     }
+    if (wi->route[0] && strcmp(wi->route, rid) != 0)
+        clog_info("worker %s: a new session replaces the old one", id);
+    snprintf(wi->route, sizeof wi->route, "%s", rid);   /* one live session per identity */
     wi->n_examples = h->n_train_examples;
     wi->weight = server_weight(srv, w, h->n_train_examples);
     wi->n_tokens = h->n_train_tokens;
@@ -400,7 +413,8 @@ static void handle_hello(server *srv, const char *rid, const Fedpeft__Hello *h, 
         srv->hooks.on_hello(srv->hooks.ctx, w);
 }
 
-static void handle_bad_frame(server *srv, const char *rid, const char *user, wire_err why)
+static void handle_bad_frame(server *srv, const char *rid, const char *id, const char *user,
+                             wire_err why)
 {
     static const reject_reason map[WIRE_ERR_COUNT] = {
         [WIRE_ERR_OVERSIZED] = REJ_OVERSIZED, [WIRE_ERR_UNDECODABLE] = REJ_UNDECODABLE,
@@ -408,11 +422,10 @@ static void handle_bad_frame(server *srv, const char *rid, const char *user, wir
     };
     reject_reason r = (unsigned)why < WIRE_ERR_COUNT && why != WIRE_OK ? map[why]
                                                                         : REJ_UNDECODABLE;
-    /* Another key's bytes under a worker's routing id are not that worker's. */
-    int impostor = srv->zap && strcmp(rid, user) != 0;
-    int w = impostor ? -1 : find_worker(srv, rid);
-    if (impostor && find_worker(srv, rid) >= 0)
-        rid = NULL;     /* log only: a Reject there would reach the real worker */
+    /* Only the worker's own key, in its current session, speaks for it. */
+    int w = find_worker(srv, id);
+    if (w >= 0 && ((srv->zap && strcmp(id, user) != 0) || strcmp(srv->workers[w].route, rid)))
+        w = -1;
     if (w >= 0)
         touch(srv, w, clog_now_ms());
     char msg[512];
@@ -438,29 +451,26 @@ static const char *body_name(Fedpeft__Envelope__BodyCase c)
 }
 
 /* CURVE: the key decides who a peer is. Its ZAP User-Id is the one worker id
- * its allowlist line grants; a socket routing id (= the id a worker says
- * Hello with) that differs is an impostor or a Sybil, and a key removed from
- * the allowlist since it connected is out. 0 when the message may go on. */
-static int identity_refused(server *srv, const char *rid, const char *user,
+ * its allowlist line grants; a message under another id is an impostor or a
+ * Sybil, and a key removed from the allowlist since it connected is out. The
+ * Reject goes to the sender's own session (routing ids carry a random part,
+ * so it cannot be another worker's). 0 when the message may go on. */
+static int identity_refused(server *srv, const char *rid, const char *id, const char *user,
                             const wire_msg *msg)
 {
     if (!srv->zap)
         return 0;   /* --insecure: ids are unauthenticated (said at start) */
     if (!fp_zap_lookup(srv->zap, user, NULL)) {
-        int w = find_worker(srv, rid);
-        server_reject(srv, w, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+        server_reject(srv, -1, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
                       "the key of worker '%s' is no longer in the allowlist", user);
         return 1;
     }
-    if (strcmp(rid, user) == 0)
+    if (strcmp(id, user) == 0)
         return 0;
-    /* Reply to the impostor's routing id only when no registered worker owns it:
-     * a Reject sent there would reach the real worker. */
-    const char *to = find_worker(srv, rid) >= 0 ? NULL : rid;
-    server_reject(srv, -1, to, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+    server_reject(srv, -1, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
                   "the key allowlisted as '%s' may only use the id '%s', not '%s' (%s)", user,
-                  user, rid, msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO ? "Hello"
-                                                                              : "a message");
+                  user, id, msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO ? "Hello"
+                                                                            : "a message");
     return 1;
 }
 
@@ -488,22 +498,27 @@ static void recheck_registry(server *srv)
     }
 }
 
-static void handle_msg(server *srv, const char *rid, const char *user, const wire_msg *msg,
-                       int64_t now)
+static void handle_msg(server *srv, const char *rid, const char *id, const char *user,
+                       const wire_msg *msg, int64_t now)
 {
     srv->bytes_up += fedpeft__envelope__get_packed_size(msg);
-    srv->cur_user = user;
-    if (identity_refused(srv, rid, user, msg))
+    if (identity_refused(srv, rid, id, user, msg))
         return;
     if (msg->body_case == FEDPEFT__ENVELOPE__BODY_HELLO) {
-        handle_hello(srv, rid, msg->hello, now);
+        handle_hello(srv, rid, id, msg->hello, now);
         return;
     }
-    int w = find_worker(srv, rid);
+    int w = find_worker(srv, id);
+    if (w >= 0 && strcmp(srv->workers[w].route, rid) != 0) {
+        server_reject(srv, -1, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                      "worker '%s' has a newer session: this one was replaced (one live "
+                      "session per worker; is a second worker running with this id?)", id);
+        return;
+    }
     if (w < 0) {
         server_reject(srv, -1, rid, REJ_UNKNOWN_WORKER, FEDPEFT__REJECT__CODE__UNKNOWN_WORKER,
                       "unknown worker '%s': say Hello (the coordinator may have restarted)",
-                      rid);
+                      id);
         return;
     }
     touch(srv, w, now);
@@ -534,24 +549,46 @@ static void handle_msg(server *srv, const char *rid, const char *user, const wir
     }
 }
 
+/* The worker id of routing id rid: the part before '#' ("id#random"; a
+ * peer of ours always sends one). -1 for an id that was truncated (longer
+ * than any of ours: two such would collide) or empty. */
+static int route_identity(const char *rid, char id[WIRE_MAX_ID])
+{
+    size_t n = strlen(rid), k = strcspn(rid, "#");
+    if (n + 1 >= WIRE_MAX_ROUTE)
+        return fp_error_set("its routing id is longer than %d bytes", WIRE_MAX_ROUTE - 2);
+    if (k == 0 || k >= WIRE_MAX_ID)
+        return fp_error_set("its routing id '%.40s' has no worker id of 1..%d bytes before "
+                            "'#'", rid, WIRE_MAX_ID - 1);
+    memcpy(id, rid, k);
+    id[k] = '\0';
+    return 0;
+}
+
 /* Handles what is waiting. -1 only when the socket itself fails. */
 static int drain(server *srv)
 {
     for (int k = 0; k < SERVER_DRAIN_MAX; k++) {
-        char rid[WIRE_MAX_ID] = "", user[WIRE_MAX_ID] = "";
+        char rid[WIRE_MAX_ROUTE] = "", user[WIRE_MAX_ID] = "", id[WIRE_MAX_ID] = "";
         wire_msg *msg = NULL;
         wire_err why = WIRE_OK;
         int rc = wire_recv_user(srv->sock, ZMQ_DONTWAIT, rid, sizeof rid, user, sizeof user,
                                 &msg, &why);
         if (rc == 0)
             return 0;
-        if (rc < 0) {
-            srv->cur_user = user;
-            handle_bad_frame(srv, rid, user, why);
-            srv->cur_user = NULL;
+        if (route_identity(rid, id) < 0) {
+            srv->rejected[REJ_INVALID]++;
+            if (gate_pass(srv, user[0] ? user : "a peer with a bad routing id", clog_now_ms()))
+                clog_info("dropped a message from %s: %s", user[0] ? user : "a peer",
+                          fp_error_get());
+            wire_msg_free(&msg);
             continue;
         }
-        handle_msg(srv, rid, user, msg, clog_now_ms());
+        srv->cur_user = user;
+        if (rc < 0)
+            handle_bad_frame(srv, rid, id, user, why);
+        else
+            handle_msg(srv, rid, id, user, msg, clog_now_ms());
         srv->cur_user = NULL;
         wire_msg_free(&msg);
     }

@@ -29,7 +29,8 @@
 #define SERVER_GATE_WINDOW_MS 10000
 
 typedef struct {
-    char id[WIRE_MAX_ID];
+    char id[WIRE_MAX_ID];       /* who it is (with CURVE: its key's allowlisted name) */
+    char route[WIRE_MAX_ROUTE]; /* its current session's routing id (id#random) */
     int alive;
     int64_t last_seen_ms;       /* clog_now_ms() of its last message */
     uint64_t n_examples, n_tokens;  /* as declared in Hello (untrusted) */

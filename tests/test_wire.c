@@ -81,11 +81,20 @@ static void *raw_dealer(const char *ep, const char *id)
     return d;
 }
 
+/* A DEALER's routing id is "ID#" + 16 random hex digits (wire.h). */
+static void assert_route(const char *rid, const char *id)
+{
+    size_t n = strlen(id);
+    if (strncmp(rid, id, n) != 0 || rid[n] != '#' || strlen(rid + n + 1) != 16 ||
+        strspn(rid + n + 1, "0123456789abcdef") != 16)
+        fail_msg("routing id '%s' is not '%s#<16 hex>'", rid, id);
+}
+
 static wire_msg *recv_ok(void *s, char *rid, Fedpeft__Envelope__BodyCase expect)
 {
     wire_msg *m = NULL;
     wire_err why;
-    int rc = wire_recv(s, 0, rid, rid ? WIRE_MAX_ID : 0, &m, &why);
+    int rc = wire_recv(s, 0, rid, rid ? WIRE_MAX_ROUTE : 0, &m, &why);
     if (rc != 1)
         fail_msg("wire_recv returned %d (%s): %s", rc, wire_err_name(why), fp_error_get());
     assert_non_null(m);
@@ -132,14 +141,14 @@ static void expect_decode_error(wire_msg *env, wire_err want, const char *needle
 static void test_round_trips(void **state)
 {
     (void)state;
-    char ep[256], rid[WIRE_MAX_ID];
+    char ep[256], rid[WIRE_MAX_ROUTE];
     void *r = router(ep, sizeof ep);
     void *d = dealer(ep, "worker-1");
     wire_msg *m;
 
     send_ok(wire_send_hello(d, "worker-1", HASH, 1234, 56789));
     m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_HELLO);
-    assert_string_equal(rid, "worker-1");
+    assert_route(rid, "worker-1");
     assert_string_equal(m->hello->worker_id, "worker-1");
     assert_string_equal(m->hello->model_hash, HASH);
     assert_true(m->hello->n_train_examples == 1234 && m->hello->n_train_tokens == 56789);
@@ -159,7 +168,7 @@ static void test_round_trips(void **state)
     w.heartbeat_ms = 1000;
     env.body_case = FEDPEFT__ENVELOPE__BODY_WELCOME;
     env.welcome = &w;
-    send_ok(wire_send(r, "worker-1", &env));
+    send_ok(wire_send(r, rid, &env));
     m = recv_ok(d, NULL, FEDPEFT__ENVELOPE__BODY_WELCOME);
     assert_string_equal(m->welcome->run_id, "run-7");
     assert_non_null(m->welcome->lora);
@@ -171,7 +180,7 @@ static void test_round_trips(void **state)
     assert_int_equal(m->welcome->heartbeat_ms, 1000);
     wire_msg_free(&m);
 
-    send_ok(wire_send_reject(r, "worker-1", FEDPEFT__REJECT__CODE__MODEL, "wrong\nmodel"));
+    send_ok(wire_send_reject(r, rid, FEDPEFT__REJECT__CODE__MODEL, "wrong\nmodel"));
     m = recv_ok(d, NULL, FEDPEFT__ENVELOPE__BODY_REJECT);
     assert_int_equal(m->reject->code, FEDPEFT__REJECT__CODE__MODEL);
     assert_string_equal(m->reject->reason, "wrong?model"); /* control bytes sanitized */
@@ -179,15 +188,15 @@ static void test_round_trips(void **state)
 
     send_ok(wire_send_heartbeat(d, NULL, 3, 1));
     m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
-    assert_string_equal(rid, "worker-1");
+    assert_route(rid, "worker-1");
     assert_true(m->heartbeat->round == 3 && m->heartbeat->busy);
     wire_msg_free(&m);
-    send_ok(wire_send_heartbeat(r, "worker-1", 4, 0));
+    send_ok(wire_send_heartbeat(r, rid, 4, 0));
     m = recv_ok(d, NULL, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
     assert_true(m->heartbeat->round == 4 && !m->heartbeat->busy);
     wire_msg_free(&m);
 
-    send_ok(wire_send_pull(r, "worker-1", 17));
+    send_ok(wire_send_pull(r, rid, 17));
     m = recv_ok(d, NULL, FEDPEFT__ENVELOPE__BODY_PULL);
     assert_true(m->pull->task_id == 17);
     wire_msg_free(&m);
@@ -211,7 +220,7 @@ static void test_round_trips(void **state)
     env = (Fedpeft__Envelope)FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
     env.task = &t;
-    send_ok(wire_send(r, "worker-1", &env));
+    send_ok(wire_send(r, rid, &env));
     m = recv_ok(d, NULL, FEDPEFT__ENVELOPE__BODY_TASK);
     assert_int_equal(m->task->kind, FEDPEFT__TASK__KIND__TRAIN);
     assert_true(m->task->round == 5 && m->task->task_id == 99 && m->task->n_chunks == 3);
@@ -239,7 +248,7 @@ static void test_round_trips(void **state)
     env.update_ready = &u;
     send_ok(wire_send(d, NULL, &env));
     m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_UPDATE_READY);
-    assert_string_equal(rid, "worker-1");
+    assert_route(rid, "worker-1");
     assert_true(m->update_ready->task_id == 99 && m->update_ready->round == 5);
     assert_true(m->update_ready->n_examples == 80 && m->update_ready->n_tokens == 10240);
     assert_true(m->update_ready->train_loss == 2.5f && m->update_ready->n_chunks == 3);
@@ -329,7 +338,7 @@ static void test_slab(void **state)
     assert_int_equal(wire_n_chunks(WIRE_CHUNK_FLOATS + 1), 2);
     assert_int_equal(wire_n_chunks(n), 3);
 
-    char ep[256], rid[WIRE_MAX_ID];
+    char ep[256], rid[WIRE_MAX_ROUTE];
     void *r = router(ep, sizeof ep);
     void *d = dealer(ep, "w-slab");
     float *src = malloc(n * sizeof *src), *dst = calloc(n, sizeof *dst);
@@ -342,7 +351,7 @@ static void test_slab(void **state)
     wire_msg_free(&m);
 
     /* coordinator -> worker (the global adapter) */
-    send_ok(wire_send_slab(r, "w-slab", 41, src, n));
+    send_ok(wire_send_slab(r, rid, 41, src, n));
     receive_slab(d, NULL, 41, dst, n);
     assert_memory_equal(src, dst, n * sizeof *src);
 
@@ -351,7 +360,7 @@ static void test_slab(void **state)
     memset(dst, 0, n * sizeof *dst);
     send_ok(wire_send_slab(d, NULL, 42, src, n));
     receive_slab(r, rid, 42, dst, n);
-    assert_string_equal(rid, "w-slab");
+    assert_route(rid, "w-slab");
     assert_memory_equal(src, dst, n * sizeof *src);
 
     /* n == 0: nothing is sent. */
@@ -735,7 +744,7 @@ static void expect_recv_error(void *s, char *rid, wire_err want)
 {
     wire_msg *m = (wire_msg *)1;
     wire_err why = WIRE_OK;
-    int rc = wire_recv(s, 0, rid, rid ? WIRE_MAX_ID : 0, &m, &why);
+    int rc = wire_recv(s, 0, rid, rid ? WIRE_MAX_ROUTE : 0, &m, &why);
     if (rc != -1)
         fail_msg("wire_recv returned %d, expected -1 (%s)", rc, wire_err_name(want));
     assert_null(m);
@@ -745,7 +754,7 @@ static void expect_recv_error(void *s, char *rid, wire_err want)
 static void test_bad_frames(void **state)
 {
     (void)state;
-    char ep[256], rid[WIRE_MAX_ID];
+    char ep[256], rid[WIRE_MAX_ROUTE];
     void *r = router(ep, sizeof ep);
     void *raw = raw_dealer(ep, "raw1");
     void *good = dealer(ep, "good1");
@@ -778,7 +787,9 @@ static void test_bad_frames(void **state)
     /* the ROUTER is still in step: the next messages arrive whole */
     send_ok(wire_send_heartbeat(good, NULL, 8, 0));
     wire_msg *m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
-    assert_string_equal(rid, "good1");
+    assert_route(rid, "good1");
+    char good_rid[WIRE_MAX_ROUTE];
+    snprintf(good_rid, sizeof good_rid, "%s", rid);
     assert_true(m->heartbeat->round == 8);
     wire_msg_free(&m);
     env.version = WIRE_PROTOCOL_VERSION;
@@ -792,12 +803,12 @@ static void test_bad_frames(void **state)
     wire_msg_free(&m);
 
     /* and the DEALER side: two frames from the ROUTER are refused, then in step */
-    assert_int_equal(zmq_send(r, "good1", 5, ZMQ_SNDMORE), 5);
+    assert_int_equal(zmq_send(r, good_rid, strlen(good_rid), ZMQ_SNDMORE), (int)strlen(good_rid));
     assert_int_equal(zmq_send(r, "x", 1, ZMQ_SNDMORE), 1);
     assert_int_equal(zmq_send(r, "y", 1, 0), 1);
     expect_recv_error(good, NULL, WIRE_ERR_UNDECODABLE);
     assert_contains(fp_error_get(), "2 frames");
-    send_ok(wire_send_pull(r, "good1", 5));
+    send_ok(wire_send_pull(r, good_rid, 5));
     m = recv_ok(good, NULL, FEDPEFT__ENVELOPE__BODY_PULL);
     assert_true(m->pull->task_id == 5);
     wire_msg_free(&m);
@@ -841,7 +852,7 @@ static int wait_event(void *mon, int event, int ms)
 static void test_oversized_peer(void **state)
 {
     (void)state;
-    char ep[256], rid[WIRE_MAX_ID];
+    char ep[256], rid[WIRE_MAX_ROUTE];
     void *r = router(ep, sizeof ep);
     assert_int_equal(zmq_socket_monitor(r, "inproc://wire-mon", ZMQ_EVENT_DISCONNECTED), 0);
     void *mon = zmq_socket(ctx, ZMQ_PAIR);
@@ -852,7 +863,7 @@ static void test_oversized_peer(void **state)
     void *big = raw_dealer(ep, "big");
     send_ok(wire_send_heartbeat(good, NULL, 1, 0));
     wire_msg *m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
-    assert_string_equal(rid, "good2");
+    assert_route(rid, "good2");
     wire_msg_free(&m);
 
     size_t n = (size_t)WIRE_MAX_MSG_BYTES + 1;
@@ -869,10 +880,10 @@ static void test_oversized_peer(void **state)
     /* the ROUTER keeps serving the other worker, both ways */
     send_ok(wire_send_heartbeat(good, NULL, 2, 1));
     m = recv_ok(r, rid, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
-    assert_string_equal(rid, "good2");
+    assert_route(rid, "good2");
     assert_true(m->heartbeat->round == 2);
     wire_msg_free(&m);
-    send_ok(wire_send_heartbeat(r, "good2", 3, 0));
+    send_ok(wire_send_heartbeat(r, rid, 3, 0));
     m = recv_ok(good, NULL, FEDPEFT__ENVELOPE__BODY_HEARTBEAT);
     assert_true(m->heartbeat->round == 3);
     wire_msg_free(&m);

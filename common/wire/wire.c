@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include <zmq.h>
 
@@ -71,6 +72,8 @@ static int wire_check_hello(const Fedpeft__Hello *h)
 {
     if (wire_check_id("Hello.worker_id", h->worker_id) < 0)
         return -1;
+    if (strchr(h->worker_id, WIRE_ROUTE_SEP))
+        return fp_error_set("Hello.worker_id has a '%c'", WIRE_ROUTE_SEP);
     if (wire_check_hash(h->model_hash) < 0)
         return fp_error_prefix("Hello: ");
     if (h->n_folds > WIRE_MAX_FOLDS)
@@ -368,6 +371,11 @@ static void *wire_dealer_new(void *zctx, const char *endpoint, const char *worke
 {
     if (wire_check_id("worker id", worker_id) < 0)
         return NULL;
+    if (strchr(worker_id, WIRE_ROUTE_SEP)) {
+        fp_error_set("worker id '%s' has a '%c': it separates the id from the routing id's "
+                     "random part", worker_id, WIRE_ROUTE_SEP);
+        return NULL;
+    }
     void *s = zmq_socket(zctx, ZMQ_DEALER);
     if (!s) {
         fp_error_set("cannot create a ZeroMQ DEALER socket: %s", zmq_strerror(zmq_errno()));
@@ -376,7 +384,16 @@ static void *wire_dealer_new(void *zctx, const char *endpoint, const char *worke
     if (wire_common_opts(s) < 0 ||
         wire_setopt_int(s, ZMQ_SNDTIMEO, WIRE_DEALER_SNDTIMEO, "ZMQ_SNDTIMEO") < 0)
         goto err;
-    if (zmq_setsockopt(s, ZMQ_ROUTING_ID, worker_id, strlen(worker_id)) != 0) {
+    char route[WIRE_MAX_ROUTE];
+    uint8_t nonce[8];
+    if (getrandom(nonce, sizeof nonce, 0) != (ssize_t)sizeof nonce) {
+        fp_error_set("getrandom: %s", strerror(errno));
+        goto err;
+    }
+    int o = snprintf(route, sizeof route, "%s%c", worker_id, WIRE_ROUTE_SEP);
+    for (size_t i = 0; i < sizeof nonce; i++)
+        o += snprintf(route + o, sizeof route - (size_t)o, "%02x", nonce[i]);
+    if (zmq_setsockopt(s, ZMQ_ROUTING_ID, route, strlen(route)) != 0) {
         fp_error_set("zmq_setsockopt(ZMQ_ROUTING_ID): %s", zmq_strerror(zmq_errno()));
         goto err;
     }

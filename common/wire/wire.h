@@ -27,6 +27,12 @@
 #define WIRE_CHUNK_FLOATS ((size_t)256 * 1024)              /* 1 MiB of floats */
 #define WIRE_MAX_MSG_BYTES ((int64_t)WIRE_CHUNK_FLOATS * 4 + 64 * 1024)
 #define WIRE_MAX_ID 64                                      /* worker id bytes, incl. NUL */
+/* A DEALER's routing id is "<worker id>#<16 hex digits>", fresh per socket:
+ * the suffix is random, so no other peer can name (and take over, with
+ * ZMQ_ROUTER_HANDOVER) a worker's connection; the coordinator reads the id
+ * before '#'. Buffers for a routing id as text hold WIRE_MAX_ROUTE bytes. */
+#define WIRE_ROUTE_SEP '#'
+#define WIRE_MAX_ROUTE 96
 #define WIRE_MAX_ADAPTER_FLOATS ((uint64_t)1 << 31)         /* sanity bound on claims */
 #define WIRE_MAX_FOLDS 100000       /* flora: folds in a run (one per round) */
 #define WIRE_MAX_FOLD_RANK 1048576  /* flora: rank of one fold (sum of a round's ranks) */
