@@ -176,20 +176,28 @@ void rounds_try_pull(rounds *r, int64_t now)
         }
         r->status[w] = ST_STAGING;
         r->staging_worker = w;
-        r->staging_last_ms = now;
+        r->staging_last_ms = r->staging_start_ms = now;
         (void)server_send(r->srv, w, &env); /* failure shows as a stall */
     }
 }
 
+/* The one upload slot is freed when a chunk is late (3 heartbeats) or the
+ * whole upload is (3 heartbeats + one per chunk, at least 1 s a chunk): a peer
+ * that trickles chunks just in time cannot hold the slot for the round. */
 void rounds_check_stall(rounds *r, int64_t now)
 {
     int w = r->staging_worker;
-    int64_t limit = 3 * (int64_t)r->cfg->heartbeat_ms;
-    if (w < 0 || now - r->staging_last_ms <= limit)
+    if (w < 0)
+        return;
+    int64_t hb = (int64_t)r->cfg->heartbeat_ms, limit = 3 * hb;
+    int64_t budget = limit + (int64_t)wire_n_chunks(rounds_upload_n(r, w)) * (hb > 1000 ? hb : 1000);
+    if (now - r->staging_last_ms <= limit && now - r->staging_start_ms <= budget)
         return;
     server_reject(r->srv, w, NULL, REJ_STALLED, STALE,
-                  "upload for round %llu stalled: no chunk for %lld ms; dropped",
-                  (unsigned long long)r->round, (long long)(now - r->staging_last_ms));
+                  "upload for round %llu stalled: no chunk for %lld ms, %lld ms since Pull "
+                  "(budget %lld ms); dropped", (unsigned long long)r->round,
+                  (long long)(now - r->staging_last_ms), (long long)(now - r->staging_start_ms),
+                  (long long)budget);
     rounds_drop_staging(r);
     rounds_try_pull(r, now);
 }

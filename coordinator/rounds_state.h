@@ -55,6 +55,7 @@ struct rounds {
     int q_head, q_len;
     int staging_worker;             /* -1: the staging buffer is free */
     int64_t staging_last_ms;
+    int64_t staging_start_ms;       /* Pull sent: the whole upload has a time budget */
     wire_assembler as;
     unsigned n_targets, n_reported;
     double loss_wsum, weight_sum;   /* train loss weighted by examples */
