@@ -5,19 +5,30 @@
 #                 into $FEDPEFT_HOME/keys (kept if present: safe to run again)
 #   prepare       the demo's base model (bundled stories260K, converted) and
 #                 FEDPEFT_WORKERS shards of FEDPEFT_DATA into $FEDPEFT_HOME/prepared/{model,shards}
+#                 (kept if present, with the workers' slot claims: safe at every `up`)
 #   coordinator   fedpeft-coordinator --config $FEDPEFT_CONFIG [ARGS...]
 #   worker        fedpeft-worker as worker-K on shard K [ARGS...]
-#   healthcheck   the image's HEALTHCHECK (coordinator: GET /healthz; worker: alive)
+#   new-run       moves the finished (or any) run's results in $FEDPEFT_HOME/state to
+#                 state/previous/TIME, so the next `up` starts round 1; keys, model,
+#                 shards and claims stay
+#   healthcheck   the image's HEALTHCHECK (coordinator: GET /healthz; worker: the
+#                 coordinator's /status lists worker-K as live)
 #   anything else is run as a command (fedpeft generate ..., bash)
+#
+# Exit status: 0 done; 1 a failure worth retrying (a restart policy may); 2 a
+# configuration error that a restart cannot fix (say what to change).
 #
 # A worker's index K (its id worker-K, key worker-K.key and shard-K) comes from, in
 # order: WORKER_SHARD (0-based; set it per service or per `docker run -e`); a
-# hostname ending in -N or _N (1-based, as compose/StatefulSet names number
-# replicas; set `hostname:` to use it); else the first free slot claimed atomically
-# (mkdir) in $FEDPEFT_HOME/claims, remembered by hostname so a restarted container
-# keeps its slot (prepare clears the claims). `docker-compose up --scale worker=N`
-# uses the last: each replica claims a different K. N must not exceed
-# FEDPEFT_WORKERS (keys, shards); to change N, `docker-compose down -v` first.
+# hostname ending in -N or _N (1-based, as StatefulSet names number replicas; set
+# `hostname:` to use it); else a slot claimed in $FEDPEFT_HOME/prepared/claims/K
+# (under a lock), which holds the claimant's hostname and a lease file the
+# container's healthcheck touches. A container keeps its slot across restarts (same
+# hostname) and `up`; a re-created container (new hostname) takes over a slot whose
+# lease is older than FEDPEFT_LEASE_S (its old container is gone); a slot with a live
+# lease is never taken. When every slot is live (`--scale worker=N` above
+# FEDPEFT_WORKERS) the extra worker waits one lease time, then exits 2. To change N,
+# `docker-compose down -v` first (it deletes the keys too).
 set -euo pipefail
 
 HOME_DIR=${FEDPEFT_HOME:-/var/lib/fedpeft}
@@ -26,10 +37,16 @@ PREP=$HOME_DIR/prepared        # volume: model/, shards/, claims/ (written by pr
 CONFIG=${FEDPEFT_CONFIG:-/etc/fedpeft/docker-federation.ini}
 WORKERS=${FEDPEFT_WORKERS:-3}
 WAIT_S=${FEDPEFT_WAIT_S:-300}
+LEASE_S=${FEDPEFT_LEASE_S:-30}
 SHARE=${FEDPEFT_SHARE:-/usr/share/fedpeft}
+STATE=$HOME_DIR/state          # volume "results" (the coordinator's [run] state_dir)
+ID_FILE=${FEDPEFT_ID_FILE:-/tmp/fedpeft-worker-id}  # this container's worker id, for the healthcheck
+# The coordinator's HTTP port as the workers reach it (the compose service name).
+COORD_HTTP=${FEDPEFT_COORDINATOR_HTTP:-coordinator:8080}
 
 say() { echo "entrypoint: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+config_error() { say "configuration error (not retried by a restart): $*"; exit 2; }
 
 # Waits until every named path exists (the one-shot services write them).
 wait_for() {
@@ -87,14 +104,56 @@ cmd_prepare() {
             --by "${FEDPEFT_PARTITION:-speaker}" --seed "${FEDPEFT_SEED:-1234}" --out "$PREP/shards.tmp"
         mv "$PREP/shards.tmp" "$PREP/shards"
     fi
-    # Each `docker-compose up` runs prepare before the workers start: fresh claims,
-    # since recreated containers have new host names.
-    rm -rf "$PREP/claims"
+    # Every `up` runs prepare again: it keeps the shards and the workers' claims of
+    # the run in progress, but cannot change the number of workers under it.
+    local n
+    n=$(find "$PREP/shards" -maxdepth 1 -name 'shard-*' | wc -l)
+    [ "$n" -eq "$WORKERS" ] ||
+        config_error "the prepared volume holds $n shards, FEDPEFT_WORKERS is $WORKERS: use $n, or \`docker-compose down -v\` to start over with new keys and shards"
+}
+
+# 0 when claims/K's lease was touched less than LEASE_S seconds ago.
+lease_live() {
+    local t
+    t=$(stat -c %Y "$PREP/claims/$1/lease" 2>/dev/null) || return 1
+    [ $(($(date +%s) - t)) -lt "$LEASE_S" ]
+}
+
+# One pass over the slots under the claims lock: prints K and returns 0 when this
+# host holds (or now took) slot K; returns 1 when every slot is live elsewhere.
+claim_slot() {  # HOST
+    local k owner
+    exec 9>"$PREP/claims/.lock"
+    flock 9
+    for ((k = 0; k < WORKERS; k++)); do   # ours already (a restarted container)
+        [ "$(cat "$PREP/claims/$k/host" 2>/dev/null)" = "$1" ] && break
+    done
+    if [ "$k" -eq "$WORKERS" ]; then      # else a free slot, else a stale one
+        for ((k = 0; k < WORKERS; k++)); do
+            [ -e "$PREP/claims/$k/host" ] || break
+        done
+    fi
+    if [ "$k" -eq "$WORKERS" ]; then
+        for ((k = 0; k < WORKERS; k++)); do
+            lease_live "$k" || break
+        done
+    fi
+    if [ "$k" -lt "$WORKERS" ]; then
+        owner=$(cat "$PREP/claims/$k/host" 2>/dev/null || true)
+        [ -n "$owner" ] && [ "$owner" != "$1" ] &&
+            say "slot $k: its holder $owner has not been seen for ${LEASE_S}s: taking it over"
+        mkdir -p "$PREP/claims/$k"
+        echo "$1" >"$PREP/claims/$k/host"
+        touch "$PREP/claims/$k/lease"
+        echo "$k"
+    fi
+    exec 9>&-
+    [ "$k" -lt "$WORKERS" ]
 }
 
 # Prints this container's worker index (see the header).
 worker_index() {
-    local host k
+    local host t=0
     host=$(hostname)
     if [ -n "${WORKER_SHARD:-}" ]; then
         echo "$WORKER_SHARD"; return
@@ -103,18 +162,13 @@ worker_index() {
         echo $((BASH_REMATCH[1] - 1)); return
     fi
     mkdir -p "$PREP/claims"
-    for ((k = 0; k < WORKERS; k++)); do
-        if [ "$(cat "$PREP/claims/$k/host" 2>/dev/null)" = "$host" ]; then
-            echo "$k"; return
-        fi
+    # A re-created federation's old leases age out within LEASE_S: wait that long.
+    until claim_slot "$host"; do
+        [ "$t" -eq 0 ] && say "all $WORKERS worker slots are held by live workers: waiting ${LEASE_S}s for one to free"
+        [ "$t" -gt "$LEASE_S" ] &&
+            config_error "all $WORKERS worker slots are held by live workers: run at most FEDPEFT_WORKERS=$WORKERS workers (--scale worker=$WORKERS)"
+        sleep 2; t=$((t + 2))
     done
-    for ((k = 0; k < WORKERS; k++)); do
-        if mkdir "$PREP/claims/$k" 2>/dev/null; then
-            echo "$host" >"$PREP/claims/$k/host"
-            echo "$k"; return
-        fi
-    done
-    die "all $WORKERS worker slots are taken: raise FEDPEFT_WORKERS (and rerun keygen/prepare with it)"
 }
 
 cmd_coordinator() {
@@ -128,32 +182,60 @@ cmd_worker() {
     local k shard
     k=$(worker_index)
     [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -lt "$WORKERS" ] ||
-        die "worker index '$k' is not in 0..$((WORKERS - 1)) (FEDPEFT_WORKERS=$WORKERS)"
+        config_error "worker index '$k' is not in 0..$((WORKERS - 1)) (FEDPEFT_WORKERS=$WORKERS)"
     shard=$(ls "$PREP/shards"/shard-"$(printf %03d "$k")".* 2>/dev/null | head -n1)
-    [ -n "$shard" ] || die "no shard $k in $HOME_DIR/shards"
+    [ -n "$shard" ] || config_error "no shard $k in $PREP/shards"
     mapfile -t sec < <(security_args fedpeft-worker "worker-$k")
-    say "worker-$k on $shard"
+    echo "worker-$k $k" >"$ID_FILE"
+    say "worker-$k on $shard (container $(hostname))"
     exec fedpeft-worker --config "$CONFIG" --worker.id="worker-$k" --worker.data="$shard" \
         "${sec[@]}" "$@"
 }
 
+cmd_new_run() {
+    [ -d "$STATE" ] || config_error "$STATE is not mounted (run this as the coordinator service)"
+    local dest f moved=0
+    dest=$STATE/previous/$(date -u +%Y%m%dT%H%M%SZ)
+    mkdir -p "$dest"
+    for f in "$STATE"/* "$STATE"/.[!.]*; do
+        [ -e "$f" ] && [ "$f" != "$STATE/previous" ] || continue
+        mv "$f" "$dest/" && moved=$((moved + 1))
+    done
+    if [ "$moved" -eq 0 ]; then
+        rmdir "$dest"; say "no results in $STATE: the next run starts at round 1"
+    else
+        say "the last run's results are in $dest; the next \`up\` starts at round 1 (same keys)"
+    fi
+}
+
+# GET PATH from HOST:PORT; prints the response (status line, headers, body).
+http_get() {  # HOST:PORT PATH
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "${1%:*}" >&3
+    timeout 4 cat <&3
+}
+
 # HEALTHCHECK: PID 1 is the service itself (exec above).
 cmd_healthcheck() {
-    local comm
+    local comm id k
     comm=$(cat /proc/1/comm 2>/dev/null || true)
     case "$comm" in
     fedpeft-coordin*)  # comm is cut at 15 characters
-        exec 3<>"/dev/tcp/127.0.0.1/${FEDPEFT_HTTP_PORT:-8080}" || exit 1
-        printf 'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-        head -n1 <&3 | grep -q ' 200 ' ;;
-    fedpeft-worker) kill -0 1 ;;
+        http_get "127.0.0.1:${FEDPEFT_HTTP_PORT:-8080}" /healthz | head -n1 | grep -q ' 200 ' ;;
+    fedpeft-worker)
+        read -r id k <"$ID_FILE" || exit 1
+        touch "$PREP/claims/$k/lease" 2>/dev/null || true  # this slot's holder is alive
+        if ! http_get "$COORD_HTTP" /status | grep -qF "\"id\":\"$id\",\"state\":\"live\""; then
+            echo "$id: not registered with the coordinator ($COORD_HTTP/status)"; exit 1
+        fi
+        echo "$id: registered" ;;
     *) exit 0 ;;  # the one-shot services
     esac
 }
 
 case "${1:-}" in
-keygen | prepare | coordinator | worker | healthcheck)
-    c=$1; shift; "cmd_$c" "$@" ;;
-"") die "usage: entrypoint.sh keygen|prepare|coordinator|worker|healthcheck [ARGS...] or a command" ;;
+keygen | prepare | coordinator | worker | new-run | healthcheck)
+    c=${1//-/_}; shift; "cmd_$c" "$@" ;;
+"") config_error "usage: entrypoint.sh keygen|prepare|coordinator|worker|new-run|healthcheck [ARGS...] or a command" ;;
 *) exec "$@" ;;
 esac

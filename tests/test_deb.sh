@@ -25,14 +25,18 @@ echo "package: $(basename "$DEB")"
 dpkg-deb -c "$DEB" | awk '{print $NF}' | sed 's|^\./|/|' >"$SCRATCH/contents"
 for f in /usr/bin/fedpeft /usr/bin/fedpeft-coordinator /usr/bin/fedpeft-worker \
          /etc/fedpeft/coordinator.ini /etc/fedpeft/worker.ini \
-         /lib/systemd/system/fedpeft-coordinator.service \
-         /lib/systemd/system/fedpeft-worker.service \
-         /lib/systemd/system/fedpeft-worker@.service \
+         /usr/lib/systemd/system/fedpeft-coordinator.service \
+         /usr/lib/systemd/system/fedpeft-worker.service \
+         /usr/lib/systemd/system/fedpeft-worker@.service \
          /usr/share/doc/fedpeft/README.md; do
     grep -qx -- "$f" "$SCRATCH/contents" || fail "$f is not in the package"
 done
 if grep -E '^/usr/bin/test_|/build-' "$SCRATCH/contents"; then
     fail "test binaries or build paths are in the package"
+fi
+# Nothing under /lib, /bin, /sbin: on merged-/usr Debian those are symlinks into /usr.
+if grep -E '^/(lib|bin|sbin)/.' "$SCRATCH/contents"; then
+    fail "the package ships files under /lib, /bin or /sbin (use /usr/...)"
 fi
 
 dpkg-deb -I "$DEB" >"$SCRATCH/info"
@@ -56,7 +60,7 @@ sh -n "$SCRATCH/ctl/postinst" && sh -n "$SCRATCH/ctl/prerm" && sh -n "$SCRATCH/c
 mkdir "$SCRATCH/root"
 dpkg -x "$DEB" "$SCRATCH/root"
 for u in fedpeft-coordinator.service fedpeft-worker.service fedpeft-worker@.service; do
-    unit="$SCRATCH/root/lib/systemd/system/$u"
+    unit="$SCRATCH/root/usr/lib/systemd/system/$u"
     for want in '^User=fedpeft$' '^Restart=on-failure$' '^StateDirectory=fedpeft$' \
                 '^ExecStart=/usr/bin/fedpeft-' '^WantedBy=multi-user.target$'; do
         grep -q "$want" "$unit" || fail "$u lacks $want"
@@ -64,7 +68,7 @@ for u in fedpeft-coordinator.service fedpeft-worker.service fedpeft-worker@.serv
 done
 if command -v systemd-analyze >/dev/null 2>&1; then
     # Syntax only: the scratch root has no systemd, so missing programs are expected.
-    systemd-analyze verify "$SCRATCH"/root/lib/systemd/system/fedpeft-*.service \
+    systemd-analyze verify "$SCRATCH"/root/usr/lib/systemd/system/fedpeft-*.service \
         >"$SCRATCH/verify" 2>&1 || true
     if grep -Ei 'unknown (key|section)|failed to parse|invalid|bad-setting|ignoring' "$SCRATCH/verify"; then
         fail "systemd-analyze verify rejects a unit"
