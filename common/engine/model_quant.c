@@ -30,7 +30,7 @@ fp_qmat fp_model_qmat(const fp_model *m, int l, int t)
 
 size_t fp_model_bytes(const fp_model *m)
 {
-    return m->n_floats * sizeof(float) + m->q_bytes;
+    return m->n_floats * sizeof(float) + m->q_bytes + m->mapped_bytes;
 }
 
 /* Moves what stays f32 (embeddings, norms, biases, lm_head) into a smaller slab. */
@@ -105,12 +105,4 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt)
     m->base_dtype = dt;
     m->q_bytes = nb + ns * sizeof(float);
     return compact_slab(m);
-}
-
-fp_model *fp_model_load_dtype(const char *dir, fp_base_dtype dt)
-{
-    fp_model *m = fp_model_load(dir);
-    if (m && fp_model_quantize(m, dt) != 0)
-        fp_model_free(&m);
-    return m;
 }

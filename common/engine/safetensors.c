@@ -457,6 +457,11 @@ const char *fp_st_metadata(const fp_safetensors *self, const char *key)
     return NULL;
 }
 
+const void *fp_st_data(const fp_safetensors *self, const fp_st_tensor *t)
+{
+    return self->data + t->begin;
+}
+
 int fp_st_read_f32(const fp_safetensors *self, const fp_st_tensor *t, float *dst, size_t n)
 {
     if (n != t->numel)
