@@ -87,6 +87,7 @@ static int one_tensor(walk *W, const pspec *p, int l, float *slab_at)
         if (keep)
             return 0;
         fp_quantize(dt, src, p->rows, p->cols, W->qd, W->qs);
+        fp_st_release(st, t);   /* converted: the file's pages leave this RSS */
         q->data = W->qd;
         q->scale = qs ? W->qs : NULL;
         W->qd += qb, W->qs += qs;
@@ -94,6 +95,7 @@ static int one_tensor(walk *W, const pspec *p, int l, float *slab_at)
         *p->field = (float *)raw;   /* read-only: a write faults rather than diverges */
     } else {
         memcpy(slab_at, src, n * sizeof(float));
+        fp_st_release(st, t);
         return 1;
     }
     return 0;
