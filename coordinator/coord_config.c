@@ -72,6 +72,9 @@ const fp_cfg_key coord_config_keys[] = {
      "heartbeat period; 3x silence marks a worker dead or a stalled upload"},
     {"train", "prox_mu", FP_CFG_FLOAT, 0, 1e6, "0", F(prox_mu), 0, NULL,
      "FedProx proximal term mu on the workers (0 = off)"},
+    {"train", "grad_checkpoint", FP_CFG_BOOL, 0, 1, "false", F(grad_checkpoint), 0, NULL,
+     "workers keep only each layer's input and recompute the rest in backward (less memory, "
+     "one more forward; same gradients)"},
     {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, coord_strategy_names,
      "aggregation: fedavg, ffa (A frozen, B only), flora (stacking), svd (FlexLoRA)"},
     {"strategy", "server_opt", FP_CFG_ENUM, 0, 0, "none", F(server_opt), 0, server_opts,

@@ -39,6 +39,7 @@ typedef struct {
     int optimizer;              /* fp_opt_kind: adamw 0, sgd 1 */
     float weight_decay, max_grad_norm;
     float prox_mu;              /* FedProx mu on the workers (0 = off) */
+    int grad_checkpoint;        /* [train] grad_checkpoint: workers checkpoint activations */
     /* [sampling] */
     double fraction;
     int min_workers, max_workers;

@@ -75,10 +75,11 @@ static int parse_args(int argc, char **argv, args *a)
     return 0;
 }
 
-/* Loads the base model for its shapes and hash; the weights are not kept. */
+/* Maps the base model for its shapes and hash (streamed from the mapping, no
+ * resident f32 copy); the weights are not kept. */
 static int load_model(const char *path, fp_model_config *cfg, char hash[65])
 {
-    fp_model *m = fp_model_load(path);
+    fp_model *m = fp_model_load_dtype(path, FP_BASE_F32);
     if (!m)
         return fp_error_prefix("[model] path: ");
     *cfg = m->cfg;

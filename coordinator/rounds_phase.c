@@ -106,6 +106,7 @@ static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
     p->seed = c->seed;
     p->freeze_a = r->b_only;
     p->prox_mu = c->prox_mu;
+    p->grad_checkpoint = c->grad_checkpoint;
 }
 
 /* flora (docs/protocol.md, "Folds"): the folds worker w's base lacks go in

@@ -17,9 +17,12 @@ static const char usage[] =
     "usage: fedpeft bench train [--dim 512] [--layers 8] [--heads 8] [--kv-heads 8]\n"
     "           [--hidden 1376] [--vocab 4096] [--seq 256] [--batch 4] [--rank 8]\n"
     "           [--targets q_proj,k_proj,v_proj,o_proj] [--steps 5] [--threads N]\n"
-    "           [--base-dtype f32|bf16|int8|nf4]\n"
+    "           [--base-dtype f32|bf16|int8|nf4] [--grad-checkpoint]\n"
+    "           [--model DIR | --write-model DIR]\n"
     "  The same shape as bench/torch_lora_ref.py's defaults; compare the two on the\n"
-    "  same machine one right after the other.\n";
+    "  same machine one right after the other. Random weights are built straight\n"
+    "  into the base dtype; --model maps a saved model instead (its shape wins) and\n"
+    "  --write-model saves the random f32 model of the shape given and exits.\n";
 
 static double now_s(void)
 {
@@ -49,8 +52,9 @@ static double flops_per_token(const fp_model_config *c, const fp_lora *l, int T)
 typedef struct {
     fp_model_config cfg;
     fp_lora_config lc;
-    int T, B, steps, threads;
+    int T, B, steps, threads, ckpt;
     fp_base_dtype dt;
+    const char *model_dir, *write_dir;
 } bench_shape;
 
 /* VmRSS of this process in MiB (Linux), or -1. */
@@ -67,11 +71,31 @@ static double rss_now_mib(void)
     return kb < 0 ? -1.0 : kb / 1024.0;
 }
 
+/* The benchmark's base: mapped from sh->model_dir, else random in sh->dt. */
+static fp_model *bench_model(const bench_shape *sh)
+{
+    if (sh->model_dir)
+        return fp_model_load_dtype(sh->model_dir, sh->dt);
+    return fp_model_new_random(&sh->cfg, sh->dt, 1, 0.02f);
+}
+
+/* --write-model: the random f32 model of the shape, saved. */
+static int bench_write(const bench_shape *sh)
+{
+    fp_model *m = fp_model_new_random(&sh->cfg, FP_BASE_F32, 1, 0.02f);
+    int rc = m && fp_model_save(m, sh->write_dir) == 0 ? 0 : cli_fail_lib("bench");
+    if (rc == 0)
+        printf("wrote %s (%.1f MiB of f32 weights)\n", sh->write_dir,
+               fp_model_bytes(m) / (double)(1 << 20));
+    fp_model_free(&m);
+    return rc;
+}
+
 /* Trains sh->steps steps (after one untimed warm-up) and prints the figures. */
 static int bench_train(const bench_shape *sh)
 {
     const char *cmd = "bench";
-    const fp_model_config cfg = sh->cfg;
+    fp_model_config cfg = sh->cfg;
     const fp_lora_config lc = sh->lc;
     const int T = sh->T, B = sh->B, steps = sh->steps;
     fp_blas_set_threads(sh->threads);
@@ -85,15 +109,13 @@ static int bench_train(const bench_shape *sh)
     int32_t *in = NULL, *tg = NULL;
     fp_optim_config oc;
     fp_optim_config_default(&oc);
-    if (!(m = fp_model_new(&cfg)))
+    if (!(m = bench_model(sh)))
         goto lib_err;
-    fp_model_randomize(m, 1, 0.02f);
-    if (fp_model_quantize(m, sh->dt) != 0)
-        goto lib_err;
+    cfg = m->cfg;
     if (!(lora = fp_lora_new(&cfg, &lc)))
         goto lib_err;
     fp_lora_init(lora, 2);
-    if (!(tr = fp_train_new(m, lora, B, T)) || !(opt = fp_optim_new(&oc, lora->n_params)))
+    if (!(tr = fp_train_new_ckpt(m, lora, B, T, sh->ckpt)) || !(opt = fp_optim_new(&oc, lora->n_params)))
         goto lib_err;
     size_t nbt = (size_t)B * T;
     grad = malloc(sizeof(float) * lora->n_params);
@@ -111,9 +133,10 @@ static int bench_train(const bench_shape *sh)
     }
     double selfcheck = fp_blas_selfcheck();
     printf("bench train: dim %d, %d layers, %d heads (%d kv), hidden %d, vocab %d, seq %d, "
-           "batch %d, rank %d, base %s; OpenBLAS core %s (sgemm check: max rel err %.1e)\n",
+           "batch %d, rank %d, base %s%s%s; OpenBLAS core %s (sgemm check: max rel err %.1e)\n",
            cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size,
-           T, B, lc.rank, fp_base_dtype_name(sh->dt), fp_blas_corename(), selfcheck);
+           T, B, lc.rank, fp_base_dtype_name(sh->dt), m->map ? " mapped" : "",
+           sh->ckpt ? ", grad checkpoint" : "", fp_blas_corename(), selfcheck);
     double t_total = 0.0;
     for (int s = -1; s < steps; s++) {          /* step -1 warms up, untimed */
         double t0 = now_s();
@@ -130,12 +153,13 @@ static int bench_train(const bench_shape *sh)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double tps = (double)nbt * steps / t_total;
-    printf("tokens/s: %.1f\nGFLOP/s: %.1f\npeak RSS: %.1f MiB (weights %.1f MiB as %s, LoRA %zu "
-           "params)\nRSS after training: %.1f MiB (the peak includes the f32 model the "
-           "benchmark builds before quantizing it)\n",
+    printf("tokens/s: %.1f\nGFLOP/s: %.1f\npeak RSS: %.1f MiB (weights %.1f MiB as %s, %.1f MiB "
+           "of them in place from the mapping; LoRA %zu params)\nsaved activations: %.1f MiB\n"
+           "RSS after training: %.1f MiB\n",
            tps, tps * flops_per_token(&cfg, lora, T) / 1e9, ru.ru_maxrss / 1024.0,
-           fp_model_bytes(m) / (double)(1 << 20), fp_base_dtype_name(sh->dt), lora->n_params,
-           rss_now_mib());
+           fp_model_bytes(m) / (double)(1 << 20), fp_base_dtype_name(sh->dt),
+           m->mapped_bytes / (double)(1 << 20), lora->n_params,
+           fp_train_saved_bytes(tr) / (double)(1 << 20), rss_now_mib());
     rc = 0;
     goto out;
 lib_err:
@@ -161,6 +185,7 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
     sh->cfg = cfg;
     sh->T = 256, sh->B = 4, sh->steps = 5, sh->threads = 0;
     sh->dt = FP_BASE_F32;
+    sh->ckpt = 0, sh->model_dir = NULL, sh->write_dir = NULL;
     fp_lora_config_default(&sh->lc);
     static const struct option opts[] = {
         {"dim", required_argument, 0, 'd'},    {"layers", required_argument, 0, 'L'},
@@ -169,7 +194,8 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
         {"seq", required_argument, 0, 'T'},    {"batch", required_argument, 0, 'B'},
         {"rank", required_argument, 0, 'r'},   {"targets", required_argument, 0, 'g'},
         {"steps", required_argument, 0, 's'},  {"threads", required_argument, 0, 'j'},
-        {"base-dtype", required_argument, 0, 'q'},
+        {"base-dtype", required_argument, 0, 'q'}, {"grad-checkpoint", no_argument, 0, 'c'},
+        {"model", required_argument, 0, 'm'}, {"write-model", required_argument, 0, 'w'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c, bad = 0;
@@ -189,6 +215,9 @@ static int bench_parse(int argc, char **argv, bench_shape *sh)
         case 's': bad = cli_int(cmd, "--steps", optarg, 1, 1000000, &sh->steps); break;
         case 'j': bad = cli_int(cmd, "--threads", optarg, 1, 1024, &sh->threads); break;
         case 'q': bad = fp_base_dtype_parse(optarg, &sh->dt) ? cli_fail_lib(cmd) : 0; break;
+        case 'c': sh->ckpt = 1; break;
+        case 'm': sh->model_dir = optarg; break;
+        case 'w': sh->write_dir = optarg; break;
         case 'h': fputs(usage, stdout); return -1;
         default: return cli_usage_hint(cmd);
         }
@@ -216,5 +245,5 @@ int cmd_bench(int argc, char **argv)
     int prc = bench_parse(argc, argv, &sh);
     if (prc != 0)
         return prc < 0 ? 0 : prc;
-    return bench_train(&sh);
+    return sh.write_dir ? bench_write(&sh) : bench_train(&sh);
 }

@@ -62,6 +62,7 @@ static const char finetune_usage[] =
     "  --optimizer adamw|sgd (adamw)  --lr F (1e-3)  --weight-decay F (0)\n"
     "  --max-grad-norm F (0 disables)  --schedule constant|cosine  --warmup N (0)\n"
     "  --seed S (1234)  --no-shuffle  --threads N\n"
+    "  --grad-checkpoint    keep only each layer's input, recompute the rest in backward\n"
     DATA_HELP
     "  Prints the validation loss at the end when a validation split exists.\n";
 
@@ -75,7 +76,7 @@ typedef struct {
 
 enum { O_MODEL = 256, O_DATA, O_OUT, O_INIT, O_RANK, O_ALPHA, O_TARGETS, O_DROPOUT, O_RSLORA,
        O_STEPS, O_BATCH, O_SEQ, O_ACCUM, O_OPT, O_LR, O_WD, O_CLIP, O_SCHED, O_WARMUP, O_SEED,
-       O_NOSHUF, O_THREADS, O_HELP };
+       O_NOSHUF, O_THREADS, O_CKPT, O_HELP };
 
 static int parse_one(const char *cmd, int c, ft_opts *o)
 {
@@ -87,6 +88,7 @@ static int parse_one(const char *cmd, int c, ft_opts *o)
     case O_TARGETS: o->targets = optarg; return 0;
     case O_RSLORA: o->lora.use_rslora = 1; return 0;
     case O_NOSHUF: o->ft.shuffle = 0; return 0;
+    case O_CKPT: o->ft.grad_checkpoint = 1; return 0;
     case O_RANK: return cli_int(cmd, "--rank", optarg, 1, 4096, &o->lora.rank);
     case O_ALPHA: return cli_float(cmd, "--alpha", optarg, 1e-6, 1e6, &o->lora.alpha);
     case O_DROPOUT: return cli_float(cmd, "--dropout", optarg, 0, 0.99, &o->lora.dropout);
@@ -127,6 +129,7 @@ static const struct option ft_long[] = {
     {"max-grad-norm", required_argument, 0, O_CLIP}, {"schedule", required_argument, 0, O_SCHED},
     {"warmup", required_argument, 0, O_WARMUP},  {"seed", required_argument, 0, O_SEED},
     {"no-shuffle", no_argument, 0, O_NOSHUF},    {"threads", required_argument, 0, O_THREADS},
+    {"grad-checkpoint", no_argument, 0, O_CKPT},
     {"help", no_argument, 0, O_HELP},            DATA_LONG_OPTS, {0, 0, 0, 0},
 };
 

@@ -53,6 +53,10 @@ int wk_folds_begin(wk_folds *f, const Fedpeft__Task *task, const char *run_id, s
 
 static int restore_base(wk_folds *f, fp_model *m, const char *model_path)
 {
+    f->applied = 0;
+    f->run_id[0] = '\0';
+    if (m->map)     /* still the mapped file: nothing was folded into it */
+        return 0;
     fp_model *orig = fp_model_load(model_path);
     if (!orig)
         return fp_error_prefix("restoring the base weights: ");
@@ -62,8 +66,6 @@ static int restore_base(wk_folds *f, fp_model *m, const char *model_path)
     fp_model_free(&orig);
     if (!ok)
         return fp_error_set("restoring the base weights: %s changed on disk", model_path);
-    f->applied = 0;
-    f->run_id[0] = '\0';
     return 0;
 }
 

@@ -219,6 +219,7 @@ static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
     ft->optim.max_grad_norm = p->max_grad_norm;
     ft->optim.schedule = FP_SCHED_CONSTANT;
     ft->freeze_a = p->freeze_a;
+    ft->grad_checkpoint = p->grad_checkpoint || t->cfg->grad_checkpoint;
     ft->prox_mu = p->prox_mu;
     ft->prox_anchor = t->global->params;
 }

@@ -34,6 +34,9 @@ const fp_cfg_key wk_config_keys[] = {
      "0 = the coordinator's"},
     {"worker", "batch", FP_CFG_INT, 0, 65536, "0", F(batch), 0, NULL,
      "rows per step (0: the coordinator's [train] batch)"},
+    {"worker", "grad_checkpoint", FP_CFG_BOOL, 0, 1, "false", F(grad_checkpoint), 0, NULL,
+     "checkpoint activations even when the coordinator's [train] grad_checkpoint is off "
+     "(a small machine)"},
     {"worker", "threads", FP_CFG_INT, 0, 1024, "0", F(threads), 0, NULL,
      "OpenBLAS threads (0: OpenBLAS's default)"},
     {"worker", "connect_retries", FP_CFG_INT, 1, 1000000, "10", F(connect_retries), 0, NULL,

@@ -16,6 +16,7 @@
 typedef struct {
     char model_path[1024];      /* [model] path: HF model directory */
     int base_dtype;             /* [model] dtype: fp_base_dtype */
+    int grad_checkpoint;        /* [worker] grad_checkpoint, or the task's [train] one */
     char id[WIRE_MAX_ID];       /* [worker] id */
     char endpoint[256];         /* coordinator address */
     char data[1024];            /* private training data */

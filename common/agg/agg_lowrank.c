@@ -324,6 +324,8 @@ int fp_lr_adapter_fold(fp_model *m, const fp_lora *a)
                             fp_base_dtype_name(m->base_dtype));
     if (fp_lora_check_model(a, &m->cfg) < 0)
         return -1;
+    if (fp_model_own(m) != 0)   /* a mapped base is read-only: fold into a private copy */
+        return fp_error_prefix("lowrank fold: ");
     float s = fp_lora_scale(&a->cfg);
     for (int l = 0; l < m->cfg.n_layers; l++) {
         for (int t = 0; t < FP_T_COUNT; t++) {

@@ -168,7 +168,7 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
     fp_optim_config oc = cfg->optim;
     if (oc.total_steps <= 0)
         oc.total_steps = cfg->steps;
-    if (!(tr = fp_train_new(model, lora, cfg->batch, cfg->seq)) ||
+    if (!(tr = fp_train_new_ckpt(model, lora, cfg->batch, cfg->seq, cfg->grad_checkpoint)) ||
         !(bat = fp_batcher_new(data, cfg->batch, cfg->seq, cfg->shuffle, cfg->seed)) ||
         !(opt = fp_optim_new(&oc, lora->n_params)))
         goto err;

@@ -21,6 +21,7 @@ typedef struct {
     uint64_t seed;          /* shuffle order and dropout masks */
     int first_step;         /* data position: micro-batch index of step 0 / accum */
     fp_optim_config optim;
+    int grad_checkpoint;    /* activation checkpointing (fp_train_new_ckpt) */
     int freeze_a;           /* ffa: A gets no update at all (no gradient, no weight decay) */
     float prox_mu;          /* FedProx: grad += mu (w - prox_anchor); 0 = off */
     const float *prox_anchor; /* [n_params] the round's global adapter (prox_mu > 0) */

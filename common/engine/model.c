@@ -5,6 +5,7 @@
  * and load, save and randomize walk the same table, so the four cannot drift.
  */
 #include "model.h"
+#include "model_internal.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -407,20 +408,9 @@ int fp_config_save(const char *path, const fp_model_config *c)
 
 /* ---- the parameter table ---------------------------------------------- */
 
-typedef enum { K_MAT, K_NORM, K_BIAS } pkind;
-
-typedef struct {
-    const char *fmt;        /* HF name; per-layer names take the layer via %d */
-    float **field;          /* where the pointer into the slab lives */
-    int per_layer;
-    int rows, cols;         /* cols == 0: a vector of `rows` */
-    pkind kind;
-} pspec;
-
-#define MAX_PSPEC 16
 
 /* Fills the table for m's config, in slab order. Returns the entry count. */
-static int param_table(fp_model *m, pspec *p)
+int param_table(fp_model *m, pspec *p)
 {
     const fp_model_config *c = &m->cfg;
     fp_model_weights *w = &m->w;
@@ -448,12 +438,12 @@ static int param_table(fp_model *m, pspec *p)
 }
 
 /* Floats in one layer's (or the single) tensor of spec p. */
-static size_t spec_numel(const pspec *p)
+size_t spec_numel(const pspec *p)
 {
     return (size_t)p->rows * (size_t)(p->cols ? p->cols : 1);
 }
 
-static void spec_name(char *buf, size_t cap, const pspec *p, int layer)
+void spec_name(char *buf, size_t cap, const pspec *p, int layer)
 {
     if (p->per_layer)
         snprintf(buf, cap, p->fmt, layer);
@@ -502,6 +492,7 @@ void fp_model_free(fp_model **self_p)
     free((*self_p)->qm);
     free((*self_p)->qdata);
     free((*self_p)->qscale);
+    model_map_release(*self_p);
     free(*self_p);
     *self_p = NULL;
 }
@@ -524,17 +515,6 @@ void fp_model_randomize(fp_model *m, uint64_t seed, float scale)
 
 /* ---- loading ----------------------------------------------------------- */
 
-/* Where tensors come from: one file, or shards named by an index. */
-typedef struct {
-    char file[4096];            /* model.safetensors or the index, for messages */
-    fp_safetensors *single;
-    cJSON *index;               /* parsed index.json */
-    const cJSON *wmap;          /* its weight_map */
-    char **shard_names;         /* unique shard file names, opened lazily */
-    fp_safetensors **shards;
-    size_t n_shards;
-    char dir[4096];
-} loader;
 
 static void loader_close(loader *L)
 {
@@ -586,7 +566,7 @@ static int loader_open_index(loader *L)
 }
 
 /* Finds tensor `name`: *st and *t set, or both NULL when absent. */
-static int loader_find(loader *L, const char *name, fp_safetensors **st,
+int loader_find(loader *L, const char *name, fp_safetensors **st,
                        const fp_st_tensor **t)
 {
     *st = L->single;
@@ -616,26 +596,32 @@ static int loader_find(loader *L, const char *name, fp_safetensors **st,
     return 0;
 }
 
+int loader_get(loader *L, const char *arch, const char *name, int rows, int cols,
+               fp_safetensors **st, const fp_st_tensor **t)
+{
+    if (loader_find(L, name, st, t) != 0)
+        return -1;
+    if (!*t)
+        return fp_error_set("%s: missing tensor '%s' (wrong base model, or not a %s "
+                            "checkpoint?)", L->file, name, arch);
+    int64_t shape[2] = {rows, cols};
+    return fp_st_check_shape(*st, *t, cols ? 2 : 1, shape);
+}
+
 /* Reads one named tensor of the given shape into dst (rows x cols floats). */
 static int load_one(loader *L, const char *arch, const char *name, int rows, int cols,
                     float *dst)
 {
     fp_safetensors *st;
     const fp_st_tensor *t;
-    if (loader_find(L, name, &st, &t) != 0)
-        return -1;
-    if (!t)
-        return fp_error_set("%s: missing tensor '%s' (wrong base model, or not a %s "
-                            "checkpoint?)", L->file, name, arch);
-    int64_t shape[2] = {rows, cols};
-    if (fp_st_check_shape(st, t, cols ? 2 : 1, shape) != 0)
+    if (loader_get(L, arch, name, rows, cols, &st, &t) != 0)
         return -1;
     return fp_st_read_f32(st, t, dst, (size_t)rows * (size_t)(cols ? cols : 1));
 }
 
 /* HF Llama with attention_bias also has o_proj.bias, which we do not model:
  * accept it only when it is all zeros (as fp_model_save writes it). */
-static int check_o_bias(loader *L, const fp_model *m)
+int check_o_bias(loader *L, const fp_model *m)
 {
     int d = m->cfg.dim;
     float *tmp = malloc((size_t)d * sizeof(float));
@@ -680,19 +666,17 @@ static int load_weights(loader *L, fp_model *m)
     return check_o_bias(L, m);
 }
 
-fp_model *fp_model_load(const char *dir)
+loader *loader_open(const char *dir, fp_model_config *cfg)
 {
-    fp_model_config cfg;
-    fp_model *m = NULL;
-    loader *L = calloc(1, sizeof *L);
     char path[8192];
+    loader *L = calloc(1, sizeof *L);
     if (!L) {
         fp_error_set("out of memory");
         return NULL;
     }
     snprintf(L->dir, sizeof L->dir, "%s", dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (fp_config_load(path, &cfg) != 0 || !(m = fp_model_new(&cfg)))
+    if (fp_config_load(path, cfg) != 0)
         goto err;
     /* Prefer the index when present: HF writes it only for sharded models. */
     snprintf(L->file, sizeof L->file, "%s/model.safetensors.index.json", dir);
@@ -704,16 +688,30 @@ fp_model *fp_model_load(const char *dir)
         if (!(L->single = fp_st_open(L->file)))
             goto err;
     }
-    if (load_weights(L, m) != 0)
-        goto err;
-    loader_close(L);
-    free(L);
-    return m;
+    return L;
 err:
-    fp_model_free(&m);
-    loader_close(L);
-    free(L);
+    loader_free(&L);
     return NULL;
+}
+
+void loader_free(loader **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    loader_close(*self_p);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+fp_model *fp_model_load(const char *dir)
+{
+    fp_model_config cfg;
+    fp_model *m = NULL;
+    loader *L = loader_open(dir, &cfg);
+    if (!L || !(m = fp_model_new(&cfg)) || load_weights(L, m) != 0)
+        fp_model_free(&m);
+    loader_free(&L);
+    return m;
 }
 
 /* ---- saving ------------------------------------------------------------ */
@@ -722,7 +720,8 @@ int fp_model_save(const fp_model *m, const char *dir)
 {
     char path[8192];
     if (m->qm)
-        return fp_error_set("model save: the base is held as %s; save the f32 source instead",
+        return fp_error_set("model save: the base is %s %s; save the f32 source instead",
+                            m->map ? "mapped, held as" : "held as",
                             fp_base_dtype_name(m->base_dtype));
     pspec p[MAX_PSPEC];
     int np = param_table((fp_model *)m, p);   /* reads pointers only */

@@ -75,6 +75,10 @@ typedef struct {
     size_t q_bytes;         /* qdata + qscale bytes */
     int has_src_hash;       /* src_hash is fp_model_hash of the f32 source weights */
     char src_hash[65];
+    /* Mapped load (fp_model_load_dtype): the safetensors files stay mapped
+     * read-only and the weights that can be used in place point into them. */
+    void *map;              /* the open files (model_map.c), NULL when copied */
+    size_t mapped_bytes;    /* weight bytes read in place from the mapping */
 } fp_model;
 
 /* Parses and validates config.json. Error names the file and the key. */
@@ -102,12 +106,29 @@ void fp_model_free(fp_model **self_p);
  * hash is taken first, so a quantized model hashes like its f32 source (workers
  * on different formats federate together). dt == FP_BASE_F32 does nothing. */
 int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
-/* fp_model_load then fp_model_quantize. */
+/* A random model (fp_model_randomize's distribution) built straight into dt:
+ * one layer of f32 at a time is generated and quantized, so a 7B-shaped nf4
+ * model never needs its 28 GB f32 form. For benchmarks; its hash is a label,
+ * not a fingerprint. Caller destroys. */
+fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
+                              float scale) FP_WUR;
+/* Loads dir holding its projection matrices in format dt, with the safetensors
+ * files mapped read-only (MAP_PRIVATE): every F32 tensor (BF16 when dt is bf16)
+ * whose data is aligned is used in place, so processes on one machine share one
+ * page-cache copy; the rest is converted or quantized one tensor at a time,
+ * never through a whole f32 copy. The hash is taken while streaming the files
+ * and equals fp_model_hash of fp_model_load(dir). Norms and biases are copied.
+ * The base must not be written: fp_model_own makes a private copy first. */
 fp_model *fp_model_load_dtype(const char *dir, fp_base_dtype dt) FP_WUR;
+/* Turns a mapped f32 model into one laid out as fp_model_load's (own slab,
+ * writable, the files closed). 0 at once for a model that is not mapped; -1 for
+ * a quantized one (nothing to write into). */
+int fp_model_own(fp_model *m) FP_WUR;
 /* The matrix of target t (FP_T_* order: q,k,v,o,gate,up,down) of layer l, in
  * whatever format the model holds it (an f32 view when not quantized). */
 fp_qmat fp_model_qmat(const fp_model *m, int l, int t);
-/* Bytes the base weights occupy (f32 slab + quantized storage). */
+/* Bytes the base weights occupy (f32 slab + quantized storage + used in place
+ * from the mapping). */
 size_t fp_model_bytes(const fp_model *m);
 
 /* SHA-256 (hex, 64 chars + NUL) of the model's architecture fields and every

@@ -1,4 +1,5 @@
 /* model_quant.c - a base model held in bf16 / int8 / nf4 (see fp_model_quantize in model.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,7 @@ fp_qmat fp_model_qmat(const fp_model *m, int l, int t)
 
 size_t fp_model_bytes(const fp_model *m)
 {
-    return m->n_floats * sizeof(float) + m->q_bytes;
+    return m->n_floats * sizeof(float) + m->q_bytes + m->mapped_bytes;
 }
 
 /* Moves what stays f32 (embeddings, norms, biases, lm_head) into a smaller slab. */
@@ -66,12 +67,9 @@ static int compact_slab(fp_model *m)
     return 0;
 }
 
-int fp_model_quantize(fp_model *m, fp_base_dtype dt)
+/* Allocates qm/qdata/qscale for dt and points every view at its place. */
+static int alloc_quantized(fp_model *m, fp_base_dtype dt)
 {
-    if (dt == FP_BASE_F32 || m->qm)
-        return dt == m->base_dtype ? 0
-                                   : fp_error_set("model is already held as %s",
-                                                  fp_base_dtype_name(m->base_dtype));
     size_t L = (size_t)m->cfg.n_layers, nb = 0, ns = 0;
     int rows, cols;
     for (int t = 0; t < FP_T_COUNT; t++) {
@@ -79,7 +77,6 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt)
         nb += L * fp_quant_data_bytes(dt, rows, cols);
         ns += L * fp_quant_scale_floats(dt, rows, cols);
     }
-    fp_model_hash(m, m->src_hash);
     m->qm = calloc(L * FP_T_COUNT, sizeof *m->qm);
     m->qdata = malloc(nb ? nb : 1);
     m->qscale = malloc((ns ? ns : 1) * sizeof(float));
@@ -92,25 +89,110 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt)
     float *s = m->qscale;
     for (size_t l = 0; l < L; l++)
         for (int t = 0; t < FP_T_COUNT; t++) {
-            float **f = target_field(m, t, &rows, &cols);
-            const float *src = *f + l * (size_t)rows * cols;
-            fp_quantize(dt, src, rows, cols, d, s);
-            m->qm[l * FP_T_COUNT + t] = (fp_qmat){dt, rows, cols, d, fp_quant_scale_floats(dt, rows, cols) ? s : NULL};
+            target_field(m, t, &rows, &cols);
+            size_t sf = fp_quant_scale_floats(dt, rows, cols);
+            m->qm[l * FP_T_COUNT + t] = (fp_qmat){dt, rows, cols, d, sf ? s : NULL};
             d += fp_quant_data_bytes(dt, rows, cols);
-            s += fp_quant_scale_floats(dt, rows, cols);
+            s += sf;
+        }
+    m->base_dtype = dt;
+    m->q_bytes = nb + ns * sizeof(float);
+    return 0;
+}
+
+int fp_model_quantize(fp_model *m, fp_base_dtype dt)
+{
+    if (dt == FP_BASE_F32 || m->qm)
+        return dt == m->base_dtype ? 0
+                                   : fp_error_set("model is already held as %s",
+                                                  fp_base_dtype_name(m->base_dtype));
+    fp_model_hash(m, m->src_hash);
+    if (alloc_quantized(m, dt) != 0)
+        return -1;
+    int rows, cols;
+    for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            const float *src = *target_field(m, t, &rows, &cols) + l * (size_t)rows * cols;
+            fp_qmat *q = &m->qm[l * FP_T_COUNT + t];
+            fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
         }
     for (int t = 0; t < FP_T_COUNT; t++)
         *target_field(m, t, &rows, &cols) = NULL;
     m->has_src_hash = 1;
-    m->base_dtype = dt;
-    m->q_bytes = nb + ns * sizeof(float);
     return compact_slab(m);
 }
 
-fp_model *fp_model_load_dtype(const char *dir, fp_base_dtype dt)
+fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
+                              float scale)
 {
-    fp_model *m = fp_model_load(dir);
-    if (m && fp_model_quantize(m, dt) != 0)
+    fp_model_config one = *cfg;
+    one.n_layers = 1;   /* the f32 slab holds one layer's matrices, as scratch */
+    fp_model *m = fp_model_new(&one), *full = NULL;
+    if (!m)
+        return NULL;
+    if (dt == FP_BASE_F32) {
         fp_model_free(&m);
-    return m;
+        if ((full = fp_model_new(cfg)))
+            fp_model_randomize(full, seed, scale);
+        return full;
+    }
+    fp_model_randomize(m, seed, scale);
+    if (!(full = calloc(1, sizeof *full))) {
+        fp_error_set("out of memory");
+        goto err;
+    }
+    full->cfg = *cfg;
+    full->w = m->w;     /* for target_field's shapes only */
+    if (alloc_quantized(full, dt) != 0)
+        goto err;
+    int rows, cols;
+    for (size_t l = 0; l < (size_t)cfg->n_layers; l++) {
+        fp_model_randomize(m, seed + l, scale);     /* layer l's matrices */
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            const float *src = *target_field(m, t, &rows, &cols);
+            fp_qmat *q = &full->qm[l * FP_T_COUNT + t];
+            fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
+        }
+    }
+    /* Embeddings and one layer's norms repeated; the norms are small, so build
+     * them at full size from the one-layer model. */
+    size_t L = (size_t)cfg->n_layers, d = (size_t)cfg->dim;
+    size_t V = (size_t)cfg->vocab_size, untied = cfg->tie_embeddings ? 0 : V * d;
+    size_t nb = cfg->qkv_bias ? L * (d + 2 * (size_t)fp_kv_dim(cfg)) : 0;
+    full->n_floats = V * d + untied + 2 * L * d + d + nb;
+    if (!(full->slab = malloc(full->n_floats * sizeof(float)))) {
+        fp_error_set("out of memory");
+        goto err;
+    }
+    fp_model_weights *w = &full->w;
+    memset(w, 0, sizeof *w);
+    float *at = full->slab;
+    w->tok_emb = at, at += V * d;
+    memcpy(w->tok_emb, m->w.tok_emb, V * d * sizeof(float));
+    w->lm_head = cfg->tie_embeddings ? w->tok_emb : at;
+    if (untied)
+        memcpy(at, m->w.lm_head, V * d * sizeof(float)), at += V * d;
+    w->rms_att = at, at += L * d;
+    w->rms_ffn = at, at += L * d;
+    w->rms_final = at, at += d;
+    for (size_t l = 0; l < L; l++) {
+        memcpy(w->rms_att + l * d, m->w.rms_att, d * sizeof(float));
+        memcpy(w->rms_ffn + l * d, m->w.rms_ffn, d * sizeof(float));
+    }
+    memcpy(w->rms_final, m->w.rms_final, d * sizeof(float));
+    if (cfg->qkv_bias) {
+        size_t kv = (size_t)fp_kv_dim(cfg);
+        w->bq = at, at += L * d;
+        w->bk = at, at += L * kv;
+        w->bv = at;
+        memset(w->bq, 0, nb * sizeof(float));
+    }
+    snprintf(full->src_hash, sizeof full->src_hash, "random-%s", fp_base_dtype_name(dt));
+    full->has_src_hash = 1;
+    fp_model_free(&m);
+    return full;
+err:
+    fp_model_free(&m);
+    fp_model_free(&full);
+    return NULL;
 }

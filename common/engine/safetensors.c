@@ -457,6 +457,21 @@ const char *fp_st_metadata(const fp_safetensors *self, const char *key)
     return NULL;
 }
 
+const void *fp_st_data(const fp_safetensors *self, const fp_st_tensor *t)
+{
+    return self->data + t->begin;
+}
+
+void fp_st_release(const fp_safetensors *self, const fp_st_tensor *t)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)(self->data + t->begin) & ~(page - 1);
+    uintptr_t hi = (uintptr_t)(self->data + t->end);
+    /* Read-only and unmodified: the pages come back from the file if touched. */
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 int fp_st_read_f32(const fp_safetensors *self, const fp_st_tensor *t, float *dst, size_t n)
 {
     if (n != t->numel)

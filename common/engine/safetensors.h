@@ -47,6 +47,14 @@ const fp_st_tensor *fp_st_find(const fp_safetensors *self, const char *name);
 /* Value of a __metadata__ key, or NULL. */
 const char *fp_st_metadata(const fp_safetensors *self, const char *key);
 
+/* Tensor t's bytes inside the read-only mapping (valid until fp_st_close; the
+ * mapping is page-aligned, the pointer only as aligned as t->begin makes it). */
+const void *fp_st_data(const fp_safetensors *self, const fp_st_tensor *t);
+
+/* Drops t's pages from this process (not from the page cache): for a tensor
+ * that was converted and will not be read again. Harmless to neighbours. */
+void fp_st_release(const fp_safetensors *self, const fp_st_tensor *t);
+
 /* Converts tensor `t` (F32, F16 or BF16) to float32 into dst, which holds `n`
  * floats; n must equal t->numel. -1 with an error naming file and tensor. */
 int fp_st_read_f32(const fp_safetensors *self, const fp_st_tensor *t, float *dst, size_t n) FP_WUR;

@@ -65,6 +65,8 @@ struct fp_train {
     size_t N;
     float s;                    /* LoRA scale */
     int first_stage;            /* lowest targeted stage: 4l + {qkv 0, o 1, gate/up 2, down 3} */
+    int ckpt;                   /* checkpointing: the [L] buffers below hold one layer */
+    size_t saved_floats;        /* floats of activations kept for backward */
     /* dropout state of the current step */
     int drop_on;
     float drop_p;
@@ -72,7 +74,8 @@ struct fp_train {
 
     float *slab;                /* everything below is carved from here */
     float *rope_cos, *rope_sin; /* [T][hd/2] */
-    /* saved activations */
+    /* saved activations; with checkpointing only res keeps every layer, the
+     * others ([L] below) hold the one layer backward is in, recomputed from res */
     float *res;                 /* [L+1][N][C] input of layer l; res[L] feeds the final norm */
     float *res2;                /* [L][N][C] residual after attention */
     float *rstd1, *rstd2;       /* [L][N] */
@@ -227,9 +230,16 @@ static void mul_into(float *restrict out, const float *restrict a, const float *
         out[i] = a[i] * b[i];
 }
 
+/* Which layer slot of the [L] buffers layer l uses. */
+static size_t slot(const fp_train *self, int l)
+{
+    return self->ckpt ? 0 : (size_t)l;
+}
+
 static float *saved_xa(const fp_train *self, int l, int t)
 {
-    return self->xa + ((size_t)l * FP_T_COUNT + (size_t)t) * self->N * (size_t)self->lora->cfg.rank;
+    return self->xa +
+           (slot(self, l) * FP_T_COUNT + (size_t)t) * self->N * (size_t)self->lora->cfg.rank;
 }
 
 // y (N,out) = x (N,in) W^T (+ bias) + s * drop(x) A^T B^T;  W is (out,in), A (r,in), B (out,r)
@@ -464,6 +474,12 @@ static double crossentropy(const float *logits, float *dlogits, const int32_t *t
 
 fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
 {
+    return fp_train_new_ckpt(model, lora, B, T, 0);
+}
+
+fp_train *fp_train_new_ckpt(const fp_model *model, const fp_lora *lora, int B, int T,
+                            int grad_checkpoint)
+{
     fp_train *self = NULL;
     if (!model) {
         fp_error_set("train: no model");
@@ -483,7 +499,9 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
     self->lora = lora;
     self->B = B;
     self->T = T;
+    self->ckpt = grad_checkpoint && lora;
     size_t N = (size_t)B * T, L = (size_t)c->n_layers, C = (size_t)c->dim;
+    size_t SL = self->ckpt ? 1 : L;     /* layers the per-layer buffers hold */
     size_t KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim, V = (size_t)c->vocab_size;
     size_t nh = (size_t)c->n_heads, half = (size_t)fp_head_dim(c) / 2;
     size_t TT = (size_t)(T < QB ? T : QB) * T;  /* one block of attention rows */
@@ -501,12 +519,12 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
     /* size table, then one slab (llm.c's malloc_and_point) */
     struct { float **p; size_t n; } t[] = {
         {&self->rope_cos, (size_t)T * half}, {&self->rope_sin, (size_t)T * half},
-        {&self->res, (L + 1) * N * C}, {&self->res2, L * N * C},
-        {&self->rstd1, L * N}, {&self->rstd2, L * N},
-        {&self->q, L * N * C}, {&self->k, L * N * KV}, {&self->v, L * N * KV},
-        {&self->lse, L * (size_t)B * nh * T}, {&self->atty, L * N * C},
-        {&self->gate, L * N * H}, {&self->up, L * N * H},
-        {&self->xa, L * FP_T_COUNT * N * r},
+        {&self->res, (L + 1) * N * C}, {&self->res2, SL * N * C},
+        {&self->rstd1, SL * N}, {&self->rstd2, SL * N},
+        {&self->q, SL * N * C}, {&self->k, SL * N * KV}, {&self->v, SL * N * KV},
+        {&self->lse, SL * (size_t)B * nh * T}, {&self->atty, SL * N * C},
+        {&self->gate, SL * N * H}, {&self->up, SL * N * H},
+        {&self->xa, SL * FP_T_COUNT * N * r},
         {&self->rstdf, N}, {&self->xnf, N * C}, {&self->logits, N * V},
         {&self->xn, N * C}, {&self->act, N * H}, {&self->att, TT}, {&self->datt, bw ? TT : 0},
         {&self->dlogits, bw ? N * V : 0}, {&self->dres, bw ? N * C : 0},
@@ -521,6 +539,8 @@ fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T)
     size_t total = 0, nt = sizeof t / sizeof t[0];
     for (size_t i = 0; i < nt; i++)
         total += t[i].n;
+    for (size_t i = 2; i < 14; i++)     /* res .. xa: what backward reads back */
+        self->saved_floats += t[i].n;
     self->slab = malloc(total * sizeof(float));
     if (!self->slab)
         goto oom;
@@ -546,6 +566,11 @@ void fp_train_free(fp_train **self_p)
     *self_p = NULL;
 }
 
+size_t fp_train_saved_bytes(const fp_train *self)
+{
+    return self->saved_floats * sizeof(float);
+}
+
 const float *fp_train_logits(const fp_train *self, int b, int t)
 {
     if (!self || b < 0 || b >= self->B || t < 0 || t >= self->T)
@@ -556,43 +581,53 @@ const float *fp_train_logits(const fp_train *self, int b, int t)
 /* ---------------------------------------------------------------------------
  * The passes. */
 
-static void forward(fp_train *self, const int32_t *inputs)
+/* Layer l's forward from its input res[l] into res[l + 1], saving what
+ * backward needs in the layer's slot. Deterministic (dropout masks come from
+ * the step's seed, l and t), so a recomputation is bitwise the first pass. */
+static void layer_forward(fp_train *self, int l)
 {
     const fp_model_config *c = &self->model->cfg;
     const fp_model_weights *w = &self->model->w;
     size_t N = self->N, C = (size_t)c->dim, KV = (size_t)fp_kv_dim(c), H = (size_t)c->hidden_dim;
     int hd = fp_head_dim(c), T = self->T;
+    size_t sl = slot(self, l);
+    float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + sl * N * C;
+    float *q = self->q + sl * N * C, *k = self->k + sl * N * KV;
+    float *v = self->v + sl * N * KV, *atty = self->atty + sl * N * C;
+    float *gate = self->gate + sl * N * H, *up = self->up + sl * N * H;
+    float *xn = self->xn, *out = self->res + (size_t)(l + 1) * N * C;
+    size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
+
+    // attention block
+    rmsnorm_forward(xn, self->rstd1 + sl * N, res, w->rms_att + lc, N, (int)C, c->rms_eps);
+    lora_linear_forward(self, q, xn, w->bq ? w->bq + lc : NULL, l, FP_T_Q, (int)C, (int)C);
+    lora_linear_forward(self, k, xn, w->bk ? w->bk + lkv : NULL, l, FP_T_K, (int)C, (int)KV);
+    lora_linear_forward(self, v, xn, w->bv ? w->bv + lkv : NULL, l, FP_T_V, (int)C, (int)KV);
+    rope_apply(q, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, 1.0f);
+    rope_apply(k, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, 1.0f);
+    attention_forward(self, atty, self->lse + sl * self->B * c->n_heads * T, q, k, v);
+    lora_linear_forward(self, res2, atty, NULL, l, FP_T_O, (int)C, (int)C);
+    cblas_saxpy((int)(N * C), 1.0f, res, 1, res2, 1);
+
+    // feed-forward block
+    rmsnorm_forward(xn, self->rstd2 + sl * N, res2, w->rms_ffn + lc, N, (int)C, c->rms_eps);
+    lora_linear_forward(self, gate, xn, NULL, l, FP_T_GATE, (int)C, (int)H);
+    lora_linear_forward(self, up, xn, NULL, l, FP_T_UP, (int)C, (int)H);
+    swiglu_forward(self->act, gate, up, N * H);
+    lora_linear_forward(self, out, self->act, NULL, l, FP_T_DOWN, (int)H, (int)C);
+    cblas_saxpy((int)(N * C), 1.0f, res2, 1, out, 1);
+}
+
+static void forward(fp_train *self, const int32_t *inputs)
+{
+    const fp_model_config *c = &self->model->cfg;
+    const fp_model_weights *w = &self->model->w;
+    size_t N = self->N, C = (size_t)c->dim;
 
     for (size_t n = 0; n < N; n++)
         memcpy(self->res + n * C, w->tok_emb + (size_t)inputs[n] * C, C * sizeof(float));
-
-    for (int l = 0; l < c->n_layers; l++) {
-        float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + (size_t)l * N * C;
-        float *q = self->q + (size_t)l * N * C, *k = self->k + (size_t)l * N * KV;
-        float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
-        float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
-        float *xn = self->xn, *out = self->res + (size_t)(l + 1) * N * C;
-        size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
-
-        // attention block
-        rmsnorm_forward(xn, self->rstd1 + (size_t)l * N, res, w->rms_att + lc, N, (int)C, c->rms_eps);
-        lora_linear_forward(self, q, xn, w->bq ? w->bq + lc : NULL, l, FP_T_Q, (int)C, (int)C);
-        lora_linear_forward(self, k, xn, w->bk ? w->bk + lkv : NULL, l, FP_T_K, (int)C, (int)KV);
-        lora_linear_forward(self, v, xn, w->bv ? w->bv + lkv : NULL, l, FP_T_V, (int)C, (int)KV);
-        rope_apply(q, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, 1.0f);
-        rope_apply(k, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, 1.0f);
-        attention_forward(self, atty, self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
-        lora_linear_forward(self, res2, atty, NULL, l, FP_T_O, (int)C, (int)C);
-        cblas_saxpy((int)(N * C), 1.0f, res, 1, res2, 1);
-
-        // feed-forward block
-        rmsnorm_forward(xn, self->rstd2 + (size_t)l * N, res2, w->rms_ffn + lc, N, (int)C, c->rms_eps);
-        lora_linear_forward(self, gate, xn, NULL, l, FP_T_GATE, (int)C, (int)H);
-        lora_linear_forward(self, up, xn, NULL, l, FP_T_UP, (int)C, (int)H);
-        swiglu_forward(self->act, gate, up, N * H);
-        lora_linear_forward(self, out, self->act, NULL, l, FP_T_DOWN, (int)H, (int)C);
-        cblas_saxpy((int)(N * C), 1.0f, res2, 1, out, 1);
-    }
+    for (int l = 0; l < c->n_layers; l++)
+        layer_forward(self, l);
     rmsnorm_forward(self->xnf, self->rstdf, self->res + (size_t)c->n_layers * N * C, w->rms_final,
                     N, (int)C, c->rms_eps);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, c->vocab_size, (int)C,
@@ -617,11 +652,17 @@ static void backward(fp_train *self, float *grad)
      * gradient below the lowest targeted module is never needed. */
     int s0 = self->first_stage;
     for (int l = L - 1; l >= 0 && s0 <= 4 * l + 3; l--) {
-        float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + (size_t)l * N * C;
-        float *q = self->q + (size_t)l * N * C, *k = self->k + (size_t)l * N * KV;
-        float *v = self->v + (size_t)l * N * KV, *atty = self->atty + (size_t)l * N * C;
-        float *gate = self->gate + (size_t)l * N * H, *up = self->up + (size_t)l * N * H;
-        float *rstd1 = self->rstd1 + (size_t)l * N, *rstd2 = self->rstd2 + (size_t)l * N;
+        /* Checkpointing: rebuild layer l's slot from its saved input (the
+         * top layer's is still there from forward). Rewrites res[l + 1] with
+         * the same values. */
+        if (self->ckpt && l < L - 1)
+            layer_forward(self, l);
+        size_t sl = slot(self, l);
+        float *res = self->res + (size_t)l * N * C, *res2 = self->res2 + sl * N * C;
+        float *q = self->q + sl * N * C, *k = self->k + sl * N * KV;
+        float *v = self->v + sl * N * KV, *atty = self->atty + sl * N * C;
+        float *gate = self->gate + sl * N * H, *up = self->up + sl * N * H;
+        float *rstd1 = self->rstd1 + sl * N, *rstd2 = self->rstd2 + sl * N;
         size_t lc = (size_t)l * C;
         float *dact = self->dy, *datty = self->dy;
 
@@ -648,7 +689,7 @@ static void backward(fp_train *self, float *grad)
         if (s0 > 4 * l)
             break;
         attention_backward(self, self->dq, self->dk, self->dv, datty,
-                           self->lse + (size_t)l * self->B * c->n_heads * T, q, k, v);
+                           self->lse + sl * self->B * c->n_heads * T, q, k, v);
         rope_apply(self->dq, self->rope_cos, self->rope_sin, N, T, c->n_heads, hd, -1.0f);
         rope_apply(self->dk, self->rope_cos, self->rope_sin, N, T, c->n_kv_heads, hd, -1.0f);
         rmsnorm_recompute(xn, res, rstd1, w->rms_att + lc, N, (int)C);

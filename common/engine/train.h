@@ -20,7 +20,17 @@ typedef struct fp_train fp_train;   /* opaque: activation buffers */
 /* Buffers for batch B x T. `lora` may be NULL (base model only; eval).
  * The model and adapter must outlive the fp_train. Caller destroys. */
 fp_train *fp_train_new(const fp_model *model, const fp_lora *lora, int B, int T) FP_WUR;
+/* As fp_train_new, with activation checkpointing when grad_checkpoint: only
+ * each layer's input is kept through the step and backward recomputes the rest
+ * of a layer from it (one more forward of each layer but the top; gradients are
+ * bitwise the same). Saved activations fall from about (10 C + 2 KV + 2 H) N L
+ * floats to C N (L + 1) + one layer's. No effect without a lora. */
+fp_train *fp_train_new_ckpt(const fp_model *model, const fp_lora *lora, int B, int T,
+                            int grad_checkpoint) FP_WUR;
 void fp_train_free(fp_train **self_p);
+/* Bytes of activations kept from forward for backward (the engine's own
+ * count, for tests and benchmarks: the figure checkpointing lowers). */
+size_t fp_train_saved_bytes(const fp_train *self);
 
 /* Forward over inputs [B*T] with targets [B*T] (a target < 0 is masked: it
  * neither counts in the loss nor in the token count). Returns the mean
