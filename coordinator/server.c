@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "clog.h"
+#include "rng.h"
 
 #define SERVER_DRAIN_MAX 1024   /* messages handled per poll before timers run */
 #define GATE_SLOTS 256          /* refusal log gates, by hash of the peer's identity */
@@ -40,20 +41,12 @@ struct server {
     refusal_gate gates[GATE_SLOTS];
 };
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
-    return h;
-}
-
 /* 1 when a refusal of peer `who` may be logged and answered now. One peer
  * (one key, or one routing id without CURVE) gets SERVER_LOG_BURST per
  * window; the rest are counted and summarised in one line. */
 static int gate_pass(server *srv, const char *who, int64_t now)
 {
-    uint64_t h = fnv1a(who);
+    uint64_t h = fp_fnv1a64(who);
     refusal_gate *g = &srv->gates[h % GATE_SLOTS];
     if (g->who != h || now - g->window_ms >= SERVER_GATE_WINDOW_MS) {
         if (g->suppressed)

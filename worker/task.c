@@ -1,5 +1,6 @@
 /* task.c - receiving tasks, local training, evaluation, uploads (see task.h). */
 #include "task.h"
+#include "rng.h"
 
 #include <math.h>
 #include <sodium.h>
@@ -68,16 +69,6 @@ static const char *hook(const char *name)
     (void)name;
     return NULL;
 #endif
-}
-
-uint64_t wk_fnv1a64(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
-    return h;
 }
 
 /* (Re)shapes the adapters after a Welcome; -1 when the coordinator's adapter
@@ -211,7 +202,7 @@ static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
     ft->seq = (int)p->seq;
     ft->accum = 1;
     ft->shuffle = 1;
-    ft->seed = p->seed ^ wk_fnv1a64(t->cfg->id) ^ (t->round * 0x9E3779B97F4A7C15ULL);
+    ft->seed = p->seed ^ fp_fnv1a64(t->cfg->id) ^ (t->round * 0x9E3779B97F4A7C15ULL);
     ft->first_step = (int)((t->round ? t->round - 1 : 0) * p->local_steps);
     ft->optim.kind = p->optimizer == FP_OPT_SGD ? FP_OPT_SGD : FP_OPT_ADAMW;
     ft->optim.lr = p->lr;

@@ -4,7 +4,7 @@
  *
  * TRAIN: start from the received global adapter; fp_finetune with the Task's
  * params (batch overridable by [worker] batch), constant schedule, shuffled
- * rows, seed = params.seed ^ fnv1a64(worker id) ^ (round * 0x9E3779B97F4A7C15)
+ * rows, seed = params.seed ^ fp_fnv1a64(worker id) ^ (round * 0x9E3779B97F4A7C15)
  * and first_step = (round - 1) * local_steps, so a round replays identically
  * after a coordinator restart. The update is trained - global. While training,
  * the progress callback heartbeats and reads the socket: a new Task, a
@@ -27,7 +27,5 @@
 int wk_serve(wk_conn *conn, const wk_config *cfg, fp_model *model,
              const fp_dataset *data) FP_WUR;
 
-/* 64-bit FNV-1a of a string (the worker id part of the training seed). */
-uint64_t wk_fnv1a64(const char *s);
 
 #endif

@@ -14,5 +14,7 @@ float fp_rng_float(fp_rng *r);
 uint64_t fp_rng_below(fp_rng *r, uint64_t n);
 /* Standard normal (Box-Muller). */
 double fp_rng_normal(fp_rng *r);
+/* FNV-1a 64 of a string: a stable hash of ids (seeds, table slots). */
+uint64_t fp_fnv1a64(const char *s);
 
 #endif
