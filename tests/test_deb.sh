@@ -83,7 +83,7 @@ grep -q "0\.\|fedpeft" <<<"$out" || fail "unexpected --version output: $out"
 "$SCRATCH/root/usr/bin/fedpeft-worker" --help >/dev/null || fail "unpacked worker --help failed"
 
 # The packaged configs load, once the programs know [security] (the CURVE keys).
-if "$SCRATCH/root/usr/bin/fedpeft-coordinator" --help 2>&1 | grep -q secret_key; then
+if "$SCRATCH/root/usr/bin/fedpeft-coordinator" --help 2>&1 | grep secret_key >/dev/null; then
     "$SCRATCH/root/usr/bin/fedpeft-coordinator" --config "$SCRATCH/root/etc/fedpeft/coordinator.ini" \
         --print-config >/dev/null || fail "/etc/fedpeft/coordinator.ini does not load"
 fi

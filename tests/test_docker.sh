@@ -76,7 +76,7 @@ apt_mirror() {
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -e "$f" ] || continue
         awk '/^URIs:/{u=$2} /^Suites:/{if ($0 ~ / bookworm( |$)/ && u != "") {print u; exit}}' "$f"
-    done | head -n1 | grep . && return
+    done | awk 'NR == 1' | grep . && return
     awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null | grep .
 }
 if docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
@@ -106,10 +106,10 @@ docker build -f docker/Dockerfile -t fedpeft:latest . >"$T/build.log" 2>&1 ||
     { tail -30 "$T/build.log" >&2; fail "docker build failed"; }
 size=$(docker image inspect -f '{{.Size}}' fedpeft:latest)
 log "image built in $(($(date +%s) - t)) s, $((size / 1000000)) MB"
-docker run --rm fedpeft:latest fedpeft --version | grep -q '^fedpeft ' || fail "fedpeft --version in the image"
+docker run --rm fedpeft:latest fedpeft --version | grep '^fedpeft ' >/dev/null || fail "fedpeft --version in the image"
 
 # --- the federation ---------------------------------------------------------------------
-PORT=$(comm -23 <(seq 18080 18180) <(ss -Htln | awk '{sub(/.*:/, "", $4); print $4}' | sort -u) | head -n1)
+PORT=$(comm -23 <(seq 18080 18180) <(ss -Htln | awk '{sub(/.*:/, "", $4); print $4}' | sort -u) | awk 'NR == 1')
 # A shorter run than the README's (rounds, steps, deadlines), same file otherwise.
 fed_ini() {  # ROUNDS
     sed -e "s/^rounds = .*/rounds = $1/" -e 's/^local_steps = .*/local_steps = 15/' \
@@ -161,6 +161,14 @@ wait_healthy_workers() {  # SECONDS: 3 running workers, all healthy, ids worker-
     ids=$(worker_ids | awk '{print $2}' | sort | tr '\n' ' ')
     [ "$ids" = "worker-0 worker-1 worker-2 " ] || fail "worker ids are '$ids', not worker-0..2"
 }
+# grep -q stops reading at its first match; under pipefail the writer's SIGPIPE then fails
+# the pipeline, so logs are captured whole before they are searched.
+logs_have() {  # CONTAINER PATTERN [docker logs options...]
+    local c=$1 pat=$2
+    shift 2
+    docker logs "$@" "$c" >"$T/logs.txt" 2>&1 || true
+    grep -q -- "$pat" "$T/logs.txt"
+}
 metrics() { C run --rm --no-deps --entrypoint cat coordinator /var/lib/fedpeft/state/metrics.jsonl 2>/dev/null; }
 wait_exit() {  # CONTAINER SECONDS: until it stopped; prints its exit code
     local end=$(($(date +%s) + $2))
@@ -195,7 +203,7 @@ sleep 3
 log "killed the coordinator with $(metrics | grep -c .) rounds in metrics.jsonl"
 C up -d --scale worker=3 >"$T/up2.log" 2>&1 || { cat "$T/up2.log" >&2; fail "up after the kill"; }
 wait_rounds 3 240
-docker logs "$coord" 2>&1 | grep -q 'resuming run .* round [0-9]* completed' ||
+logs_have "$coord" 'resuming run .* round [0-9]* completed' ||
     fail "the coordinator did not resume from its checkpoint"
 wait_healthy_workers 60
 log "the coordinator resumed; workers keep distinct ids"
@@ -204,7 +212,7 @@ log "the coordinator resumed; workers keep distinct ids"
 read -r wc wid < <(worker_ids | awk '$2 == "worker-1"')
 # Killed while it trains (before its update is sent), so that round has to do without it.
 end=$(($(date +%s) + 120))
-until docker logs --tail 1 "$wc" 2>&1 | grep -q ': step [0-9]*/'; do
+until logs_have "$wc" ': step [0-9]*/' --tail 1; do
     [ "$(date +%s)" -lt "$end" ] || fail "$wid did not train within 120 s"
     sleep 0.2
 done
@@ -247,7 +255,7 @@ log "adapter: eval loss $lb (base) -> $lt"
 C up -d --scale worker=3 >"$T/up4.log" 2>&1 || { cat "$T/up4.log" >&2; fail "up after the end"; }
 code=$(wait_exit "$coord" 60)
 [ "$code" -eq 0 ] || fail "the coordinator of a finished run exited $code"
-docker logs "$coord" 2>&1 | grep -q 'resuming run .*: round 6 completed' ||
+logs_have "$coord" 'resuming run .*: round 6 completed' ||
     fail "the coordinator did not resume the finished run: $(docker logs --tail 20 "$coord" 2>&1)"
 for c in $(cid worker); do
     code=$(wait_exit "$c" 90)

@@ -26,7 +26,7 @@ done
 rm -rf "$T" && mkdir -p "$T/sl/state" "$T/sl/spool" "$T/sl/log" "$T/sl/munge"
 
 # Ports nobody listens on: a Slurm already here keeps 6817/6818, a stale run its own.
-port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+port_free() { [ -z "$(ss -Htln "sport = :$1")" ]; }
 free_port() { local p=$1; while ! port_free "$p" || ! port_free $((p + 1)); do p=$((p + 2)); done; echo "$p"; }
 CTLD_PORT=$(free_port 46817)
 COORD_PORT=$(free_port $((CTLD_PORT + 2)))
@@ -97,7 +97,7 @@ slurmctld -f "$SLURM_CONF" -c || fail "slurmctld did not start"
 slurmd -f "$SLURM_CONF" || fail "slurmd did not start"
 t0=$(date +%s)
 for i in $(seq 60); do
-    sinfo -h -o %T 2>/dev/null | grep -q idle && break
+    [[ "$(sinfo -h -o %T 2>/dev/null)" == *idle* ]] && break
     [ "$i" = 60 ] && fail "the node did not become idle: $(sinfo 2>&1)"
     sleep 1
 done
