@@ -16,27 +16,13 @@
 #include "lora.h"
 #include "model.h"
 #include "rng.h"
+#include "test_util.h"
 #include "train.h"
 
 static fp_model *gqa(void)
 {
-    fp_model_config c = {0};
-    snprintf(c.arch, sizeof c.arch, "Qwen2ForCausalLM");
-    c.dim = 64;
-    c.hidden_dim = 160;
-    c.n_layers = 4;
-    c.n_heads = 8;
-    c.n_kv_heads = 2;
-    c.vocab_size = 96;
-    c.max_seq_len = 128;
-    c.rms_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.qkv_bias = 1;
-    c.bos_id = 1;
-    c.eos_id = 2;
-    fp_model *m = fp_model_new(&c);
+    fp_model *m = tu_gqa_model("Qwen2ForCausalLM", 64, 4, 160, 96, 1, 11);
     assert_non_null(m);
-    fp_model_randomize(m, 11, 0.1f);
     return m;
 }
 

@@ -25,22 +25,8 @@
 /* A random GQA model (untied head) saved under a fresh directory. */
 static const char *saved_model(const char *tag, int dim, int layers, int hidden, int vocab)
 {
-    fp_model_config c = {0};
-    snprintf(c.arch, sizeof c.arch, "LlamaForCausalLM");
-    c.dim = dim;
-    c.hidden_dim = hidden;
-    c.n_layers = layers;
-    c.n_heads = 8;
-    c.n_kv_heads = 2;
-    c.vocab_size = vocab;
-    c.max_seq_len = 64;
-    c.rms_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.bos_id = 1;
-    c.eos_id = 2;
-    fp_model *m = fp_model_new(&c);
+    fp_model *m = tu_gqa_model("LlamaForCausalLM", dim, layers, hidden, vocab, 0, 7);
     assert_non_null(m);
-    fp_model_randomize(m, 7, 0.1f);
     const char *dir = tu_tempdir(tag);
     assert_int_equal(fp_model_save(m, dir), 0);
     fp_model_free(&m);

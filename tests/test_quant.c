@@ -191,24 +191,8 @@ static void test_panel_matmuls(void **state)
 
 static fp_model *gqa_model(uint64_t seed)
 {
-    fp_model_config c;
-    memset(&c, 0, sizeof c);
-    strcpy(c.arch, "Qwen2ForCausalLM");
-    c.dim = 128;
-    c.hidden_dim = 200;
-    c.n_layers = 2;
-    c.n_heads = 8;
-    c.n_kv_heads = 2;
-    c.vocab_size = 96;
-    c.max_seq_len = 64;
-    c.rms_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.qkv_bias = 1;
-    c.bos_id = 1;
-    c.eos_id = 2;
-    fp_model *m = fp_model_new(&c);
+    fp_model *m = tu_gqa_model("Qwen2ForCausalLM", 128, 2, 200, 96, 1, seed);
     assert_non_null(m);
-    fp_model_randomize(m, seed, 0.1f);
     return m;
 }
 

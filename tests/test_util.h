@@ -3,6 +3,9 @@
 #define FP_TEST_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
 
 /* ../shared/data relative to the source tree (FP_SHARED_DATA overrides): only for
  * optional extra cases, which skip when it is absent. */
@@ -29,5 +32,10 @@ int tu_write_file(const char *path, const void *data, size_t len);
  * FP_TEST_SLOW=1 means 3) for a slow or loaded machine, else 1. Scale time
  * limits (deadlines, waits) by it, never what a test asserts. */
 double tu_slow(void);
+
+/* A random model with 8 heads and 2 KV heads (grouped-query attention) of the
+ * given shape, weights from fp_model_randomize(seed, 0.1). NULL on failure. */
+fp_model *tu_gqa_model(const char *arch, int dim, int layers, int hidden, int vocab,
+                       int qkv_bias, uint64_t seed);
 
 #endif

@@ -141,3 +141,27 @@ double tu_slow(void)
     }
     return f;
 }
+
+fp_model *tu_gqa_model(const char *arch, int dim, int layers, int hidden, int vocab,
+                       int qkv_bias, uint64_t seed)
+{
+    fp_model_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.arch, sizeof c.arch, "%s", arch);
+    c.dim = dim;
+    c.hidden_dim = hidden;
+    c.n_layers = layers;
+    c.n_heads = 8;
+    c.n_kv_heads = 2;
+    c.vocab_size = vocab;
+    c.max_seq_len = 128;
+    c.rms_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.qkv_bias = qkv_bias;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    fp_model *m = fp_model_new(&c);
+    if (m)
+        fp_model_randomize(m, seed, 0.1f);
+    return m;
+}

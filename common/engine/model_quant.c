@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "lora.h"
+#include "rng.h"
 #include "model.h"
 
 /* The per-layer f32 field, rows and cols of target t. */
@@ -126,16 +127,16 @@ fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint
                               float scale)
 {
     fp_model_config one = *cfg;
-    one.n_layers = 1;   /* the f32 slab holds one layer's matrices, as scratch */
-    fp_model *m = fp_model_new(&one), *full = NULL;
-    if (!m)
-        return NULL;
+    one.n_layers = 1;   /* the f32 slab holds one layer's matrices, as scratch; */
+    one.vocab_size = 2; /* the embeddings are drawn straight into the final slab */
+    fp_model *m = NULL, *full = NULL;
     if (dt == FP_BASE_F32) {
-        fp_model_free(&m);
         if ((full = fp_model_new(cfg)))
             fp_model_randomize(full, seed, scale);
         return full;
     }
+    if (!(m = fp_model_new(&one)))
+        return NULL;
     fp_model_randomize(m, seed, scale);
     if (!(full = calloc(1, sizeof *full))) {
         fp_error_set("out of memory");
@@ -154,8 +155,7 @@ fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint
             fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
         }
     }
-    /* Embeddings and one layer's norms repeated; the norms are small, so build
-     * them at full size from the one-layer model. */
+    /* Norms and biases: the one-layer model's, repeated. */
     size_t L = (size_t)cfg->n_layers, d = (size_t)cfg->dim;
     size_t V = (size_t)cfg->vocab_size, untied = cfg->tie_embeddings ? 0 : V * d;
     size_t nb = cfg->qkv_bias ? L * (d + 2 * (size_t)fp_kv_dim(cfg)) : 0;
@@ -167,11 +167,13 @@ fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint
     fp_model_weights *w = &full->w;
     memset(w, 0, sizeof *w);
     float *at = full->slab;
-    w->tok_emb = at, at += V * d;
-    memcpy(w->tok_emb, m->w.tok_emb, V * d * sizeof(float));
-    w->lm_head = cfg->tie_embeddings ? w->tok_emb : at;
-    if (untied)
-        memcpy(at, m->w.lm_head, V * d * sizeof(float)), at += V * d;
+    fp_rng r;
+    fp_rng_seed(&r, seed);
+    w->tok_emb = at;
+    for (size_t i = 0; i < V * d + untied; i++)
+        at[i] = scale * (2.0f * fp_rng_float(&r) - 1.0f);
+    w->lm_head = cfg->tie_embeddings ? w->tok_emb : at + V * d;
+    at += V * d + untied;
     w->rms_att = at, at += L * d;
     w->rms_ffn = at, at += L * d;
     w->rms_final = at, at += d;
