@@ -66,6 +66,8 @@ const fp_cfg_key coord_config_keys[] = {
      "seconds the evaluation phase waits for results"},
     {"round", "start_timeout_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(start_timeout_s), 0, NULL,
      "seconds to wait for min_workers before starting with fewer (at least min_quorum)"},
+    {"round", "upload_slots", FP_CFG_INT, 1, 256, "4", F(upload_slots), 0, NULL,
+     "updates received at once (each holds one adapter of memory)"},
     {"network", "endpoint", FP_CFG_STRING, 0, 0, "tcp://127.0.0.1:5555", F(endpoint),
      S(endpoint), NULL, "ZeroMQ address the coordinator binds"},
     {"network", "heartbeat_ms", FP_CFG_INT, 10, 3600000, "1000", F(heartbeat_ms), 0, NULL,

@@ -49,6 +49,7 @@ typedef struct {
     double deadline_s;
     int min_quorum;
     double eval_deadline_s, start_timeout_s;
+    int upload_slots;           /* uploads received at once (uploads.h) */
     /* [network] */
     char endpoint[256];
     int heartbeat_ms;

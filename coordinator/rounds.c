@@ -143,7 +143,6 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
         return NULL;
     }
     r->cfg = cfg;
-    r->staging_worker = -1;
     r->exit_code = 1;
     r->lock_fd = -1;
     snprintf(r->model_hash, sizeof r->model_hash, "%s", model_hash);
@@ -168,7 +167,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->fold_have = calloc(SERVER_MAX_WORKERS, sizeof *r->fold_have);
     r->fold_reset = calloc(SERVER_MAX_WORKERS, 1);
     r->resent = calloc(SERVER_MAX_WORKERS, 1);
-    r->stage_key = sodium_malloc(FP_SEAL_KEY_BYTES);
+    r->stalls = calloc(SERVER_MAX_WORKERS, sizeof *r->stalls);
     r->open_buf = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
     r->noise = fp_dp_noise_new(NULL);
     fp_dp_accountant_init(&r->acct);
@@ -180,7 +179,7 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
 #else
     r->dump_dir = NULL;
 #endif
-    if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stage_key || !r->open_buf ||
+    if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stalls || !r->open_buf ||
         !r->noise || !r->fold_have || !r->fold_reset || !r->resent) {
         fp_error_set("out of memory");
         goto err;
@@ -200,6 +199,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
             fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
         goto err;
     }
+    if (uploads_init(&r->up, cfg->upload_slots, r->global->n_params) < 0)
+        goto err;
     if (rounds_mkdir_p(cfg->state_dir) < 0 || rounds_lock_state(r) < 0 || rounds_load_state(r) < 0)
         goto err;
     return r;
@@ -230,9 +231,8 @@ void rounds_destroy(rounds **r_p)
     free(r->fold_have);
     free(r->fold_reset);
     free(r->resent);
-    if (r->stage_key)
-        sodium_free(r->stage_key);
-    fp_seal_replay_destroy(&r->stage_guard);
+    free(r->stalls);
+    uploads_free(&r->up);
     free(r->open_buf);
     sa_destroy(&r->sa);
     fp_dp_noise_destroy(&r->noise);

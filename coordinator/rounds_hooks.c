@@ -81,7 +81,7 @@ static void on_hello(void *ctx, int w)
         return;
     uint8_t s = r->status[w];
     if (s == ST_STAGING)
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
     if (s == ST_READY)
         queue_remove(r, w);
     if (r->ph == PH_TRAIN && r->sa && s != ST_NONE && s != ST_DONE && s != ST_FAILED) {

@@ -137,68 +137,102 @@ static int has_seal_pk(const rounds *r, int w)
     return sodium_memcmp(r->seal_pk[w], zero, 32) != 0;
 }
 
-void rounds_drop_staging(rounds *r)
+void rounds_drop_upload(rounds *r, int w)
 {
-    fp_seal_replay_destroy(&r->stage_guard);
-    sodium_memzero(r->staging, r->global->n_params * sizeof *r->staging);  /* a worker's plaintext */
-    if (r->staging_worker >= 0 && r->status[r->staging_worker] == ST_STAGING)
-        r->status[r->staging_worker] = ST_FAILED;
-    r->staging_worker = -1;
+    upload_slot *s = uploads_of(&r->up, w);
+    if (s)
+        uploads_release(&r->up, s);
+    if (w >= 0 && r->status[w] == ST_STAGING)
+        r->status[w] = ST_FAILED;
+}
+
+/* The next worker to pull: the first queued one with the fewest stalled
+ * uploads so far, so a peer that stalled before waits behind the others and
+ * cannot delay them round after round. */
+static int next_queued(rounds *r)
+{
+    int best = -1;
+    for (int i = 0; i < r->q_len; i++) {
+        int w = r->queue[(r->q_head + i) % SERVER_MAX_WORKERS];
+        if (r->status[w] == ST_READY && (best < 0 || r->stalls[w] < r->stalls[r->queue[
+                                                        (r->q_head + best) % SERVER_MAX_WORKERS]]))
+            best = i;
+    }
+    if (best < 0) {
+        r->q_len = 0;   /* only workers that said Hello again meanwhile (tasks resent) */
+        return -1;
+    }
+    int w = r->queue[(r->q_head + best) % SERVER_MAX_WORKERS];
+    for (int i = best; i > 0; i--)    /* close the gap, keeping the order */
+        r->queue[(r->q_head + i) % SERVER_MAX_WORKERS] =
+            r->queue[(r->q_head + i - 1) % SERVER_MAX_WORKERS];
+    r->q_head = (r->q_head + 1) % SERVER_MAX_WORKERS;
+    r->q_len--;
+    return w;
+}
+
+/* Sends Pull to w and makes slot s its upload; -1 (w refused) on a bad seal key. */
+static int start_upload(rounds *r, upload_slot *s, int w, int64_t now)
+{
+    uint64_t tid = rounds_task_id(r, r->round, TASK_TRAIN);
+    size_t nw = rounds_upload_n(r, w);
+    wire_asm_begin(&s->as, s->buf, nw, wire_n_chunks(nw), tid);
+    s->sealed = has_seal_pk(r, w);
+    s->next = 0;
+    if (s->sealed &&
+        (fp_seal_key_coordinator(s->key, r->seal_kp->secret_key, r->seal_kp->public_key,
+                                 r->seal_pk[w], r->run_id, r->round) < 0 ||
+         !(s->guard = fp_seal_replay_new(tid, wire_n_chunks(nw))))) {
+        r->status[w] = ST_FAILED;
+        server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "bad seal key: %s", fp_error_get());
+        uploads_release(&r->up, s);
+        return -1;
+    }
+    Fedpeft__Pull p = FEDPEFT__PULL__INIT;
+    p.task_id = tid;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_PULL;
+    env.pull = &p;
+    r->status[w] = ST_STAGING;
+    s->w = w;
+    s->last_ms = s->start_ms = now;
+    (void)server_send(r->srv, w, &env); /* failure shows as a stall */
+    return 0;
 }
 
 void rounds_try_pull(rounds *r, int64_t now)
 {
-    while (r->ph == PH_TRAIN && r->staging_worker < 0 && r->q_len > 0) {
-        int w = r->queue[r->q_head];
-        r->q_head = (r->q_head + 1) % SERVER_MAX_WORKERS;
-        r->q_len--;
-        if (r->status[w] != ST_READY)
-            continue; /* it said Hello again meanwhile: its task was resent */
-        uint64_t tid = rounds_task_id(r, r->round, TASK_TRAIN);
-        Fedpeft__Pull p = FEDPEFT__PULL__INIT;
-        p.task_id = tid;
-        wire_msg env = FEDPEFT__ENVELOPE__INIT;
-        env.body_case = FEDPEFT__ENVELOPE__BODY_PULL;
-        env.pull = &p;
-        size_t nw = rounds_upload_n(r, w);
-        wire_asm_begin(&r->as, r->staging, nw, wire_n_chunks(nw), tid);
-        fp_seal_replay_destroy(&r->stage_guard);
-        r->stage_sealed = has_seal_pk(r, w);
-        r->stage_next = 0;
-        if (r->stage_sealed &&
-            (fp_seal_key_coordinator(r->stage_key, r->seal_kp->secret_key,
-                                     r->seal_kp->public_key, r->seal_pk[w], r->run_id,
-                                     r->round) < 0 ||
-             !(r->stage_guard = fp_seal_replay_new(tid, wire_n_chunks(nw))))) {
-            r->status[w] = ST_FAILED;
-            server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "bad seal key: %s", fp_error_get());
-            continue;
-        }
-        r->status[w] = ST_STAGING;
-        r->staging_worker = w;
-        r->staging_last_ms = r->staging_start_ms = now;
-        (void)server_send(r->srv, w, &env); /* failure shows as a stall */
+    upload_slot *s;
+    while (r->ph == PH_TRAIN && r->q_len > 0 && (s = uploads_free_slot(&r->up))) {
+        int w = next_queued(r);
+        if (w >= 0)
+            (void)start_upload(r, s, w, now);
     }
 }
 
-/* The one upload slot is freed when a chunk is late (3 heartbeats) or the
- * whole upload is (3 heartbeats + one per chunk, at least 1 s a chunk): a peer
- * that trickles chunks just in time cannot hold the slot for the round. */
+/* A slot is freed when its chunk is late (3 heartbeats) or the whole upload is
+ * (3 heartbeats + one per chunk, at least 1 s a chunk): a peer that trickles
+ * chunks just in time cannot hold a slot for the round. */
 void rounds_check_stall(rounds *r, int64_t now)
 {
-    int w = r->staging_worker;
-    if (w < 0)
-        return;
     int64_t hb = (int64_t)r->cfg->heartbeat_ms, limit = 3 * hb;
-    int64_t budget = limit + (int64_t)wire_n_chunks(rounds_upload_n(r, w)) * (hb > 1000 ? hb : 1000);
-    if (now - r->staging_last_ms <= limit && now - r->staging_start_ms <= budget)
-        return;
-    server_reject(r->srv, w, NULL, REJ_STALLED, STALE,
-                  "upload for round %llu stalled: no chunk for %lld ms, %lld ms since Pull "
-                  "(budget %lld ms); dropped", (unsigned long long)r->round,
-                  (long long)(now - r->staging_last_ms), (long long)(now - r->staging_start_ms),
-                  (long long)budget);
-    rounds_drop_staging(r);
+    for (int i = 0; i < r->up.n; i++) {
+        upload_slot *s = &r->up.s[i];
+        int w = s->w;
+        if (w < 0)
+            continue;
+        int64_t budget = limit + (int64_t)wire_n_chunks(rounds_upload_n(r, w)) *
+                                     (hb > 1000 ? hb : 1000);
+        if (now - s->last_ms <= limit && now - s->start_ms <= budget)
+            continue;
+        r->stalls[w]++;
+        server_reject(r->srv, w, NULL, REJ_STALLED, STALE,
+                      "upload for round %llu stalled: no chunk for %lld ms, %lld ms since Pull "
+                      "(budget %lld ms); dropped (stall %u of this run: pulled last from now "
+                      "on)", (unsigned long long)r->round, (long long)(now - s->last_ms),
+                      (long long)(now - s->start_ms), (long long)budget, r->stalls[w]);
+        rounds_drop_upload(r, w);
+    }
     rounds_try_pull(r, now);
 }
 
@@ -210,32 +244,30 @@ static double l2_norm(const float *x, size_t n)
     return sqrt(s);
 }
 
-static void accept_update(rounds *r, int w)
+static void accept_update(rounds *r, int w, upload_slot *s)
 {
     const char *id = server_worker(r->srv, w)->id;
-    fp_seal_replay_destroy(&r->stage_guard);
     size_t n = rounds_upload_n(r, w);
-    double bound = rounds_update_bound(r, n), norm = r->sa ? 0 : l2_norm(r->staging, n);
+    double bound = rounds_update_bound(r, n), norm = r->sa ? 0 : l2_norm(s->buf, n);
     if (!r->sa && bound > 0 && !(norm <= bound)) {
         server_reject(r->srv, w, NULL, REJ_BOUND, BAD, "update of L2 norm %.4g exceeds the "
                       "bound %.4g ([strategy] max_update_norm): refused", norm, bound);
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         return;
     }
     if (r->sa) {
-        sa_add_input(r->sa, (const uint32_t *)(void *)r->staging, r->n_view);
+        sa_add_input(r->sa, (const uint32_t *)(void *)s->buf, r->n_view);
     } else if ((strategy_staged_set_rank(r->strat, server_worker(r->srv, w)->rank ==
                                                        r->global->cfg.rank
                                                    ? 0
                                                    : server_worker(r->srv, w)->rank),
-                strategy_add(r->strat, r->staging, (double)r->examples[w]) < 0)) {
+                strategy_add(r->strat, s->buf, (double)r->examples[w]) < 0)) {
         server_reject(r->srv, w, NULL, REJ_INVALID, BAD, "%s", fp_error_get());
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         return;
     }
-    sodium_memzero(r->staging, r->global->n_params * sizeof *r->staging);  /* in the strategy now */
+    uploads_release(&r->up, s);     /* wiped: it is in the strategy now */
     r->status[w] = ST_DONE;
-    r->staging_worker = -1;
     r->n_reported++;
     r->weight_sum += (double)r->examples[w];
     r->loss_wsum += (double)r->examples[w] * r->loss[w];
@@ -262,16 +294,17 @@ static void on_chunk(rounds *r, int w, const Fedpeft__TensorChunk *c)
         reject_stale(r, w, c->task_id, r->round, TASK_TRAIN, "chunk");
         return;
     }
-    if (r->staging_worker != w) {
+    upload_slot *s = uploads_of(&r->up, w);
+    if (!s) {
         server_reject(r->srv, w, NULL, REJ_INVALID, STALE,
                       "chunk %u for round %llu before the coordinator sent Pull", c->index,
                       (unsigned long long)r->round);
         return;
     }
-    if (r->stage_sealed || r->sa || !r->cfg->insecure) {
+    if (s->sealed || r->sa || !r->cfg->insecure) {
         server_reject(r->srv, w, NULL, REJ_UNSEALED, BAD,
                       "plain chunk %u: this upload must arrive as SealedChunks", c->index);
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         rounds_try_pull(r, clog_now_ms());
         return;
     }
@@ -280,20 +313,20 @@ static void on_chunk(rounds *r, int w, const Fedpeft__TensorChunk *c)
         server_reject(r->srv, w, NULL, REJ_NONFINITE, BAD,
                       "update chunk %u holds %g at offset %llu; the update is refused",
                       c->index, c->data[bad], (unsigned long long)(c->offset + bad));
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         rounds_try_pull(r, clog_now_ms());
         return;
     }
-    if (wire_asm_add(&r->as, c) < 0) {
+    if (wire_asm_add(&s->as, c) < 0) {
         server_reject(r->srv, w, NULL, REJ_SHAPE, BAD, "update refused: %s", fp_error_get());
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         rounds_try_pull(r, clog_now_ms());
         return;
     }
-    r->staging_last_ms = clog_now_ms();
-    if (wire_asm_complete(&r->as)) {
-        accept_update(r, w);
-        rounds_try_pull(r, r->staging_last_ms);
+    s->last_ms = clog_now_ms();
+    if (wire_asm_complete(&s->as)) {
+        accept_update(r, w, s);
+        rounds_try_pull(r, clog_now_ms());
     }
 }
 
@@ -373,7 +406,7 @@ static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, 
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
     server_reject(r->srv, w, NULL, why, BAD, fmt, index, detail);
 #pragma GCC diagnostic pop
-    rounds_drop_staging(r);
+    rounds_drop_upload(r, w);
     rounds_try_pull(r, clog_now_ms());
 }
 
@@ -403,13 +436,13 @@ static int sealed_shape_ok(rounds *r, int w, const Fedpeft__SealedChunk *c, size
 }
 
 /* Opens the chunk into r->open_buf: authentic, not replayed, in order. */
-static int open_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c, const char *id,
-                       size_t *len_p)
+static int open_sealed(rounds *r, int w, upload_slot *s, const Fedpeft__SealedChunk *c,
+                       const char *id, size_t *len_p)
 {
     fp_seal_ad ad;
     *len_p = 0;
     fill_ad(r, id, r->round, c->task_id, c->index, c->n_chunks, &ad);
-    if (fp_open(r->open_buf, len_p, c->data.data, c->data.len, &ad, r->stage_key) < 0) {
+    if (fp_open(r->open_buf, len_p, c->data.data, c->data.len, &ad, s->key) < 0) {
         if (opens_as_previous(r, w, c))
             refuse_upload(r, w, REJ_SPLICED, "sealed chunk %u was sealed for %s", c->index,
                           "the previous round (spliced into this one)");
@@ -418,13 +451,13 @@ static int open_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c, const ch
                           c->index, "tampered, spliced or sealed with another key");
         return -1;
     }
-    if (fp_seal_replay_check(r->stage_guard, &ad) < 0) {
+    if (fp_seal_replay_check(s->guard, &ad) < 0) {
         sodium_memzero(r->open_buf, *len_p);
         server_reject(r->srv, w, NULL, REJ_REPLAYED, STALE, "sealed chunk %u replayed: %s",
                       c->index, fp_error_get());
         return -1;     /* the upload itself goes on */
     }
-    if (c->index != r->stage_next) {
+    if (c->index != s->next) {
         sodium_memzero(r->open_buf, *len_p);
         refuse_upload(r, w, REJ_SHAPE, "sealed chunk %u out of order (%s)", c->index,
                       "chunks are sent in order");
@@ -450,19 +483,20 @@ static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
         reject_stale(r, w, c->task_id, c->round, TASK_TRAIN, "sealed chunk");
         return;
     }
-    if (r->staging_worker != w || !r->stage_sealed) {
+    upload_slot *s = uploads_of(&r->up, w);
+    if (!s || !s->sealed) {
         server_reject(r->srv, w, NULL, REJ_INVALID, STALE,
                       "sealed chunk %u for round %llu before the coordinator sent Pull",
                       c->index, (unsigned long long)r->round);
         return;
     }
     size_t off, cnt, len;
-    if (sealed_shape_ok(r, w, c, n, &off, &cnt) < 0 || open_sealed(r, w, c, id, &len) < 0)
+    if (sealed_shape_ok(r, w, c, n, &off, &cnt) < 0 || open_sealed(r, w, s, c, id, &len) < 0)
         return;
     if (r->dump_dir)
         dump_opened(r, id, c->index, r->open_buf, len);
     if (!r->sa) {
-        float *dst = r->staging + off;
+        float *dst = s->buf + off;
         memcpy(dst, r->open_buf, len);
         size_t bad;
         if (!all_finite(dst, cnt, &bad)) {
@@ -474,24 +508,24 @@ static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
             return;
         }
     } else {
-        memcpy(r->staging + off, r->open_buf, len);   /* uint32 words, masked */
+        memcpy(s->buf + off, r->open_buf, len);   /* uint32 words, masked */
     }
     sodium_memzero(r->open_buf, len);
-    r->stage_next++;
-    r->staging_last_ms = clog_now_ms();
-    if (fp_seal_replay_complete(r->stage_guard)) {
-        accept_update(r, w);
-        rounds_try_pull(r, r->staging_last_ms);
+    s->next++;
+    s->last_ms = clog_now_ms();
+    if (fp_seal_replay_complete(s->guard)) {
+        accept_update(r, w, s);
+        rounds_try_pull(r, clog_now_ms());
     }
 }
 
 void rounds_on_bad_frame(void *ctx, int w)
 {
     rounds *r = ctx;
-    if (r->ph == PH_TRAIN && r->staging_worker == w) {
+    if (r->ph == PH_TRAIN && uploads_of(&r->up, w)) {
         clog_info("round %llu: upload from %s dropped after a bad frame",
                   (unsigned long long)r->round, server_worker(r->srv, w)->id);
-        rounds_drop_staging(r);
+        rounds_drop_upload(r, w);
         rounds_try_pull(r, clog_now_ms());
     }
 }

@@ -86,7 +86,7 @@ static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_
     memset(r->status, ST_NONE, SERVER_MAX_WORKERS);
     memset(r->resent, 0, SERVER_MAX_WORKERS);
     r->q_head = r->q_len = 0;
-    r->staging_worker = -1;
+    uploads_release_all(&r->up);
     r->n_targets = r->n_reported = 0;
     r->ph = ph;
     r->phase_start_ms = now;

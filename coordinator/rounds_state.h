@@ -17,6 +17,7 @@
 #include "keys.h"
 #include "seal.h"
 #include "secagg_server.h"
+#include "uploads.h"
 #include "wire.h"
 
 typedef enum { PH_WAIT, PH_TRAIN, PH_EVAL, PH_FINISHING, PH_DONE } round_phase;
@@ -31,7 +32,8 @@ struct rounds {
     server *srv;
     strategy *strat;
     fp_lora *global;
-    float *staging;                 /* one upload being received */
+    float *staging;                 /* aggregation scratch (n_params floats) */
+    upload_slots up;                /* the uploads being received ([round] upload_slots) */
     /* The strategy (docs/aggregation.md): its checkpoint name, the trainable
      * view (ffa: B only) and the server optimizer on the aggregated delta. */
     char strat_name[32];
@@ -53,10 +55,7 @@ struct rounds {
     float *loss;
     int *queue;                     /* READY workers waiting for Pull, FIFO */
     int q_head, q_len;
-    int staging_worker;             /* -1: the staging buffer is free */
-    int64_t staging_last_ms;
-    int64_t staging_start_ms;       /* Pull sent: the whole upload has a time budget */
-    wire_assembler as;
+    uint32_t *stalls;               /* per worker: uploads it let stall (whole run) */
     unsigned n_targets, n_reported;
     double loss_wsum, weight_sum;   /* train loss weighted by examples */
     double sampled_weight;          /* sum of the sampled workers' weights (rounds_weight) */
@@ -80,10 +79,6 @@ struct rounds {
      * restore the original base first. */
     uint32_t *fold_have;
     uint8_t *fold_reset;
-    uint8_t *stage_key;             /* sodium_malloc, FP_SEAL_KEY_BYTES */
-    fp_seal_replay *stage_guard;
-    uint32_t stage_next;            /* next chunk index of the staged upload */
-    int stage_sealed;               /* the staged upload arrives as SealedChunks */
     uint8_t *open_buf;              /* one opened chunk */
     sa_server *sa;                  /* secure aggregation of this round, or NULL */
     fp_dp_accountant acct;

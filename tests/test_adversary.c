@@ -14,6 +14,11 @@
  *    over the whole attack is printed and bounded.
  * 2. A plain update scaled by 1e30 (secure aggregation off) is refused by the
  *    default update bound; the adapter keeps improving.
+ * 3. 10 stalling uploaders (UpdateReady, then nothing after Pull) and 20 peers
+ *    that never read, each with its own allowlisted key: the honest workers'
+ *    rounds complete (several upload slots, the chunk timeout frees a stalled
+ *    one, a peer that stalled is pulled last), and the coordinator's memory
+ *    growth is printed and bounded.
  */
 #include <math.h>
 #include <pthread.h>
@@ -30,6 +35,7 @@
 
 #include <cmocka.h>
 #include <cjson/cJSON.h>
+#include <sodium.h>
 #include <zmq.h>
 
 #include "fed_harness.h"
@@ -43,6 +49,9 @@
 #define N_FLOOD 200
 #define RUN_TIMEOUT_S 300
 #define SERVER_HELLO_BURST_TEST 5   /* coordinator/server.h SERVER_HELLO_BURST */
+#define N_STALL 10                  /* case 3: stalling uploaders */
+#define N_SILENT 20                 /* case 3: peers that never read */
+#define N_HOSTILE (N_STALL + N_SILENT)
 
 static char base_dir[4096];
 static fh_fed cur;
@@ -60,14 +69,18 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Keys for the coordinator, w0..w2 and mallory; the allowlist admits all four. */
+/* Keys for the coordinator, w0..w2, mallory and the hostile peers h0..h29 of
+ * case 3; the allowlist admits all but the coordinator. */
 static void use_curve(fh_fed *f)
 {
     char dir[4300], allow[8192] = "# test_adversary\n", name[16];
     snprintf(dir, sizeof dir, "%s/keys", f->dir);
     assert_int_equal(mkdir(dir, 0700), 0);
-    for (int k = -2; k < N_WORKERS; k++) {
-        snprintf(name, sizeof name, k == -2 ? "coordinator" : k == -1 ? "mallory" : "w%d", k);
+    for (int k = -2; k < N_WORKERS + N_HOSTILE; k++) {
+        if (k >= N_WORKERS)
+            snprintf(name, sizeof name, "h%d", k - N_WORKERS);
+        else
+            snprintf(name, sizeof name, k == -2 ? "coordinator" : k == -1 ? "mallory" : "w%d", k);
         fp_keypair *kp = fp_keypair_generate(name);
         assert_non_null(kp);
         assert_int_equal(fp_keypair_save(kp, dir, 0), 0);
@@ -224,11 +237,11 @@ static void *liar_main(void *arg)
     return NULL;
 }
 
-static void mallory_init(mallory *m, const fh_fed *f)
+static void mallory_init_as(mallory *m, const fh_fed *f, const char *name)
 {
     char path[4400];
     m->zctx = zmq_ctx_new();
-    snprintf(path, sizeof path, "%s/keys/mallory.key", f->dir);
+    snprintf(path, sizeof path, "%s/keys/%s.key", f->dir, name);
     m->kp = fp_keypair_load(path);
     assert_non_null(m->kp);
     snprintf(path, sizeof path, "%s/keys/coordinator.pub", f->dir);
@@ -240,6 +253,8 @@ static void mallory_init(mallory *m, const fh_fed *f)
     fp_model_hash(model, m->model_hash);
     fp_model_free(&model);
 }
+
+static void mallory_init(mallory *m, const fh_fed *f) { mallory_init_as(m, f, "mallory"); }
 
 static void mallory_free(mallory *m)
 {
@@ -374,11 +389,158 @@ static void test_huge_plain_update(void **state)
     assert_true(fh_log_has(clog, "exceeds the bound"));
 }
 
+/* ---- 3. stalling uploaders and peers that never read ----------------------------- */
+
+typedef struct {
+    mallory m;
+    void *s;
+    char id[16];
+    int silent;         /* never reads */
+    int pulls, stalled;
+} hostile;
+
+/* A staller answers a training Task with a well-formed UpdateReady (sealed,
+ * the right chunk count) and then sends nothing after Pull. */
+static void staller_on_msg(hostile *h, wire_msg *msg)
+{
+    if (msg->body_case == FEDPEFT__ENVELOPE__BODY_PULL)
+        h->pulls++;
+    if (msg->body_case == FEDPEFT__ENVELOPE__BODY_REJECT &&
+        msg->reject->code == FEDPEFT__REJECT__CODE__STALE && strstr(msg->reject->reason, "stalled"))
+        h->stalled++;
+    if (msg->body_case != FEDPEFT__ENVELOPE__BODY_TASK ||
+        msg->task->kind != FEDPEFT__TASK__KIND__TRAIN)
+        return;
+    uint8_t pk[32], sk[32];
+    crypto_box_keypair(pk, sk);
+    Fedpeft__UpdateReady u = FEDPEFT__UPDATE_READY__INIT;
+    u.task_id = msg->task->task_id;
+    u.round = msg->task->round;
+    u.n_examples = 1000;
+    u.n_tokens = 1000;
+    u.train_loss = 3.0f;
+    u.n_chunks = msg->task->n_chunks;
+    u.seal_pk.data = pk;
+    u.seal_pk.len = 32;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
+    env.update_ready = &u;
+    if (wire_send(h->s, NULL, &env) != 0)
+        printf("# %s: UpdateReady not sent: %s\n", h->id, fp_error_get());
+}
+
+typedef struct {
+    hostile *h;
+    volatile int stop;
+} hostile_crew;
+
+static void *crew_main(void *arg)
+{
+    hostile_crew *c = arg;
+    double hb = 0;
+    while (!c->stop) {
+        int beat = tu_now() - hb > 0.2;
+        if (beat)
+            hb = tu_now();
+        zmq_pollitem_t it[N_HOSTILE];
+        int n = 0;
+        for (int i = 0; i < N_HOSTILE; i++) {
+            if (beat)
+                send_heartbeat(c->h[i].s);
+            if (!c->h[i].silent)
+                it[n++] = (zmq_pollitem_t){c->h[i].s, 0, ZMQ_POLLIN, 0};
+        }
+        if (zmq_poll(it, n, 50) <= 0)
+            continue;
+        for (int i = 0; i < N_STALL; i++) {
+            wire_msg *msg = NULL;
+            while (wire_recv(c->h[i].s, ZMQ_DONTWAIT, NULL, 0, &msg, NULL) == 1) {
+                staller_on_msg(&c->h[i], msg);
+                wire_msg_free(&msg);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void hostile_start(hostile *h, int i, const fh_fed *f)
+{
+    snprintf(h->id, sizeof h->id, "h%d", i);
+    mallory_init_as(&h->m, f, h->id);
+    char route[64];
+    snprintf(route, sizeof route, "%s#%016x", h->id, 0x51a11 + i);
+    h->s = m_socket(&h->m, route);
+    h->silent = i >= N_STALL;
+    if (h->silent) {    /* reads nothing: what it is sent queues up at the coordinator */
+        int one = 1, small = 4096;
+        zmq_setsockopt(h->s, ZMQ_RCVHWM, &one, sizeof one);
+        zmq_setsockopt(h->s, ZMQ_RCVBUF, &small, sizeof small);
+    }
+    m_hello(&h->m, h->s, h->id, 1000);
+}
+
+static void test_stalling_and_silent_peers(void **state)
+{
+    (void)state;
+    fh_fed_init(&cur, "adv-stall", base_dir, N_WORKERS);
+    /* A single upload slot spends 10 x 1.5 s (3 heartbeats) on the stallers,
+     * longer than deadline_s: the honest updates were never pulled. */
+    fh_fed_write_ini(&cur, "rounds = 2\nseed = 5", 4, 8,
+                     "[sampling]\nmin_workers = 33\n[round]\nstart_timeout_s = 60\n"
+                     "deadline_s = 12\neval_deadline_s = 5\nmin_quorum = 3\n"
+                     "[secagg]\nenabled = false\n");
+    use_curve(&cur);
+    fh_coordinator_start(&cur);
+    static hostile h[N_HOSTILE];
+    memset(h, 0, sizeof h);
+    for (int i = 0; i < N_HOSTILE; i++)
+        hostile_start(&h[i], i, &cur);
+    char clog[4300];
+    snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
+    assert_true(fh_log_wait(clog, "worker h29 registered", 30));
+    long rss0 = rss_kib(cur.coord);
+    hostile_crew crew = {h, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, crew_main, &crew), 0);
+    for (int k = 0; k < N_WORKERS; k++)
+        fh_worker_start(&cur, k);
+    long rss_max = rss0;
+    long v;   /* a zombie has no VmRSS: sampled until the coordinator exits */
+    for (int i = 0; i < 1800 && (v = rss_kib(cur.coord)) > 0; i++) {
+        rss_max = v > rss_max ? v : rss_max;
+        usleep(100000);
+    }
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
+    crew.stop = 1;
+    pthread_join(th, NULL);
+    int pulls = 0, stalled = 0;
+    for (int i = 0; i < N_HOSTILE; i++) {
+        pulls += h[i].pulls;
+        stalled += h[i].stalled;
+        zmq_close(h[i].s);
+        mallory_free(&h[i].m);
+    }
+    int n;
+    cJSON **rows = fh_fed_metrics(&cur, 2, &n);
+    fh_print_losses("honest workers with 10 stallers and 20 silent peers", rows, n);
+    for (int r = 1; r <= 2; r++)
+        assert_int_equal((int)fh_metric_number(rows[r], "reported"), N_WORKERS);
+    assert_true(fh_metric_number(rows[2], "val_loss") < fh_metric_number(rows[0], "val_loss"));
+    fh_metrics_free(rows, n);
+    printf("# stallers: %d Pulls, %d stall refusals; coordinator log 'stalled' lines: %d\n",
+           pulls, stalled, count_lines(clog, "stalled"));
+    assert_true(pulls >= N_STALL && stalled >= N_STALL);
+    printf("# coordinator RSS: %ld KiB with 30 hostile peers registered, at most %ld KiB "
+           "during the run (+%ld KiB)\n", rss0, rss_max, rss_max - rss0);
+    assert_true(rss_max - rss0 < 64 * 1024);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_one_key, teardown),
         cmocka_unit_test_teardown(test_huge_plain_update, teardown),
+        cmocka_unit_test_teardown(test_stalling_and_silent_peers, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
