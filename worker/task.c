@@ -73,16 +73,27 @@ static const char *hook(const char *name)
 
 /* (Re)shapes the adapters after a Welcome; -1 when the coordinator's adapter
  * cannot be this model's. */
+/* The update and the trained adapter are this worker's plaintext: wiped
+ * before their memory goes back to the allocator. */
+static void free_update(wk_task *t)
+{
+    if (t->delta && t->global)
+        sodium_memzero(t->delta, t->global->n_params * sizeof *t->delta);
+    if (t->local && t->local->params)
+        sodium_memzero(t->local->params, t->local->n_params * sizeof *t->local->params);
+    free(t->delta);
+    t->delta = NULL;
+    fp_lora_free(&t->local);
+}
+
 static int shape_adapters(wk_task *t)
 {
     const wk_lora_spec *s = wk_conn_spec(t->conn);
     if (t->global && t->global->n_params == s->n_params && t->global->cfg.rank == s->rank &&
         t->global->cfg.targets == s->targets)
         return 0;
+    free_update(t);
     fp_lora_free(&t->global);
-    fp_lora_free(&t->local);
-    free(t->delta);
-    t->delta = NULL;
     fp_lora_config lc;
     fp_lora_config_default(&lc);
     lc.rank = s->rank;
@@ -636,9 +647,8 @@ check:
     }
 out:
     wire_msg_free(&t.stash);
+    free_update(&t);
     fp_lora_free(&t.global);
-    fp_lora_free(&t.local);
-    free(t.delta);
     free(t.q);
     free(t.last_sealed);
     wk_sa_destroy(&t.sa);

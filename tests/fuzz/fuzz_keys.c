@@ -1,6 +1,6 @@
 /* fuzz_keys.c - the key files of keys.c: a secret key file (NAME.key:
  * "secret = <Z85>", "public = <Z85>", comments), a public key file
- * (NAME.pub, or the Z85 text itself) and an allowlist ("<Z85> [name]" lines,
+ * (NAME.pub, or the Z85 text itself, for a short input) and an allowlist ("<Z85> [name]" lines,
  * comments, duplicates refused). The same bytes are read as each of the three.
  *
  * A secret key that loads must yield the public key its own "public =" line
@@ -38,6 +38,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     uint8_t key[FP_KEY_BYTES];
     snprintf(path, sizeof path, "%s", fz_write("input.pub", data, len, 0644));
     fz_verdict("fp_pubkey_parse", fp_pubkey_parse(path, key) == 0);
+
+    /* The Z85 text itself, which fp_pubkey_parse tries when no file has that
+     * name (text that names an existing file is skipped: no reading around). */
+    char z[FP_KEY_Z85_LEN + 8];
+    struct stat sb;
+    if (len < sizeof z && !memchr(data, 0, len)) {
+        memcpy(z, data, len);
+        z[len] = '\0';
+        if (stat(z, &sb) != 0)
+            fz_verdict("fp_pubkey_parse (text)", fp_pubkey_parse(z, key) == 0);
+    }
 
     fp_allowlist al = {0};
     if (fz_verdict("fp_allowlist_load", fp_allowlist_load(path, &al) == 0)) {
