@@ -507,6 +507,33 @@ static int budget_allows(rounds *r, int live)
     return 0;
 }
 
+/* Why the round has not started, and what it costs: a worker that was here and
+ * is gone (a stopped container, a dead machine) makes every round wait up to
+ * start_timeout_s, which the operator should see named. */
+static void log_wait(const rounds *r, int64_t now, int live, int need)
+{
+    char gone[512] = "";
+    size_t len = 0;
+    int n_gone = 0;
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        const worker_info *wi = server_worker(r->srv, i);
+        if (wi->alive || wi->banned)
+            continue;
+        if (++n_gone <= 8 && len < sizeof gone)
+            len += (size_t)snprintf(gone + len, sizeof gone - len, " %s (last seen %.0fs ago)",
+                                    wi->id, secs(now - wi->last_seen_ms));
+    }
+    if (n_gone > 8 && len < sizeof gone)
+        snprintf(gone + len, sizeof gone - len, " and %d more", n_gone - 8);
+    clog_info("round %llu: waiting for workers: %d live, min_workers = %d%s%s; the round "
+              "starts when %d are live, or after start_timeout_s = %gs with the live ones "
+              "(at least min_quorum = %d)%s", (unsigned long long)r->round, live, need,
+              n_gone ? "; gone:" : "", gone, need, r->cfg->start_timeout_s,
+              r->round == 0 ? 1 : r->cfg->min_quorum,
+              n_gone ? ": a gone worker costs every round this wait until it is back or "
+                       "min_workers is lowered" : "");
+}
+
 void rounds_check_wait(rounds *r, int64_t now)
 {
     int live = server_n_live(r->srv);
@@ -532,8 +559,7 @@ void rounds_check_wait(rounds *r, int64_t now)
     }
     if (now - r->wait_log_ms >= (int64_t)(r->cfg->start_timeout_s * 1000.0) ||
         r->wait_log_ms == 0) {
-        clog_info("round %llu: waiting for workers: %d live, min_workers = %d",
-                  (unsigned long long)r->round, live, need);
+        log_wait(r, now, live, need);
         r->wait_log_ms = now;
     }
 }
