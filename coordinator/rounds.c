@@ -98,8 +98,9 @@ static fp_lora *make_adapter(const coord_config *cfg, const fp_model_config *mod
 static int make_strategy(rounds *r)
 {
     const coord_config *c = r->cfg;
-    r->b_only = c->strategy == COORD_STRATEGY_FFA;
-    r->n_view = fp_ft_view_size(r->global, r->b_only);
+    r->view_kind = c->strategy == COORD_STRATEGY_FFA || c->strategy == COORD_STRATEGY_ROLORA
+                       ? FP_VIEW_B : FP_VIEW_ALL;
+    r->n_view = fp_ft_view_size(r->global, r->view_kind);
     snprintf(r->strat_name, sizeof r->strat_name, "%s%s%s", coord_strategy_names[c->strategy],
              c->robust ? "+" : "", c->robust ? coord_robust_names[c->robust] : "");
     if (c->strategy == COORD_STRATEGY_FLORA) {
@@ -128,10 +129,27 @@ static int make_strategy(rounds *r)
         if (!(r->sopt = fp_sopt_new(&oc, r->n_view)))
             return fp_error_prefix("[strategy] server_opt: ");
     }
-    r->view = malloc(r->n_view * sizeof(float));
-    r->view_old = malloc(r->n_view * sizeof(float));
+    /* Sized for the whole slab: rolora's view changes size from round to round. */
+    r->view = malloc(r->global->n_params * sizeof(float));
+    r->view_old = malloc(r->global->n_params * sizeof(float));
     if (!r->view || !r->view_old)
         return fp_error_set("out of memory for the adapter (%zu floats)", r->n_view);
+    return 0;
+}
+
+int rounds_set_view(rounds *r)
+{
+    if (r->cfg->strategy != COORD_STRATEGY_ROLORA)
+        return 0;
+    /* B first: with B = 0 (LoRA's start) A's gradient is zero. */
+    int view = r->round % 2 == 1 ? FP_VIEW_B : FP_VIEW_A;
+    if (view == r->view_kind && r->strat)
+        return 0;
+    r->view_kind = view;
+    r->n_view = fp_ft_view_size(r->global, view);
+    strategy_destroy(&r->strat);    /* fedavg's state is a version word: nothing lost */
+    if (!(r->strat = strategy_fedavg_new(r->n_view)))
+        return -1;
     return 0;
 }
 

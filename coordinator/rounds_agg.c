@@ -54,8 +54,9 @@ static const char *server_opt_name(int i)
  * svd and flora are not means: no such check.) */
 static int impossible_aggregate(const rounds *r, const float *x)
 {
-    int mean = r->cfg->robust == COORD_ROBUST_NONE && (r->cfg->strategy == COORD_STRATEGY_FEDAVG ||
-                                                        r->cfg->strategy == COORD_STRATEGY_FFA);
+    int s_ = r->cfg->strategy;
+    int mean = r->cfg->robust == COORD_ROBUST_NONE &&
+               (s_ == COORD_STRATEGY_FEDAVG || s_ == COORD_STRATEGY_FFA || s_ == COORD_STRATEGY_ROLORA);
     double bound = rounds_update_bound(r, r->n_view), s = 0;
     if (r->sa || !mean || bound <= 0)
         return 0;
@@ -80,7 +81,7 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
     int64_t t0 = clog_now_ms();
     float *x = r->view;
     size_t n = r->n_view;
-    fp_ft_view_gather(r->global, r->b_only, r->global->params, x);
+    fp_ft_view_gather(r->global, r->view_kind, r->global->params, x);
     memcpy(r->view_old, x, n * sizeof *x);
     if (strategy_finish(r->strat, x) < 0)
         return -1;
@@ -100,7 +101,7 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
             memcpy(x, r->view_old, n * sizeof *x);
         }
     }
-    fp_ft_view_scatter(r->global, r->b_only, x, r->global->params);
+    fp_ft_view_scatter(r->global, r->view_kind, x, r->global->params);
     account(r);
     m->t_aggregate = secs(clog_now_ms() - t0);
     clog_info("round %llu: aggregated %u of %u updates (%s) with %s%s%s",

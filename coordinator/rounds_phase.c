@@ -8,6 +8,7 @@
 
 #include "agg_lowrank.h"
 #include "clog.h"
+#include "finetune.h"
 #include "rng.h"
 #include "rounds_agg.h"
 #include "rounds_msgs.h"
@@ -104,7 +105,8 @@ static void fill_params(const rounds *r, Fedpeft__TrainParams *p)
     p->weight_decay = c->weight_decay;
     p->max_grad_norm = c->max_grad_norm;
     p->seed = c->seed;
-    p->freeze_a = r->b_only;
+    p->freeze_a = r->view_kind == FP_VIEW_B;
+    p->freeze_b = r->view_kind == FP_VIEW_A;
     p->prox_mu = c->prox_mu;
     p->grad_checkpoint = c->grad_checkpoint;
 }
@@ -250,6 +252,8 @@ static void start_train(rounds *r, int64_t now)
     static int chosen[SERVER_MAX_WORKERS];
     reset_phase(r, PH_TRAIN, now, r->cfg->deadline_s);
     metrics_reset(&r->m, r->round);
+    if (rounds_set_view(r) < 0)
+        clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
     if (strategy_begin(r->strat, r->round) < 0)
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
     r->loss_wsum = r->weight_sum = 0;

@@ -35,9 +35,10 @@ struct rounds {
     float *staging;                 /* aggregation scratch (n_params floats) */
     upload_slots up;                /* the uploads being received ([round] upload_slots) */
     /* The strategy (docs/aggregation.md): its checkpoint name, the trainable
-     * view (ffa: B only) and the server optimizer on the aggregated delta. */
+     * view and the server optimizer on the aggregated delta. */
     char strat_name[32];
-    int b_only;                     /* ffa: updates are the B entries (finetune.h view) */
+    int view_kind;                  /* FP_VIEW_* of this round's updates (finetune.h):
+                                       ffa B; rolora B in odd rounds, A in even ones */
     size_t n_view;                  /* floats in the view = the upload of a full-rank worker */
     float *view, *view_old;         /* [n_view] aggregation scratch */
     fp_sopt *sopt;                  /* NULL: server_opt = none */
@@ -97,6 +98,11 @@ double rounds_update_bound(const rounds *r, size_t n);
 /* Worker w's averaging weight this round: its server weight for `declared`
  * examples, capped at weight_cap. */
 double rounds_weight(const rounds *r, int w, uint64_t declared);
+/* rolora (RoLoRA, docs/aggregation.md): this round's factor, B in odd rounds
+ * and A in even ones; the other is frozen at the global's values, so the mean
+ * of the updates is the mean of the workers' products B_k A_k exactly. No-op
+ * for other strategies. -1 with fp_error when memory runs out. */
+int rounds_set_view(rounds *r);
 /* Floats worker w uploads (its view at its rank). */
 size_t rounds_upload_n(const rounds *r, int w);
 

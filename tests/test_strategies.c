@@ -12,6 +12,10 @@
  *    adapter of an uninterrupted run (the optimizer state is in the checkpoint).
  * 6. median with one poisoned worker stays within the honest updates; fedavg
  *    does not.
+ * 7. rolora under secure aggregation: round 1 uploads and averages B only (A
+ *    frozen), round 2 A only (B frozen); the final factors are exactly the
+ *    seeded init plus each round's sum of weighted updates, so the global
+ *    product B A is the weighted mean of the workers' products; the loss falls.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -376,6 +380,85 @@ static void test_median_poisoned(void **state)
     fp_lora_free(&init);
 }
 
+/* A entries of the slab, packed in slab order (rolora's A rounds). */
+static size_t gather_a(const fp_lora *l, const float *slab, float *out)
+{
+    size_t pos = 0;
+    for (int layer = 0; layer < l->model.n_layers; layer++)
+        for (int t = 0; t < FP_T_COUNT; t++) {
+            size_t off = l->off_a[layer * FP_T_COUNT + t];
+            if (off == SIZE_MAX)
+                continue;
+            size_t len = (size_t)fp_lora_in_dim(&l->model, t) * (size_t)l->cfg.rank;
+            if (out)
+                memcpy(out + pos, slab + off, len * sizeof *out);
+            pos += len;
+        }
+    return pos;
+}
+
+/* The sum of the workers' dumped round-R updates (n floats each, asserted). */
+static float *sum_dumps(const fh_fed *f, int round, size_t n)
+{
+    float *sum = calloc(n, sizeof *sum);
+    for (int k = 0; k < N_WORKERS; k++) {
+        char p[4400];
+        size_t m;
+        snprintf(p, sizeof p, "%s/worker-w%d-round-%d.f32", f->dump, k, round);
+        float *d = read_f32(p, &m);
+        assert_int_equal(m, n);     /* the upload is that round's factor only */
+        for (size_t i = 0; i < n; i++)
+            sum[i] += d[i];         /* weighted by n_k / sum n under secagg */
+        free(d);
+    }
+    return sum;
+}
+
+static double rel_err(const float *x, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)x[i] - ref[i]) * ((double)x[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* 7. rolora: B then A, each the exact (secagg) sum of the round's updates. */
+static void test_rolora_alternates_exactly(void **state)
+{
+    (void)state;
+    fed_init(&cur, "rolora", "rounds = 2\nseed = 7", 4, "[strategy]\nname = rolora\n");
+    fh_fed_start(&cur);
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
+    size_t n;
+    float *g = ckpt_adapter(&cur, &n);
+    fp_lora *init = init_adapter(4, 7);
+    assert_int_equal(n, init->n_params);
+    size_t nb = gather_b(init, init->params, NULL), na = gather_a(init, init->params, NULL);
+    assert_int_equal(na + nb, n);
+    float *b1 = sum_dumps(&cur, 1, nb), *a2 = sum_dumps(&cur, 2, na);
+    float *gb = malloc(nb * sizeof *gb), *ga = malloc(na * sizeof *ga);
+    float *a0 = malloc(na * sizeof *a0);
+    gather_b(init, g, gb);          /* B: 0 + round 1's sum; round 2 left it alone */
+    gather_a(init, g, ga);
+    gather_a(init, init->params, a0);
+    for (size_t i = 0; i < na; i++)
+        a2[i] += a0[i];             /* A: the seeded init + round 2's sum */
+    double eb = rel_err(gb, b1, nb), ea = rel_err(ga, a2, na);
+    double up1 = round_field(&cur, 1, "bytes_up"), up2 = round_field(&cur, 2, "bytes_up");
+    printf("rolora: round 1 uploads %zu B floats (%.0f bytes), round 2 %zu A floats (%.0f "
+           "bytes) of %zu; rel err B %.3g, A %.3g vs init + the rounds' sums\n", nb, up1, na,
+           up2, n, eb, ea);
+    assert_true(eb < 1e-4 && ea < 1e-4);
+    assert_true(rel_err(ga, a0, na) > 1e-4);    /* A did train in round 2 */
+    double v0 = round_field(&cur, 0, "val_loss"), v2 = round_field(&cur, 2, "val_loss");
+    printf("rolora: val loss %.4f -> %.4f\n", v0, v2);
+    assert_true(v2 < v0);
+    free(b1), free(a2), free(gb), free(ga), free(a0), free(g);
+    fp_lora_free(&init);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -385,6 +468,7 @@ int main(void)
         cmocka_unit_test_teardown(test_svd_mixed_ranks, teardown),
         cmocka_unit_test_teardown(test_median_poisoned, teardown),
         cmocka_unit_test_teardown(test_fedadam_restart, teardown),
+        cmocka_unit_test_teardown(test_rolora_alternates_exactly, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -221,6 +221,7 @@ static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
     ft->optim.max_grad_norm = p->max_grad_norm;
     ft->optim.schedule = FP_SCHED_CONSTANT;
     ft->freeze_a = p->freeze_a;
+    ft->freeze_b = p->freeze_b && !p->freeze_a;
     ft->grad_checkpoint = p->grad_checkpoint || t->cfg->grad_checkpoint;
     ft->prox_mu = p->prox_mu;
     ft->prox_anchor = t->global->params;
@@ -333,8 +334,9 @@ static int run_train(wk_task *t)
     }
     for (size_t i = 0; i < n; i++)
         t->local->params[i] -= t->global->params[i];
-    t->n_up = fp_ft_view_size(t->local, t->params.freeze_a);
-    fp_ft_view_gather(t->local, t->params.freeze_a, t->local->params, t->delta);
+    int view = t->params.freeze_a ? FP_VIEW_B : t->params.freeze_b ? FP_VIEW_A : FP_VIEW_ALL;
+    t->n_up = fp_ft_view_size(t->local, view);
+    fp_ft_view_gather(t->local, view, t->local->params, t->delta);
     const char *poison = hook("FEDPEFT_TEST_POISON");
     if (poison) {       /* a Byzantine worker, for the robust-aggregation tests */
         float f = strtof(poison, NULL);

@@ -31,17 +31,20 @@ static double now_s(void)
 /* Calls fn(off, len) for each view range of the slab, in slab order. */
 typedef void (*view_fn)(void *ctx, size_t off, size_t len);
 
-static void view_each(const fp_lora *l, int b_only, view_fn fn, void *ctx)
+static void view_each(const fp_lora *l, int view, view_fn fn, void *ctx)
 {
-    if (!b_only) {
+    if (view != FP_VIEW_A && view != FP_VIEW_B) {
         fn(ctx, 0, l->n_params);
         return;
     }
     for (int layer = 0; layer < l->model.n_layers; layer++)
         for (int t = 0; t < FP_T_COUNT; t++) {
-            size_t off = l->off_b[layer * FP_T_COUNT + t];
+            int i = layer * FP_T_COUNT + t;
+            size_t off = view == FP_VIEW_B ? l->off_b[i] : l->off_a[i];
+            int dim = view == FP_VIEW_B ? fp_lora_out_dim(&l->model, t)
+                                        : fp_lora_in_dim(&l->model, t);
             if (off != SIZE_MAX)
-                fn(ctx, off, (size_t)fp_lora_out_dim(&l->model, t) * (size_t)l->cfg.rank);
+                fn(ctx, off, (size_t)dim * (size_t)l->cfg.rank);
         }
 }
 
@@ -62,35 +65,47 @@ static void view_step(void *ctx, size_t off, size_t len)
     v->pos += len;
 }
 
-size_t fp_ft_view_size(const fp_lora *l, int b_only)
+size_t fp_ft_view_size(const fp_lora *l, int view)
 {
     view_copy v = {NULL, NULL, 0, 0};
-    view_each(l, b_only, view_step, &v);
+    view_each(l, view, view_step, &v);
     return v.pos;
 }
 
-void fp_ft_view_gather(const fp_lora *l, int b_only, const float *slab, float *packed)
+void fp_ft_view_gather(const fp_lora *l, int view, const float *slab, float *packed)
 {
     view_copy v = {packed, slab, 0, 1};
-    view_each(l, b_only, view_step, &v);
+    view_each(l, view, view_step, &v);
 }
 
-void fp_ft_view_scatter(const fp_lora *l, int b_only, const float *packed, float *slab)
+void fp_ft_view_scatter(const fp_lora *l, int view, const float *packed, float *slab)
 {
     view_copy v = {slab, packed, 0, 2};
-    view_each(l, b_only, view_step, &v);
+    view_each(l, view, view_step, &v);
 }
 
-/* ffa: zero A's gradient (so clipping sees B only) and keep A's values. */
-static void zero_a(const fp_lora *l, float *x)
+/* A frozen factor (ffa: A; rolora: A or B by round) gets no gradient (so
+ * clipping sees the trained factor only) and keeps its values through the
+ * optimizer's decoupled weight decay. */
+static void zero_step(void *ctx, size_t off, size_t len)
 {
-    for (int layer = 0; layer < l->model.n_layers; layer++)
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            size_t off = l->off_a[layer * FP_T_COUNT + t];
-            if (off != SIZE_MAX)
-                memset(x + off, 0, (size_t)fp_lora_in_dim(&l->model, t) *
-                                       (size_t)l->cfg.rank * sizeof(float));
-        }
+    memset((float *)ctx + off, 0, len * sizeof(float));
+}
+
+typedef struct {
+    float *dst;
+    const float *keep;
+} restore_ctx;
+
+static void restore_step(void *ctx, size_t off, size_t len)
+{
+    restore_ctx *c = ctx;
+    memcpy(c->dst + off, c->keep + off, len * sizeof(float));
+}
+
+static int frozen_factor(const fp_finetune_config *c)
+{
+    return c->freeze_a ? FP_VIEW_A : c->freeze_b ? FP_VIEW_B : FP_VIEW_ALL;
 }
 
 static int check_config(const fp_finetune_config *c, const fp_model *m)
@@ -104,23 +119,12 @@ static int check_config(const fp_finetune_config *c, const fp_model *m)
     if (!(c->prox_mu >= 0.0f) || !isfinite(c->prox_mu) || (c->prox_mu > 0 && !c->prox_anchor))
         return fp_error_set("prox_mu must be a finite number >= 0 with an anchor (got %g)",
                             (double)c->prox_mu);
+    if (c->freeze_a && c->freeze_b)
+        return fp_error_set("both LoRA factors frozen: nothing to train");
     if (!(c->optim.lr > 0.0f) || !isfinite(c->optim.lr))
         return fp_error_set("the learning rate must be a positive number (got %g)",
                             (double)c->optim.lr);
     return 0;
-}
-
-/* Puts every A factor back from keep (FFA: A stays frozen through AdamW). */
-static void restore_a(fp_lora *lora, const float *keep)
-{
-    for (int layer = 0; layer < lora->model.n_layers; layer++)
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            size_t off = lora->off_a[layer * FP_T_COUNT + t];
-            if (off != SIZE_MAX)
-                memcpy(lora->params + off, keep + off,
-                       (size_t)fp_lora_in_dim(&lora->model, t) * (size_t)lora->cfg.rank *
-                           sizeof(float));
-        }
 }
 
 /* One optimizer step's micro-batches: adds their gradients (each scaled by
@@ -173,8 +177,9 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
         !(opt = fp_optim_new(&oc, lora->n_params)))
         goto err;
     grad = malloc(sizeof(float) * lora->n_params);
-    if (cfg->freeze_a && !(a_keep = malloc(sizeof(float) * lora->n_params))) {
-        fp_error_set("out of memory for the frozen A factors");
+    int frozen = frozen_factor(cfg);
+    if (frozen != FP_VIEW_ALL && !(a_keep = malloc(sizeof(float) * lora->n_params))) {
+        fp_error_set("out of memory for the frozen LoRA factor");
         goto err;
     }
     if (a_keep)
@@ -197,10 +202,12 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
             for (size_t i = 0; i < lora->n_params; i++)
                 grad[i] += cfg->prox_mu * (lora->params[i] - cfg->prox_anchor[i]);
         if (a_keep)
-            zero_a(lora, grad);
+            view_each(lora, frozen, zero_step, grad);
         float gnorm = fp_optim_step(opt, lora->params, grad);
-        if (a_keep)     /* decoupled weight decay must not touch A either */
-            restore_a(lora, a_keep);
+        if (a_keep) {   /* decoupled weight decay must not touch it either */
+            restore_ctx rc_ = {lora->params, a_keep};
+            view_each(lora, frozen, restore_step, &rc_);
+        }
         float loss = (float)(loss_sum / cfg->accum);
         if (last_loss)
             *last_loss = loss;

@@ -22,7 +22,9 @@ typedef struct {
     int first_step;         /* data position: micro-batch index of step 0 / accum */
     fp_optim_config optim;
     int grad_checkpoint;    /* activation checkpointing (fp_train_new_ckpt) */
-    int freeze_a;           /* ffa: A gets no update at all (no gradient, no weight decay) */
+    int freeze_a;           /* ffa, rolora's B rounds: A gets no update at all (no
+                               gradient, no weight decay) */
+    int freeze_b;           /* rolora's A rounds: B likewise (not with freeze_a) */
     float prox_mu;          /* FedProx: grad += mu (w - prox_anchor); 0 = off */
     const float *prox_anchor; /* [n_params] the round's global adapter (prox_mu > 0) */
 } fp_finetune_config;
@@ -61,17 +63,19 @@ int fp_evaluate_tick(const fp_model *model, const fp_lora *lora, const fp_tokens
                      void *ctx) FP_WUR;
 
 /* ---- the trainable view ------------------------------------------------------
- * The part of the slab a strategy trains and uploads: the whole slab, or with
- * b_only (FFA-LoRA) the B factors alone, packed in slab order (layer-major,
- * targets q..down). Worker and coordinator derive it from the LoRA spec and
- * the strategy, so uploads, sealing and secagg masking cover view floats only:
- * ffa sends the B entries, about half the bytes of the adapter. */
+ * The part of the slab a strategy trains and uploads: the whole slab
+ * (FP_VIEW_ALL), the B factors alone (FP_VIEW_B: FFA-LoRA, rolora's B rounds)
+ * or the A factors alone (FP_VIEW_A: rolora's A rounds), packed in slab order
+ * (layer-major, targets q..down). Worker and coordinator derive it from the
+ * LoRA spec, the strategy and the round, so uploads, sealing and secagg masking
+ * cover view floats only: a one-factor view is about half the adapter. */
+enum { FP_VIEW_ALL = 0, FP_VIEW_B = 1, FP_VIEW_A = 2 };
 
 /* Floats in the view. */
-size_t fp_ft_view_size(const fp_lora *l, int b_only);
+size_t fp_ft_view_size(const fp_lora *l, int view);
 /* packed [view] <- slab [n_params]. */
-void fp_ft_view_gather(const fp_lora *l, int b_only, const float *slab, float *packed);
+void fp_ft_view_gather(const fp_lora *l, int view, const float *slab, float *packed);
 /* slab [n_params] <- packed [view] at the view's positions (others untouched). */
-void fp_ft_view_scatter(const fp_lora *l, int b_only, const float *packed, float *slab);
+void fp_ft_view_scatter(const fp_lora *l, int view, const float *packed, float *slab);
 
 #endif
