@@ -212,6 +212,13 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
         fp_error_prefix("[security] secret_key (sealing updates): ");
         goto err;
     }
+    /* The sample must not be predictable from what workers see ([run] seed is in
+     * every Task): it is drawn from a key derived from the coordinator's secret
+     * key, which is stable across restarts, so a resumed run samples the same. */
+    r->sample_secret = !cfg->insecure && cfg->secret_key[0];
+    if (r->sample_secret)
+        crypto_generichash(r->sample_key, sizeof r->sample_key, r->seal_kp->secret_key, 32,
+                           (const uint8_t *)"fedpeft sample v1", 17);
     if (!r->strat || !r->staging || !r->status || !r->examples || !r->val_loss || !r->loss || !r->queue) {
         if (r->strat)
             fp_error_set("out of memory for the adapter (%zu floats)", r->global->n_params);
@@ -255,6 +262,7 @@ void rounds_destroy(rounds **r_p)
     sa_destroy(&r->sa);
     fp_dp_noise_destroy(&r->noise);
     fp_keypair_free(&r->seal_kp);
+    sodium_memzero(r->sample_key, sizeof r->sample_key);
     for (size_t i = 0; i < r->n_lines; i++)
         free(r->lines[i]);
     free(r->lines);

@@ -219,8 +219,27 @@ static int cmp_ids(const void *a, const void *b, void *srv)
     return strcmp(server_worker(srv, *(const int *)a)->id, server_worker(srv, *(const int *)b)->id);
 }
 
+/* The round's sampling seed: with CURVE a keyed hash of (run, round) under the
+ * coordinator's secret sample key, so no worker can predict who is sampled (the
+ * DP accounting's amplification by sampling assumes it cannot); with --insecure
+ * the documented [run] seed. */
+static uint64_t sample_seed(const rounds *r)
+{
+    if (!r->sample_secret)
+        return r->cfg->seed * 1000003u + r->round;
+    uint8_t msg[48] = {0}, out[8];
+    snprintf((char *)msg, 40, "%s", r->run_id);
+    for (int i = 0; i < 8; i++)
+        msg[40 + i] = (uint8_t)(r->round >> (8 * i));
+    crypto_generichash(out, sizeof out, msg, sizeof msg, r->sample_key, sizeof r->sample_key);
+    uint64_t s = 0;
+    for (int i = 0; i < 8; i++)
+        s |= (uint64_t)out[i] << (8 * i);
+    return s;
+}
+
 /* Live workers sorted by id; k of them by a partial Fisher-Yates seeded from
- * (seed, round); the chosen ones sorted by id again. Returns k. */
+ * sample_seed; the chosen ones sorted by id again. Returns k. */
 static int sample(rounds *r, int *chosen)
 {
     int n = 0;
@@ -236,7 +255,7 @@ static int sample(rounds *r, int *chosen)
     if (k > n)
         k = n;
     fp_rng rng;
-    fp_rng_seed(&rng, r->cfg->seed * 1000003u + r->round);
+    fp_rng_seed(&rng, sample_seed(r));
     for (int i = 0; i < k; i++) {
         int j = i + (int)fp_rng_below(&rng, (uint64_t)(n - i));
         int t = chosen[i];

@@ -73,6 +73,8 @@ struct rounds {
      * secret_key; an ephemeral one with --insecure), each worker's per-round
      * seal key of this and the previous round, and the staged upload's key. */
     fp_keypair *seal_kp;
+    uint8_t sample_key[32];         /* who is sampled: from the secret key (rounds_new) */
+    int sample_secret;              /* 0: --insecure, the sample follows [run] seed */
     uint8_t (*seal_pk)[32], (*prev_seal_pk)[32];
     uint64_t *prev_task;            /* task id of prev_seal_pk's round */
     /* flora (docs/protocol.md, "Folds"), per worker: the folds its base holds

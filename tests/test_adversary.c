@@ -19,6 +19,10 @@
  *    rounds complete (several upload slots, the chunk timeout frees a stalled
  *    one, a peer that stalled is pulled last), and the coordinator's memory
  *    growth is printed and bounded.
+ * 4. The sample is not predictable from what a worker sees: every Task carries
+ *    [run] seed, from which the sample used to be drawn; with CURVE it comes
+ *    from the coordinator's secret key, and the seed-based prediction of who
+ *    is sampled fails in some of 8 rounds (chance of a false alarm 3^-8).
  */
 #include <math.h>
 #include <pthread.h>
@@ -41,6 +45,7 @@
 #include "fed_harness.h"
 #include "keys.h"
 #include "model.h"
+#include "rng.h"
 #include "test_util.h"
 #include "wire.h"
 
@@ -189,7 +194,7 @@ static void send_heartbeat(void *s)
     env.body_case = FEDPEFT__ENVELOPE__BODY_HEARTBEAT;
     env.heartbeat = &hb;
     if (wire_send(s, NULL, &env) != 0)
-        printf("# heartbeat not sent: %s\n", fp_error_get());
+        return;     /* a missed heartbeat shows as a dead peer */
 }
 
 /* Registered as itself: answers every evaluation with loss 0 over 2^63
@@ -471,6 +476,8 @@ static void hostile_start(hostile *h, int i, const fh_fed *f)
     snprintf(route, sizeof route, "%s#%016x", h->id, 0x51a11 + i);
     h->s = m_socket(&h->m, route);
     h->silent = i >= N_STALL;
+    int sndtimeo = 200;     /* once the coordinator is gone a send would block for good */
+    zmq_setsockopt(h->s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
     if (h->silent) {    /* reads nothing: what it is sent queues up at the coordinator */
         int one = 1, small = 4096;
         zmq_setsockopt(h->s, ZMQ_RCVHWM, &one, sizeof one);
@@ -535,12 +542,60 @@ static void test_stalling_and_silent_peers(void **state)
     assert_true(rss_max - rss0 < 64 * 1024);
 }
 
+/* ---- 4. an unpredictable sample ---------------------------------------------------- */
+
+/* The sample a worker could compute from [run] seed (the pre-fix rule of
+ * coordinator/rounds_phase.c): ids sorted, partial Fisher-Yates, k = 1. */
+static int predicted_index(uint64_t seed, uint64_t round, int n)
+{
+    fp_rng rng;
+    fp_rng_seed(&rng, seed * 1000003u + round);
+    return (int)fp_rng_below(&rng, (uint64_t)n);
+}
+
+static void test_sample_unpredictable(void **state)
+{
+    (void)state;
+    enum { ROUNDS = 8 };
+    fh_fed_init(&cur, "adv-sample", base_dir, N_WORKERS);
+    fh_fed_write_ini(&cur, "rounds = 8\nseed = 5", 4, 2,
+                     "[sampling]\nfraction = 0.34\nmin_workers = 1\n[round]\n"
+                     "start_timeout_s = 60\n");
+    use_curve(&cur);
+    fh_fed_start(&cur);
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
+    char clog[4300], needle[64], line[4096];
+    snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
+    int hits = 0, seen = 0;
+    for (int r = 1; r <= ROUNDS; r++) {
+        snprintf(needle, sizeof needle, "round %d: sampled 1 of ", r);
+        FILE *f = fopen(clog, "r");
+        assert_non_null(f);
+        int got = -1, live = 0;
+        while (fgets(line, sizeof line, f)) {
+            const char *p = strstr(line, needle);
+            if (p && sscanf(p + strlen(needle), "%d workers (w%d)", &live, &got) != 2)
+                got = -1;
+        }
+        fclose(f);
+        if (got < 0 || live < 1)
+            fail_msg("no 'sampled' line for round %d in %s", r, clog);
+        seen++;
+        hits += got == predicted_index(5, (uint64_t)r, live);
+    }
+    printf("# the seed-based prediction named the sampled worker in %d of %d rounds\n", hits,
+           seen);
+    assert_int_equal(seen, ROUNDS);
+    assert_true(hits < ROUNDS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_one_key, teardown),
         cmocka_unit_test_teardown(test_huge_plain_update, teardown),
         cmocka_unit_test_teardown(test_stalling_and_silent_peers, teardown),
+        cmocka_unit_test_teardown(test_sample_unpredictable, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
