@@ -355,7 +355,7 @@ static void test_huge_plain_update(void **state)
     fh_fed_init(&cur, "adv-huge", base_dir, N_WORKERS);
     fh_fed_write_ini(&cur, "rounds = 2\nseed = 5", 4, 8,
                      "[sampling]\nmin_workers = 3\n[round]\nstart_timeout_s = 60\n"
-                     "[secagg]\nenabled = false\n");
+                     "[secagg]\nenabled = false\n[privacy]\nrequire_secagg = false\n");
     use_curve(&cur);
     cur.poison[2] = "1e30";
     fh_fed_start(&cur);

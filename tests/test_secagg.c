@@ -240,7 +240,8 @@ static void test_secure_equals_plain_and_inspection(void **state)
     (void)state;
     run s, p;
     federate(&s, "sa-on", 4, 1, "[secagg]\nenabled = true\n", NULL);
-    federate(&p, "sa-off", 4, 1, "[secagg]\nenabled = false\n", NULL);
+    federate(&p, "sa-off", 4, 1, "[secagg]\nenabled = false\n[privacy]\nrequire_secagg = false\n",
+             NULL);
     size_t na, nb;
     float *a = adapter_values(s.adapter, "lora_", &na), *b = adapter_values(p.adapter, "lora_", &nb);
     assert_int_equal(na, nb);
@@ -343,7 +344,9 @@ static void test_tampered_chunks(void **state)
                              "FEDPEFT_TEST_TAMPER=truncate", "FEDPEFT_TEST_TAMPER=splice",
                              "FEDPEFT_TEST_TAMPER=replay"};
     run f;
-    federate(&f, "sa-tamper", 6, 2, "[secagg]\nthreshold = 3\n", env);
+    /* t = 3 of 6 is below a majority: the workers accept it only when told to. */
+    federate(&f, "sa-tamper", 6, 2, "[secagg]\nthreshold = 3\n[privacy]\nmin_threshold = 3\n",
+             env);
     cJSON *m = metrics_line(&f, 2);
     assert_non_null(m);
     assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));

@@ -76,7 +76,6 @@ int wk_policy_check_task(const wk_config *cfg, const Fedpeft__Task *task, char *
 
 size_t wk_policy_min_survivors(const wk_config *cfg, unsigned t)
 {
-    if (cfg->insecure || (size_t)cfg->min_peers < t)
-        return t;
-    return (size_t)cfg->min_peers;
+    (void)cfg;      /* t > n/2 already (wk_policy_check_task); see privacy_policy.h */
+    return t < 2 ? 2 : t;
 }

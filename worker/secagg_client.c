@@ -372,9 +372,8 @@ static int listed(char **ids, size_t before, const char *id)
 static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors)
 {
     if (u->n_survivors < min_survivors)
-        return fp_error_set("it names %zu survivors, below %zu (t = %u, [privacy] min_peers): "
-                            "the sum of so few inputs exposes them", u->n_survivors,
-                            min_survivors, sa->t);
+        return fp_error_set("it names %zu survivors, below the threshold t = %zu: the sum of "
+                            "so few inputs exposes them", u->n_survivors, min_survivors);
     int me_in = 0;
     for (size_t i = 0; i < u->n_survivors; i++) {
         int p = find_peer(sa, u->survivors[i]);

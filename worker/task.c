@@ -454,7 +454,7 @@ static int start_secagg(wk_task *t)
 static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
 {
     Fedpeft__ShareKeys *sk = NULL;
-    size_t need = wk_policy_min_survivors(t->cfg, t->sap.threshold);
+    size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers;
     if (t->sa && pk->n_peers < need) {
         wk_log("round %llu: refused PeerKeys: %zu members advertised keys, below %zu ([privacy] "
                "min_peers)", (unsigned long long)t->round, pk->n_peers, need);

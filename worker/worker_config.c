@@ -55,8 +55,8 @@ const fp_cfg_key wk_config_keys[] = {
      "refuse a training task without secure aggregation (false: send the update sealed to "
      "the coordinator only, which then sees it; warned at start)"},
     {"privacy", "min_peers", FP_CFG_INT, 2, 255, "3", F(min_peers), 0, NULL,
-     "refuse a secure round of fewer members, and an unmasking of fewer survivors (with 2, "
-     "the other member learns this worker's update from the published sum)"},
+     "refuse a secure round of fewer members (with 2, the other member learns this worker's "
+     "update from the published sum)"},
     {"privacy", "min_threshold", FP_CFG_INT, 0, 255, "0", F(min_threshold), 0, NULL,
      "the lowest Shamir threshold t accepted; 0 = a majority of the round's members "
      "(t > n/2), never below 2"},
