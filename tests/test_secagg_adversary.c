@@ -54,33 +54,14 @@ static char base_dir[4096];
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[8192];
     if (fh_base_setup("sa-adv", NW, 400, base_dir, sizeof base_dir) != 0)
         return -1;
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/keys' && '%s' keygen --out '%s/keys' --name "
-             "coordinator >/dev/null", base_dir, FP_TOOL, base_dir);
-    if (tu_run(cmd, NULL) != 0)
-        return -1;
-    for (int k = 0; k < NW; k++) {
-        snprintf(cmd, sizeof cmd, "'%s' keygen --out '%s/keys' --name w%d >> '%s/keys/allowlist'",
-                 FP_TOOL, base_dir, k, base_dir);
-        if (tu_run(cmd, NULL) != 0)
-            return -1;
-    }
-    return 0;
+    return fh_keygen(base_dir, NW);
 }
 
 typedef struct {
     char dir[4096], cfg[4200], state[4200], adapter[4300], dump[4300], clog[4300];
 } run;
-
-static pid_t spawn(char *const argv[], const char *log, const char *env1, const char *dump)
-{
-    char d[4400];
-    snprintf(d, sizeof d, "FEDPEFT_TEST_DUMP_DIR=%s", dump);
-    const char *env[] = {d, env1, NULL};
-    return fh_spawn(argv, log, env);
-}
 
 /* One round of NW workers over CURVE; wenv[k] / cenv: "NAME=VALUE" or NULL.
  * Fails unless the coordinator exits 0. */
@@ -114,7 +95,7 @@ static void federate(run *f, const char *tag, const char *extra, const char *con
              extra ? extra : "");
     assert_int_equal(tu_write_file(f->cfg, ini, strlen(ini)), 0);
     char *cargv[] = {FP_COORDINATOR, "--config", f->cfg, NULL};
-    pid_t coord = spawn(cargv, f->clog, cenv, f->dump);
+    pid_t coord = fh_spawn_dump(cargv, f->clog, cenv, f->dump);
     pid_t w[NW] = {0};
     for (int k = 0; k < NW; k++) {
         char log[4400], id[64], data[4300], sk[4400];
@@ -123,7 +104,7 @@ static void federate(run *f, const char *tag, const char *extra, const char *con
         snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, k);
         snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/w%d.key", base_dir, k);
         char *wargv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", sk, NULL};
-        w[k] = spawn(wargv, log, wenv ? wenv[k] : NULL, f->dump);
+        w[k] = fh_spawn_dump(wargv, log, wenv ? wenv[k] : NULL, f->dump);
     }
     int rc = fh_wait_exit(coord, 240, NULL);
     for (int k = 0; k < NW; k++)
@@ -175,16 +156,6 @@ static int count_in(const char *path, const char *needle)
     return n;
 }
 
-static float *read_f32(const char *path, size_t *n)
-{
-    size_t len = 0;
-    char *b = tu_read_file(path, &len);
-    if (!b)
-        fail_msg("missing %s", path);
-    *n = len / 4;
-    return (float *)(void *)b;
-}
-
 /* The coordinator's unmasked sum equals the exact sum of the quantized
  * contributions of the workers in ids (and so is no single worker's). */
 static void assert_sum_of(const run *f, const int *ids, int k)
@@ -192,11 +163,11 @@ static void assert_sum_of(const run *f, const int *ids, int k)
     char path[4500];
     snprintf(path, sizeof path, "%s/coord-round-1-sum.f32", f->dump);
     size_t n, m;
-    float *got = read_f32(path, &n);
+    float *got = fh_read_f32(path, &n);
     uint32_t *acc = calloc(n, sizeof *acc), *q = calloc(n, sizeof *q);
     for (int i = 0; i < k; i++) {
         snprintf(path, sizeof path, "%s/worker-w%d-round-1.f32", f->dump, ids[i]);
-        float *x = read_f32(path, &m);
+        float *x = fh_read_f32(path, &m);
         assert_int_equal(m, n);
         assert_int_equal(fp_secagg_quantize(q, x, n, CLIP, FRAC, NULL), 0);
         fp_secagg_sum_add(acc, q, n);

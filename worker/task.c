@@ -455,15 +455,17 @@ static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
 {
     Fedpeft__ShareKeys *sk = NULL;
     size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers;
-    if (t->sa && pk->n_peers < need) {
-        wk_log("round %llu: refused PeerKeys: %zu members advertised keys, below %zu ([privacy] "
-               "min_peers)", (unsigned long long)t->round, pk->n_peers, need);
-        wk_sa_destroy(&t->sa);
-        return;
-    }
-    if (!t->sa || wk_sa_on_peer_keys(t->sa, pk, &sk) != 0) {
-        wk_log("round %llu: refused PeerKeys: %s", (unsigned long long)t->round,
-               t->sa ? fp_error_get() : "no secure aggregation in progress");
+    char why[300];
+    if (t->sa && pk->n_peers < need)
+        snprintf(why, sizeof why, "PeerKeys lists %zu members, below [privacy] min_peers = %zu",
+                 pk->n_peers, need);
+    else if (t->sa && wk_sa_on_peer_keys(t->sa, pk, &sk) != 0)
+        snprintf(why, sizeof why, "PeerKeys refused: %s", fp_error_get());
+    if (!t->sa || !sk) {
+        wk_log("round %llu: %s", (unsigned long long)t->round,
+               t->sa ? why : "PeerKeys ignored: no secure aggregation in progress");
+        if (t->sa)
+            send_refusal(t, t->task_id, t->round, why, NULL);
         wk_sa_destroy(&t->sa);
         return;
     }
