@@ -70,7 +70,8 @@ for n in $WORKERS; do
         echo "== $n workers, secure aggregation $sa: $run (load average $load)"
         t0=$(date +%s.%N)
         "$fp" simulate --config "$here/configs/simulate-shakespeare.ini" --simulate.out_dir="$run" \
-            --simulate.workers="$n" --secagg.enabled="$enabled" "${settings[@]}"
+            --simulate.workers="$n" --secagg.enabled="$enabled" --privacy.require_secagg="$enabled" \
+            "${settings[@]}"
         t1=$(date +%s.%N)
         wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
         summarize "$run/state/metrics.jsonl" "$n" "$sa" "$wall" "$load" >> "$summary"

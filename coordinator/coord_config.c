@@ -17,7 +17,7 @@ static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi
 static const char *const dp_modes[] = {"central", "distributed", NULL};
 static const char *const weightings[] = {"examples", "equal", NULL};
 
-const char *const coord_config_ignore[] = {"worker", "simulate", NULL};
+const char *const coord_config_ignore[] = {"worker", "simulate", "privacy", NULL};
 
 /* {section, name, type, min, max, default, offset, size, enum names, help} */
 const fp_cfg_key coord_config_keys[] = {

@@ -66,6 +66,26 @@ static void hello_folds(rounds *r, int w)
               "restores the original base", wi->id, wi->n_folds, wi->fold_run, F);
 }
 
+/* Fixed membership under secure aggregation: a member that says Hello again
+ * (a reconnect, or an attacker replaying its identity) keeps its place and
+ * its phase; it is dropped only by missing a phase. Its task is not resent:
+ * a new task would mean new keys, and its shares are already out. An upload
+ * cut short is pulled again. */
+static void secagg_rejoin(rounds *r, int w, uint8_t s)
+{
+    if (s == ST_NONE || s == ST_FAILED)
+        return;
+    if (s == ST_STAGING) {
+        rounds_drop_upload(r, w);
+        r->status[w] = ST_READY;
+        r->queue[(r->q_head + r->q_len++) % SERVER_MAX_WORKERS] = w;
+        rounds_try_pull(r, clog_now_ms());
+    }
+    clog_info("round %llu: %s said Hello again during secure aggregation; still a member "
+              "(dropped only if it misses a phase)", (unsigned long long)r->round,
+              server_worker(r->srv, w)->id);
+}
+
 /* A worker said Hello again: it restarted or reconnected and lost its task.
  * The task (and its adapter) is resent once per phase: a key that keeps
  * saying Hello cannot make the coordinator send the adapter again and again. */
@@ -80,16 +100,14 @@ static void on_hello(void *ctx, int w)
     if (r->ph != PH_TRAIN && r->ph != PH_EVAL)
         return;
     uint8_t s = r->status[w];
+    if (r->ph == PH_TRAIN && r->sa) {
+        secagg_rejoin(r, w, s);
+        return;
+    }
     if (s == ST_STAGING)
         rounds_drop_upload(r, w);
     if (s == ST_READY)
         queue_remove(r, w);
-    if (r->ph == PH_TRAIN && r->sa && s != ST_NONE && s != ST_DONE && s != ST_FAILED) {
-        r->status[w] = ST_FAILED;   /* its per-round keys are gone: a dropout */
-        clog_info("round %llu: %s rejoined during secure aggregation; counted as dropped",
-                  (unsigned long long)r->round, server_worker(r->srv, w)->id);
-        return;
-    }
     if ((s == ST_PENDING || s == ST_READY || s == ST_STAGING) && r->resent[w]) {
         r->status[w] = ST_FAILED;
         clog_info("round %llu: %s said Hello again after its task was resent once: out of "

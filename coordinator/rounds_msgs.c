@@ -573,6 +573,28 @@ static void on_eval_result(rounds *r, int w, const Fedpeft__EvalResult *e)
               r->n_targets);
 }
 
+/* A worker refused its part of the current round (its [privacy] policy, an
+ * UnmaskRequest that asks too much), or reports (about = a peer) a share
+ * sealed for it that does not open. Logged once per worker and kind a round;
+ * a refusing worker is out of the round, so no phase waits for it. */
+static void on_refusal(rounds *r, int w, const Fedpeft__Refusal *f)
+{
+    int kind = r->ph == PH_TRAIN ? TASK_TRAIN : TASK_EVAL;
+    if ((r->ph != PH_TRAIN && r->ph != PH_EVAL) || !current(r, r->ph, f->task_id, kind))
+        return;     /* about an old task: nothing to act on */
+    int report = f->about && f->about[0], first = r->sa ? sa_on_refusal(r, w, report) : 0;
+    if (!report && r->status[w] == ST_PENDING) {
+        r->status[w] = ST_FAILED;
+        first = 1;
+    }
+    const char *id = server_worker(r->srv, w)->id, *why = f->reason ? f->reason : "";
+    if (first && report)
+        clog_info("round %llu: %s reports a bad share from %s: %s", (unsigned long long)r->round,
+                  id, f->about, why);
+    else if (first)
+        clog_info("round %llu: %s refused its task: %s", (unsigned long long)r->round, id, why);
+}
+
 void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)
 {
     rounds *r = ctx;
@@ -584,6 +606,7 @@ void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)
     case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS: sa_on_advertise(r, w, msg->advertise_keys); break;
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS: sa_on_shares(r, w, msg->share_keys); break;
     case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE: sa_on_unmask(r, w, msg->unmask_response); break;
+    case FEDPEFT__ENVELOPE__BODY_REFUSAL: on_refusal(r, w, msg->refusal); break;
     default: break;
     }
 }

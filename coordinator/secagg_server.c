@@ -12,6 +12,7 @@
 #include "clog.h"
 #include "rounds_state.h"
 #include "secagg.h"
+#include "secagg_recon.h"
 #include "shamir.h"
 #include "wire_secagg.h"
 
@@ -20,8 +21,11 @@
 typedef struct {
     int w, x;                       /* server index; Shamir x (rank in U1, 1-based) */
     char id[WIRE_MAX_ID];
-    uint8_t enc_pk[32], mask_pk[32];
+    uint8_t enc_pk[32], mask_pk[32], self_commit[32];
     int keys, shared, survived, responded;
+    int out;                        /* refused (bad keys) or refusing: out of the round */
+    int bad_holder;                 /* revealed a share that fails its check: ignored */
+    int reported;                   /* sent a report of a peer's bad share */
     double weight;
 } sa_member;
 
@@ -186,6 +190,35 @@ static int check_msg(rounds *r, int w, uint64_t task_id, uint64_t round, int wan
     return i;
 }
 
+/* Keys that would make pairwise seeds public or ambiguous: the all-zero and
+ * other low-order points (crypto_scalarmult fails on them), and a key another
+ * member already advertised (a copy of an honest member's keys). */
+static int bad_keys(const sa_server *sa, int i, const Fedpeft__AdvertiseKeys *m, char *why,
+                    size_t cap)
+{
+    const uint8_t *k[2] = {m->enc_pk.data, m->mask_pk.data};
+    for (int j = 0; j < 2; j++)
+        if (fp_secagg_pk_check(k[j]) < 0) {
+            snprintf(why, cap, "its %s is %s", j ? "mask_pk" : "enc_pk", fp_error_get());
+            return 1;
+        }
+    if (memcmp(k[0], k[1], 32) == 0) {
+        snprintf(why, cap, "its enc_pk and mask_pk are the same key");
+        return 1;
+    }
+    for (unsigned o = 0; o < sa->n; o++) {
+        if ((int)o == i || !sa->m[o].keys)
+            continue;
+        for (int j = 0; j < 2; j++)
+            if (!memcmp(k[j], sa->m[o].enc_pk, 32) || !memcmp(k[j], sa->m[o].mask_pk, 32)) {
+                snprintf(why, cap, "its %s equals a key of %s", j ? "mask_pk" : "enc_pk",
+                         sa->m[o].id);
+                return 1;
+            }
+    }
+    return 0;
+}
+
 void sa_on_advertise(rounds *r, int w, const Fedpeft__AdvertiseKeys *m)
 {
     if (!r->sa)
@@ -194,15 +227,36 @@ void sa_on_advertise(rounds *r, int w, const Fedpeft__AdvertiseKeys *m)
     if (i < 0)
         return;
     sa_member *me = &r->sa->m[i];
-    if (me->keys) {
+    if (me->keys || me->out) {
         server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
                       "duplicate AdvertiseKeys for round %llu", (unsigned long long)r->round);
         return;
     }
+    char why[200];
+    if (bad_keys(r->sa, i, m, why, sizeof why)) {
+        me->out = 1;
+        clog_info("round %llu: secagg: refused the keys of %s: %s; it is out of this round",
+                  (unsigned long long)r->round, me->id, why);
+        server_reject(r->srv, w, NULL, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
+                      "AdvertiseKeys refused: %s", why);
+        return;
+    }
     memcpy(me->enc_pk, m->enc_pk.data, 32);
     memcpy(me->mask_pk, m->mask_pk.data, 32);
+    memcpy(me->self_commit, m->self_commit.data, 32);
     me->keys = 1;
     r->sa->n_u1++;
+}
+
+int sa_on_refusal(rounds *r, int w, int report)
+{
+    int i = r->sa ? member_of(r->sa, w) : -1;
+    if (i < 0)
+        return 0;
+    sa_member *me = &r->sa->m[i];
+    int *flag = report ? &me->reported : &me->out, first = !*flag;
+    *flag = 1;
+    return first;
 }
 
 void sa_on_shares(rounds *r, int w, const Fedpeft__ShareKeys *m)
@@ -213,7 +267,7 @@ void sa_on_shares(rounds *r, int w, const Fedpeft__ShareKeys *m)
     int i = check_msg(r, w, m->task_id, m->round, SA_SHARES, "ShareKeys");
     if (i < 0)
         return;
-    if (!sa->m[i].keys || sa->m[i].shared) {
+    if (!sa->m[i].keys || sa->m[i].shared || sa->m[i].out) {
         server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
                       "ShareKeys %s", sa->m[i].shared ? "sent twice" : "without keys in U1");
         return;
@@ -332,11 +386,13 @@ static int phase_settled(const rounds *r, int (*done)(const sa_member *),
     return 1;
 }
 
+/* A member that is out (refused keys, or refusing) counts as done. */
 static int is_all(const sa_member *m) { (void)m; return 1; }
 static int has_keys(const sa_member *m) { return m->keys; }
-static int has_shared(const sa_member *m) { return m->shared; }
+static int keys_or_out(const sa_member *m) { return m->keys || m->out; }
+static int shared_or_out(const sa_member *m) { return m->shared || m->out; }
 static int is_survivor(const sa_member *m) { return m->survived; }
-static int has_responded(const sa_member *m) { return m->responded; }
+static int responded_or_out(const sa_member *m) { return m->responded || m->out; }
 
 static void enter_upload(rounds *r, int64_t now)
 {
@@ -352,33 +408,10 @@ static void enter_upload(rounds *r, int64_t now)
     (void)now;
 }
 
-sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
+/* Sends UnmaskRequest(survivors, dropped) to every survivor. */
+static void send_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
 {
     sa_server *sa = r->sa;
-    sa->n_u3 = 0;
-    for (unsigned i = 0; i < sa->n; i++) {
-        sa->m[i].survived = sa->m[i].shared && r->status[sa->m[i].w] == ST_DONE;
-        sa->n_u3 += (unsigned)sa->m[i].survived;
-    }
-    if (sa->n_u3 < sa->t) {
-        snprintf(reason, cap, "secure aggregation: %u masked inputs arrived, below the "
-                 "threshold t = %u", sa->n_u3, sa->t);
-        return SA_FAILED;
-    }
-    char **surv = calloc(sa->n, sizeof *surv), **drop = calloc(sa->n, sizeof *drop);
-    if (!surv || !drop) {
-        free(surv);
-        free(drop);
-        snprintf(reason, cap, "out of memory");
-        return SA_FAILED;
-    }
-    size_t ns = 0, nd = 0;
-    for (unsigned i = 0; i < sa->n; i++) {
-        if (sa->m[i].survived)
-            surv[ns++] = sa->m[i].id;
-        else if (sa->m[i].shared)
-            drop[nd++] = sa->m[i].id;
-    }
     Fedpeft__UnmaskRequest u = FEDPEFT__UNMASK_REQUEST__INIT;
     u.task_id = rounds_task_id(r, r->round, TASK_TRAIN);
     u.round = r->round;
@@ -392,6 +425,76 @@ sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason
     for (unsigned i = 0; i < sa->n; i++)
         if (sa->m[i].survived)
             (void)server_send(r->srv, sa->m[i].w, &env);
+}
+
+/* FEDPEFT_TEST_EVIL_UNMASK=both|few|twice (test builds only): a coordinator
+ * that asks for too much, so that the tests can see the workers refuse. */
+static void evil_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
+{
+#ifdef FEDPEFT_TEST_HOOKS
+    const char *e = getenv("FEDPEFT_TEST_EVIL_UNMASK");
+    if (!e || ns < 2)
+        return;
+    clog_info("round %llu: FEDPEFT_TEST_EVIL_UNMASK=%s", (unsigned long long)r->round, e);
+    if (strcmp(e, "both") == 0) {           /* survivor 0 also named dropped */
+        drop[nd] = surv[0];
+        send_unmask(r, surv, ns, drop, nd + 1);
+    } else if (strcmp(e, "few") == 0) {     /* fewer than t survivors */
+        send_unmask(r, surv, r->sa->t - 1, drop, nd);
+    } else if (strcmp(e, "twice") == 0) {   /* the honest one, then the last survivor dropped */
+        send_unmask(r, surv, ns, drop, nd);
+        drop[nd] = surv[ns - 1];
+        send_unmask(r, surv, ns - 1, drop, nd + 1);
+    }
+#else
+    (void)r, (void)surv, (void)ns, (void)drop, (void)nd;
+#endif
+}
+
+static int evil_hook_set(void)
+{
+#ifdef FEDPEFT_TEST_HOOKS
+    return getenv("FEDPEFT_TEST_EVIL_UNMASK") != NULL;
+#else
+    return 0;
+#endif
+}
+
+sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
+{
+    sa_server *sa = r->sa;
+    if (sa->phase == SA_UNMASK)
+        return SA_GOING;    /* one UnmaskRequest per round, never a second */
+    sa->n_u3 = 0;
+    for (unsigned i = 0; i < sa->n; i++) {
+        sa->m[i].survived = sa->m[i].shared && r->status[sa->m[i].w] == ST_DONE;
+        sa->n_u3 += (unsigned)sa->m[i].survived;
+    }
+    if (sa->n_u3 < sa->t) {
+        snprintf(reason, cap, "secure aggregation: %u masked inputs arrived, below the "
+                 "threshold t = %u", sa->n_u3, sa->t);
+        return SA_FAILED;
+    }
+    char **surv = calloc(sa->n + 1, sizeof *surv), **drop = calloc(sa->n + 1, sizeof *drop);
+    if (!surv || !drop) {
+        free(surv);
+        free(drop);
+        snprintf(reason, cap, "out of memory");
+        return SA_FAILED;
+    }
+    /* Disjoint by construction: a member is a survivor (its self-mask seed is
+     * asked for) or dropped after sharing (its mask key is), never both. */
+    size_t ns = 0, nd = 0;
+    for (unsigned i = 0; i < sa->n; i++) {
+        if (sa->m[i].survived)
+            surv[ns++] = sa->m[i].id;
+        else if (sa->m[i].shared)
+            drop[nd++] = sa->m[i].id;
+    }
+    if (evil_hook_set())
+        evil_unmask(r, surv, ns, drop, nd);
+    else
+        send_unmask(r, surv, ns, drop, nd);
     free(surv);
     free(drop);
     sa->phase = SA_UNMASK;
@@ -410,7 +513,7 @@ void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
     int h = check_msg(r, w, m->task_id, m->round, SA_UNMASK, "UnmaskResponse");
     if (h < 0)
         return;
-    if (!sa->m[h].survived || sa->m[h].responded) {
+    if (!sa->m[h].survived || sa->m[h].responded || sa->m[h].out) {
         server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
                       "UnmaskResponse %s", sa->m[h].responded ? "sent twice" : "from a non-survivor");
         return;
@@ -436,24 +539,110 @@ void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
     sa->n_resp++;
 }
 
-/* Interpolates owner's secret from the shares its holders revealed. */
-static int combine(const sa_server *sa, const uint8_t *sh, const uint8_t *has, unsigned owner,
+/* What a reconstructed secret must match: the owner's self-mask commitment
+ * (AdvertiseKeys.self_commit) or, for a mask secret key, its public key. */
+typedef struct {
+    const sa_server *sa;
+    unsigned owner;
+    const char *run_id;
+    uint64_t round;
+} check_ctx;
+
+static int check_self(const uint8_t secret[32], const void *ctx)
+{
+    const check_ctx *c = ctx;
+    uint8_t h[32];
+    if (fp_secagg_self_commit(h, secret, c->sa->m[c->owner].id, c->run_id, c->round) < 0)
+        return -1;
+    return sodium_memcmp(h, c->sa->m[c->owner].self_commit, 32) == 0 ? 0 : -1;
+}
+
+static int check_key(const uint8_t secret[32], const void *ctx)
+{
+    const check_ctx *c = ctx;
+    uint8_t pk[32];
+    if (crypto_scalarmult_base(pk, secret) != 0)
+        return -1;
+    return memcmp(pk, c->sa->m[c->owner].mask_pk, 32) == 0 ? 0 : -1;
+}
+
+/* "a, b, c": the ids of the k holders (for a log line). */
+static void holder_list(const sa_server *sa, const int *holder, size_t k, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t j = 0; j < k && len + 1 < cap; j++) {
+        int w = snprintf(buf + len, cap - len, "%s%s", j ? ", " : "", sa->m[holder[j]].id);
+        len += w > 0 ? (size_t)w : 0;
+    }
+}
+
+/* The owner's secret (self-mask seed, or mask key when `key`) from the shares
+ * its holders revealed, checked (secagg_recon.h). A holder whose share is
+ * inconsistent is named and its shares are ignored from then on. */
+static int combine(rounds *r, const uint8_t *sh, const uint8_t *has, unsigned owner, int key,
                    uint8_t out[32])
 {
+    sa_server *sa = r->sa;
     uint8_t (*rows)[32] = sodium_malloc((size_t)sa->n * 32);
-    uint8_t xs[WIRE_MAX_PEERS];
+    uint8_t xs[WIRE_MAX_PEERS], bad[WIRE_MAX_PEERS];
+    int holder[WIRE_MAX_PEERS];
+    const char *what = key ? "mask key" : "self-mask seed";
     if (!rows)
         return fp_error_set("out of memory");
     size_t k = 0;
     for (unsigned h = 0; h < sa->n; h++)
-        if (has[(size_t)owner * sa->n + h]) {
+        if (has[(size_t)owner * sa->n + h] && !sa->m[h].bad_holder) {
             memcpy(rows[k], sh + ((size_t)owner * sa->n + h) * 32, 32);
+            holder[k] = (int)h;
             xs[k++] = (uint8_t)sa->m[h].x;
         }
-    int rc = fp_shamir_combine((const uint8_t (*)[32])rows, xs, k, sa->t, out);
+    check_ctx c = {sa, owner, r->run_id, r->round};
+    int rc = sa_recon((const uint8_t (*)[32])rows, xs, k, sa->t, key ? check_key : check_self,
+                      &c, out, bad);
     sodium_free(rows);
+    char ids[512];
+    holder_list(sa, holder, k, ids, sizeof ids);
+    if (rc < 0 && k == sa->t)
+        return fp_error_set("the %s of %s, from exactly t = %u shares (of %s), fails its "
+                            "check: one of them sent a bad share", what, sa->m[owner].id,
+                            sa->t, ids);
     if (rc < 0)
-        return fp_error_prefix("%s: %zu shares: ", sa->m[owner].id, k);
+        return fp_error_set("the %s of %s: %s (of %s; %s committed to another secret, or more "
+                            "than %d are bad)", what, sa->m[owner].id, fp_error_get(), ids,
+                            sa->m[owner].id, SA_RECON_MAX_BAD);
+    for (size_t j = 0; j < k; j++)
+        if (bad[j]) {
+            sa->m[holder[j]].bad_holder = 1;
+            clog_error("round %llu: secagg: %s revealed a bad share of the %s of %s; its shares "
+                       "are ignored", (unsigned long long)r->round, sa->m[holder[j]].id, what,
+                       sa->m[owner].id);
+        }
+    return 0;
+}
+
+/* The unmasked sum must be one that n_u3 honest inputs can make
+ * (fp_secagg_check_sum): each coordinate within n_u3 clip ranges, and its L2
+ * norm within the survivors' weight W times the bound on one update ([dp]
+ * clip_norm, else [strategy] max_update_norm or its automatic value), plus
+ * the noise of distributed DP. An input of any uint32 words (a hostile
+ * worker) that lands outside is caught here. */
+static int check_bounds(const rounds *r, double W)
+{
+    const sa_server *sa = r->sa;
+    const coord_config *c = r->cfg;
+    double each = rounds_update_bound(r, sa->n_params);
+    if (c->dp && (each <= 0 || c->dp_clip_norm < each))
+        each = c->dp_clip_norm;
+    double l2 = each > 0 ? each * W : 0;
+    if (l2 > 0 && c->dp && c->dp_mode == COORD_DP_DISTRIBUTED) {
+        double sc = c->dp_noise_multiplier * c->dp_clip_norm;
+        l2 += 1.1 * sc * sqrt((double)sa->n_params * sa->n_u3 / sa->n) + 10 * sc;
+    }
+    size_t bad;
+    if (fp_secagg_check_sum(sa->sum, sa->n_params, sa->n_u3, sa->clip, sa->frac_bits,
+                            l2 / sa->n_u3, &bad) < 0)
+        return fp_error_prefix("the unmasked sum is impossible for %u honest inputs: ", sa->n_u3);
     return 0;
 }
 
@@ -488,18 +677,22 @@ static int finalize(rounds *r, int64_t now)
             memcpy(surv[ns++].pk, sa->m[i].mask_pk, 32);
             W += sa->m[i].weight;
         }
+    /* For each member one secret: the self-mask seed of a survivor or the mask
+     * key of one dropped after sharing (sa_start_unmask's disjoint lists). */
     for (unsigned i = 0; i < sa->n; i++) {
         if (sa->m[i].survived) {
-            if (combine(sa, sa->self_sh, sa->self_has, i, secret) < 0 ||
+            if (combine(r, sa->self_sh, sa->self_has, i, 0, secret) < 0 ||
                 fp_secagg_unmask_self(sa->sum, sa->n_params, 0, secret, r->round) < 0)
                 goto out;
         } else if (sa->m[i].shared) {
-            if (combine(sa, sa->key_sh, sa->key_has, i, secret) < 0 ||
+            if (combine(r, sa->key_sh, sa->key_has, i, 1, secret) < 0 ||
                 fp_secagg_unmask_dropped(sa->sum, sa->n_params, 0, sa->m[i].id, secret, surv,
                                          ns, r->run_id, r->round) < 0)
                 goto out;
         }
     }
+    if (check_bounds(r, W) < 0)
+        goto out;
     float *x = r->staging;
     fp_secagg_dequantize_sum(x, sa->sum, sa->n_params, sa->frac_bits);
     if (r->dump_dir)
@@ -525,7 +718,7 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
     sa_server *sa = r->sa;
     switch (sa->phase) {
     case SA_KEYS:
-        if (sa->n_u1 < sa->n && !phase_settled(r, has_keys, is_all) && now < sa->sub_deadline)
+        if (!phase_settled(r, keys_or_out, is_all) && now < sa->sub_deadline)
             return SA_GOING;
         if (sa->n_u1 < sa->t) {
             snprintf(reason, cap, "secure aggregation: %u workers advertised keys, below "
@@ -537,7 +730,7 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
         sa->sub_deadline = now + (sa->sub_deadline - r->phase_start_ms);
         return SA_GOING;
     case SA_SHARES:
-        if (sa->n_u2 < sa->n_u1 && !phase_settled(r, has_shared, has_keys) &&
+        if (sa->n_u2 < sa->n_u1 && !phase_settled(r, shared_or_out, has_keys) &&
             now < sa->sub_deadline)
             return SA_GOING;
         if (sa->n_u2 < sa->t) {
@@ -550,7 +743,7 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
     case SA_UPLOAD:
         return SA_UPLOADING;
     case SA_UNMASK:
-        if (sa->n_resp < sa->n_u3 && !phase_settled(r, has_responded, is_survivor) &&
+        if (sa->n_resp < sa->n_u3 && !phase_settled(r, responded_or_out, is_survivor) &&
             now < sa->sub_deadline)
             return SA_GOING;
         if (sa->n_resp < sa->t) {
@@ -561,8 +754,8 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
         if (finalize(r, now) < 0) {
             clog_error("round %llu: secure aggregation failed: %s", (unsigned long long)r->round,
                        fp_error_get());
-            snprintf(reason, cap, "secure aggregation could not unmask the sum (%u of %u)",
-                     sa->n_resp, sa->n_u3);
+            snprintf(reason, cap, "secure aggregation (%u of %u shares' holders answered): %s",
+                     sa->n_resp, sa->n_u3, fp_error_get());
             return SA_FAILED;
         }
         return SA_SUM_READY;

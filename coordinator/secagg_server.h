@@ -46,6 +46,11 @@ int sa_in_u2(const sa_server *sa, int w);
 void sa_on_advertise(struct rounds *r, int w, const Fedpeft__AdvertiseKeys *m);
 void sa_on_shares(struct rounds *r, int w, const Fedpeft__ShareKeys *m);
 void sa_on_unmask(struct rounds *r, int w, const Fedpeft__UnmaskResponse *m);
+/* A Refusal from w: with `report` (a peer's share did not open for w) it is
+ * only counted; otherwise w refused its part and is out of the round from now
+ * on (a phase no longer waits for it). 1 for the first of its kind from w
+ * this round (to log), else 0. */
+int sa_on_refusal(struct rounds *r, int w, int report);
 /* Adds a whole staged masked input (n words) of w to the sum. */
 void sa_add_input(sa_server *sa, const uint32_t *y, size_t n);
 

@@ -532,6 +532,7 @@ static void handle_msg(server *srv, const char *rid, const char *id, const char 
     case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS:
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
     case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE:
+    case FEDPEFT__ENVELOPE__BODY_REFUSAL:
         if (srv->hooks.on_task_msg)
             srv->hooks.on_task_msg(srv->hooks.ctx, w, msg);
         break;

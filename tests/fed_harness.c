@@ -72,6 +72,32 @@ int fh_base_setup(const char *tag, int n, int lines, char *out, size_t cap)
     return fh_model_convert(out) == 0 && fh_shards(out, n, lines) == 0 ? 0 : -1;
 }
 
+int fh_keygen(const char *dir, int n)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/keys' && '%s' keygen --out '%s/keys' --name "
+             "coordinator >/dev/null", dir, FP_TOOL, dir);
+    if (tu_run(cmd, NULL) != 0)
+        return -1;
+    for (int k = 0; k < n; k++) {
+        snprintf(cmd, sizeof cmd, "'%s' keygen --out '%s/keys' --name w%d >> '%s/keys/allowlist'",
+                 FP_TOOL, dir, k, dir);
+        if (tu_run(cmd, NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+float *fh_read_f32(const char *path, size_t *n)
+{
+    size_t len = 0;
+    char *b = tu_read_file(path, &len);
+    if (!b)
+        fail_msg("missing %s", path);
+    *n = len / 4;
+    return (float *)(void *)b;
+}
+
 pid_t fh_spawn(char *const argv[], const char *log, const char *const env[])
 {
     fflush(stdout);
@@ -95,6 +121,14 @@ pid_t fh_spawn(char *const argv[], const char *log, const char *const env[])
         _exit(127);
     }
     return pid;
+}
+
+pid_t fh_spawn_dump(char *const argv[], const char *log, const char *env1, const char *dump)
+{
+    char d[4400];
+    snprintf(d, sizeof d, "FEDPEFT_TEST_DUMP_DIR=%s", dump);
+    const char *env[] = {d, env1, NULL};
+    return fh_spawn(argv, log, env);
 }
 
 int fh_wait_exit(pid_t pid, double timeout_s, const char *what)

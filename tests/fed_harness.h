@@ -30,12 +30,20 @@ int fh_shards(const char *dir, int n, int lines);
  * `lines` lines each (fh_model_convert + fh_shards); 0 on success. */
 int fh_base_setup(const char *tag, int n, int lines, char *out, size_t cap);
 
+/* DIR/keys: `fedpeft keygen` for "coordinator" and w0..w(n-1), and
+ * DIR/keys/allowlist with every worker; 0 on success. */
+int fh_keygen(const char *dir, int n);
+/* A whole file as floats (malloc'd; *n floats); fails the test when missing. */
+float *fh_read_f32(const char *path, size_t *n);
+
 /* ---- processes ------------------------------------------------------------- */
 
 /* Forks and execs argv[0] with stdout and stderr to `log` (truncated),
  * OPENBLAS_NUM_THREADS=1 and each "NAME=VALUE" of env (NULL-terminated list,
  * or NULL). Returns the pid. */
 pid_t fh_spawn(char *const argv[], const char *log, const char *const env[]);
+/* fh_spawn with FEDPEFT_TEST_DUMP_DIR=dump and env1 ("NAME=VALUE" or NULL). */
+pid_t fh_spawn_dump(char *const argv[], const char *log, const char *env1, const char *dump);
 /* Exit status of pid (128 + signal when killed) within timeout_s * tu_slow().
  * After that it is SIGKILLed and reaped; then fails the test naming `what`,
  * or returns -1 when what is NULL. */

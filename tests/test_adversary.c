@@ -375,7 +375,7 @@ static void test_huge_plain_update(void **state)
     fh_fed_init(&cur, "adv-huge", base_dir, N_WORKERS);
     fh_fed_write_ini(&cur, "rounds = 2\nseed = 5", 4, 8,
                      "[sampling]\nmin_workers = 3\n[round]\nstart_timeout_s = 60\n"
-                     "[secagg]\nenabled = false\n");
+                     "[secagg]\nenabled = false\n[privacy]\nrequire_secagg = false\n");
     use_curve(&cur);
     cur.poison[2] = "1e30";
     fh_fed_start(&cur);
@@ -495,7 +495,7 @@ static void test_stalling_and_silent_peers(void **state)
     fh_fed_write_ini(&cur, "rounds = 2\nseed = 5", 4, 8,
                      "[sampling]\nmin_workers = 33\n[round]\nstart_timeout_s = 60\n"
                      "deadline_s = 12\neval_deadline_s = 5\nmin_quorum = 3\n"
-                     "[secagg]\nenabled = false\n");
+                     "[secagg]\nenabled = false\n[privacy]\nrequire_secagg = false\n");
     use_curve(&cur);
     fh_coordinator_start(&cur);
     static hostile h[N_HOSTILE];
@@ -560,7 +560,8 @@ static void test_sample_unpredictable(void **state)
     fh_fed_init(&cur, "adv-sample", base_dir, N_WORKERS);
     fh_fed_write_ini(&cur, "rounds = 8\nseed = 5", 4, 2,
                      "[sampling]\nfraction = 0.34\nmin_workers = 1\n[round]\n"
-                     "start_timeout_s = 60\n");
+                     "start_timeout_s = 60\n[secagg]\nenabled = false\n[privacy]\n"
+                     "require_secagg = false\n");
     use_curve(&cur);
     fh_fed_start(&cur);
     fh_fed_finish(&cur, RUN_TIMEOUT_S);

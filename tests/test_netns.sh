@@ -95,7 +95,7 @@ COORD_ARGS=(--model.path="$MODEL" --network.endpoint=tcp://10.77.0.1:5555
     --round.deadline_s=$((60 * SLOW)) --round.eval_deadline_s=$((60 * SLOW))
     --round.min_quorum=2 --round.start_timeout_s=$((20 * SLOW)) --sampling.min_workers=3)
 WORKER_ARGS=(--model.path="$MODEL" --worker.endpoint=tcp://10.77.0.1:5555
-    --worker.connect_retries=60 --worker.retry_backoff_ms=200)
+    --worker.connect_retries=60 --worker.retry_backoff_ms=200 --privacy.min_peers=2)
 
 # wait_exit PID SECONDS: the exit status, or 124 after SECONDS.
 wait_exit() {

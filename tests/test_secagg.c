@@ -46,35 +46,14 @@ static const char *g_lr = "5e-3";   /* [train] lr of the next federation */
 static int group_setup(void **state)
 {
     (void)state;
-    char cmd[8192];
     if (fh_base_setup("secagg", MAXW, 500, base_dir, sizeof base_dir) != 0)
         return -1;
-    /* Real keys: one coordinator, MAXW workers, an allowlist. */
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/keys' && '%s' keygen --out '%s/keys' --name "
-             "coordinator >/dev/null", base_dir, FP_TOOL, base_dir);
-    if (tu_run(cmd, NULL) != 0)
-        return -1;
-    for (int k = 0; k < MAXW; k++) {
-        snprintf(cmd, sizeof cmd, "'%s' keygen --out '%s/keys' --name w%d >> '%s/keys/allowlist'",
-                 FP_TOOL, base_dir, k, base_dir);
-        if (tu_run(cmd, NULL) != 0)
-            return -1;
-    }
-    return 0;
+    return fh_keygen(base_dir, MAXW);
 }
 
 typedef struct {
     char dir[4096], cfg[4200], state[4200], adapter[4300], dump[4300];
 } run;
-
-/* A coordinator or worker dumping to `dump`, with env1 ("NAME=VALUE" or NULL). */
-static pid_t spawn(char *const argv[], const char *log, const char *env1, const char *dump)
-{
-    char d[4400];
-    snprintf(d, sizeof d, "FEDPEFT_TEST_DUMP_DIR=%s", dump);
-    const char *env[] = {d, env1, NULL};
-    return fh_spawn(argv, log, env);
-}
 
 /* A whole federation of n workers; env[k] ("NAME=VALUE" or NULL) for worker k.
  * Waits for the coordinator to exit 0, then reaps the workers. */
@@ -110,7 +89,7 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
     char log[4400];
     snprintf(log, sizeof log, "%s/coordinator.log", f->dir);
     char *cargv[] = {FP_COORDINATOR, "--config", f->cfg, NULL};
-    pid_t coord = spawn(cargv, log, NULL, f->dump);
+    pid_t coord = fh_spawn_dump(cargv, log, NULL, f->dump);
     pid_t w[MAXW] = {0};
     for (int k = 0; k < n; k++) {
         char id[64], data[4300], sk[4400];
@@ -119,7 +98,7 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
         snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, k);
         snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/w%d.key", base_dir, k);
         char *wargv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", sk, NULL};
-        w[k] = spawn(wargv, log, env ? env[k] : NULL, f->dump);
+        w[k] = fh_spawn_dump(wargv, log, env ? env[k] : NULL, f->dump);
     }
     double end = fh_now() + 240;
     int st = -1, done = 0;
@@ -171,16 +150,6 @@ static double num(const cJSON *o, const char *a, const char *b)
     return cJSON_IsNumber(x) ? x->valuedouble : NAN;
 }
 
-static float *read_f32(const char *path, size_t *n)
-{
-    size_t len = 0;
-    char *b = tu_read_file(path, &len);
-    if (!b)
-        fail_msg("missing %s", path);
-    *n = len / 4;
-    return (float *)(void *)b;
-}
-
 /* All values of the tensors whose name contains `part` (e.g. "lora_B"). */
 static float *adapter_values(const char *dir, const char *part, size_t *n)
 {
@@ -209,7 +178,7 @@ static float *quantized_sum(const run *f, const int *ids, int k, int round, size
         char path[4500];
         snprintf(path, sizeof path, "%s/worker-w%d-round-%d.f32", f->dump, ids[i], round);
         size_t m;
-        float *x = read_f32(path, &m);
+        float *x = fh_read_f32(path, &m);
         if (!acc) {
             *n = m;
             acc = calloc(m, sizeof *acc);
@@ -231,7 +200,7 @@ static float *coord_sum(const run *f, int round, size_t *n)
 {
     char path[4500];
     snprintf(path, sizeof path, "%s/coord-round-%d-sum.f32", f->dump, round);
-    return read_f32(path, n);
+    return fh_read_f32(path, n);
 }
 
 /* a + b: secure aggregate == plain aggregate; the coordinator's decrypted buffers. */
@@ -240,7 +209,8 @@ static void test_secure_equals_plain_and_inspection(void **state)
     (void)state;
     run s, p;
     federate(&s, "sa-on", 4, 1, "[secagg]\nenabled = true\n", NULL);
-    federate(&p, "sa-off", 4, 1, "[secagg]\nenabled = false\n", NULL);
+    federate(&p, "sa-off", 4, 1, "[secagg]\nenabled = false\n[privacy]\nrequire_secagg = false\n",
+             NULL);
     size_t na, nb;
     float *a = adapter_values(s.adapter, "lora_", &na), *b = adapter_values(p.adapter, "lora_", &nb);
     assert_int_equal(na, nb);
@@ -259,10 +229,10 @@ static void test_secure_equals_plain_and_inspection(void **state)
         char path[4500];
         snprintf(path, sizeof path, "%s/coord-round-1-w%d-chunk-0.bin", s.dump, v);
         size_t nw;
-        uint32_t *y = (uint32_t *)(void *)read_f32(path, &nw);
+        uint32_t *y = (uint32_t *)(void *)fh_read_f32(path, &nw);
         for (int u = 0; u < 4; u++) {
             snprintf(path, sizeof path, "%s/worker-w%d-round-1.f32", s.dump, u);
-            float *x = read_f32(path, &n);
+            float *x = fh_read_f32(path, &n);
             assert_int_equal(n, nw);
             uint32_t *q = calloc(n, sizeof *q);
             assert_int_equal(fp_secagg_quantize(q, x, n, CLIP, FRAC, NULL), 0);
@@ -343,7 +313,9 @@ static void test_tampered_chunks(void **state)
                              "FEDPEFT_TEST_TAMPER=truncate", "FEDPEFT_TEST_TAMPER=splice",
                              "FEDPEFT_TEST_TAMPER=replay"};
     run f;
-    federate(&f, "sa-tamper", 6, 2, "[secagg]\nthreshold = 3\n", env);
+    /* t = 3 of 6 is below a majority: the workers accept it only when told to. */
+    federate(&f, "sa-tamper", 6, 2, "[secagg]\nthreshold = 3\n[privacy]\nmin_threshold = 3\n",
+             env);
     cJSON *m = metrics_line(&f, 2);
     assert_non_null(m);
     assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));

@@ -100,14 +100,14 @@ static const fp_cfg_key run_keys[] = {
 
 static const char *const not_simulate[] = {"run", "model", "lora", "train", "sampling", "round",
                                            "network", "strategy", "worker", "http", "security",
-                                           "secagg", "dp", NULL};
+                                           "secagg", "dp", "privacy", NULL};
 static const char *const not_run[] = {"simulate", "model", "lora", "train", "sampling", "round",
                                       "network", "strategy", "worker", "http", "security",
-                                      "secagg", "dp", NULL};
+                                      "secagg", "dp", "privacy", NULL};
 static const char *const coord_sections[] = {"run", "model", "lora", "train", "sampling",
                                              "round", "network", "strategy", "http", "security", "secagg", "dp",
                                              NULL};
-static const char *const worker_sections[] = {"model", "worker", "security", NULL};
+static const char *const worker_sections[] = {"model", "worker", "security", "privacy", NULL};
 
 static volatile sig_atomic_t sim_stop;
 static void on_signal(int sig) { sim_stop = sig; }

@@ -16,6 +16,7 @@
 #include "model.h"
 #include "task.h"
 #include "tokenizer.h"
+#include "privacy_policy.h"
 #include "wk_log.h"
 #include "worker_config.h"
 
@@ -101,6 +102,7 @@ int main(int argc, char **argv)
     if (cfg.insecure)
         wk_log("WARNING: --insecure: traffic is plain TCP, unauthenticated; use only for "
                "local tests");
+    wk_policy_warn(&cfg);
     fp_blas_set_threads(cfg.threads);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;

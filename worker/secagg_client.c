@@ -16,6 +16,7 @@ typedef struct {
     char id[WIRE_MAX_ID];
     uint8_t enc_pk[32], mask_pk[32];
     int in_u2;
+    int bad_share;                  /* in U2, but its share to me did not open */
 } wk_peer;
 
 struct wk_sa {
@@ -23,7 +24,7 @@ struct wk_sa {
     uint64_t round, task_id;
     unsigned t, frac_bits;
     float clip;
-    uint8_t enc_pk[32], mask_pk[32];
+    uint8_t enc_pk[32], mask_pk[32], self_commit[32];
     uint8_t *sec;                   /* sodium_malloc: enc_sk | mask_sk | self seed */
     wk_peer *peers;                 /* U1, sorted as the coordinator sent it */
     size_t n_peers;
@@ -31,6 +32,7 @@ struct wk_sa {
     uint8_t *held;                  /* sodium_malloc: [n_peers][64] shares I hold */
     uint8_t *held_has;
     int shared;
+    int unmask_seen;                /* an UnmaskRequest came: any other is refused */
 };
 
 #define ENC_SK(sa) ((sa)->sec)
@@ -56,6 +58,10 @@ wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t
     crypto_box_keypair(sa->enc_pk, ENC_SK(sa));
     crypto_box_keypair(sa->mask_pk, MASK_SK(sa));
     fp_secagg_self_seed(SELF_SEED(sa));
+    if (fp_secagg_self_commit(sa->self_commit, SELF_SEED(sa), sa->me, sa->run_id, round) < 0) {
+        wk_sa_destroy(&sa);
+        return NULL;
+    }
     return sa;
 }
 
@@ -79,6 +85,22 @@ void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out)
     out->round = sa->round;
     out->enc_pk = (ProtobufCBinaryData){32, sa->enc_pk};
     out->mask_pk = (ProtobufCBinaryData){32, sa->mask_pk};
+    out->self_commit = (ProtobufCBinaryData){32, sa->self_commit};
+}
+
+void wk_sa_wipe(wk_sa *sa)
+{
+    sodium_memzero(sa->sec, 96);
+    if (sa->held)
+        sodium_memzero(sa->held, sa->n_peers * 64);
+}
+
+const char *wk_sa_bad_sender(const wk_sa *sa, size_t *iter)
+{
+    for (; *iter < sa->n_peers; (*iter)++)
+        if (sa->peers[*iter].bad_share)
+            return sa->peers[(*iter)++].id;
+    return NULL;
 }
 
 static int find_peer(const wk_sa *sa, const char *id)
@@ -106,6 +128,27 @@ static int share_key(const wk_sa *sa, int peer, int sending, uint8_t key[32], fp
     return fp_seal_key_coordinator(key, ENC_SK(sa), sa->enc_pk, p->enc_pk, sa->run_id, sa->round);
 }
 
+/* Every key usable (not low order) and no key twice: a zero or copied key
+ * would make a pairwise mask public or ambiguous. */
+static int check_peer_keys(const wk_sa *sa)
+{
+    for (size_t i = 0; i < sa->n_peers; i++) {
+        const wk_peer *p = &sa->peers[i];
+        if (fp_secagg_pk_check(p->enc_pk) < 0 || fp_secagg_pk_check(p->mask_pk) < 0)
+            return fp_error_set("PeerKeys: the keys of '%s' are refused: %s", p->id,
+                                fp_error_get());
+        for (size_t j = 0; j < i; j++) {
+            const wk_peer *o = &sa->peers[j];
+            if (!memcmp(p->enc_pk, o->enc_pk, 32) || !memcmp(p->mask_pk, o->mask_pk, 32) ||
+                !memcmp(p->enc_pk, o->mask_pk, 32) || !memcmp(p->mask_pk, o->enc_pk, 32))
+                return fp_error_set("PeerKeys: '%s' and '%s' have the same key", o->id, p->id);
+        }
+        if (!memcmp(p->enc_pk, p->mask_pk, 32))
+            return fp_error_set("PeerKeys: '%s' has enc_pk = mask_pk", p->id);
+    }
+    return 0;
+}
+
 /* Records the peers of PeerKeys (sorted, unique, with this worker's own keys
  * unchanged) and this worker's Shamir x. */
 static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk)
@@ -127,7 +170,7 @@ static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk)
     }
     if (!sa->my_x)
         return fp_error_set("PeerKeys does not list this worker");
-    return 0;
+    return check_peer_keys(sa);
 }
 
 /* Seals each peer's pair of shares (self-mask seed, mask key) to that peer;
@@ -250,15 +293,19 @@ int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk)
                               sk->shares[k]->worker_id);
             break;
         }
+        /* A share that does not open: the sender is still in U2 (masks are
+         * pairwise, from the keys) but this worker holds no share of it; the
+         * caller reports it (wk_sa_bad_sender). */
+        sa->peers[p].in_u2 = 1;
+        n_u2++;
         if (share_key(sa, p, 0, key, &ad, adid, sizeof adid) < 0 ||
             fp_open(sa->held + (size_t)p * 64, &len, sk->shares[k]->sealed.data,
                     sk->shares[k]->sealed.len, &ad, key) < 0 || len != 64) {
-            rc = fp_error_set("the share from '%s' does not open", sk->shares[k]->worker_id);
-            break;
+            sodium_memzero(sa->held + (size_t)p * 64, 64);
+            sa->peers[p].bad_share = 1;
+            continue;
         }
         sa->held_has[p] = 1;
-        sa->peers[p].in_u2 = 1;
-        n_u2++;
     }
     sodium_free(key);
     if (rc == 0 && n_u2 < sa->t)
@@ -288,69 +335,97 @@ int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q)
     return rc;
 }
 
-static Fedpeft__RevealedShare **reveal(const wk_sa *sa, char **ids, size_t n, int key_part)
+/* The shares this worker holds of ids' secrets (the self-mask part, or the
+ * key part); a peer whose share did not open is left out. *k: how many. */
+static Fedpeft__RevealedShare **reveal(const wk_sa *sa, char **ids, size_t n, int key_part,
+                                       size_t *k)
 {
     Fedpeft__RevealedShare **out = calloc(n ? n : 1, sizeof *out);
+    *k = 0;
     for (size_t i = 0; out && i < n; i++) {
         int p = find_peer(sa, ids[i]);
-        out[i] = calloc(1, sizeof **out);
-        if (!out[i])
+        if (!sa->held_has[p])
+            continue;
+        Fedpeft__RevealedShare *r = out[*k] = calloc(1, sizeof **out);
+        if (!r)
             return out;     /* freed by the caller */
-        fedpeft__revealed_share__init(out[i]);
-        out[i]->worker_id = sa->peers[p].id;
-        out[i]->share = (ProtobufCBinaryData){32, sa->held + (size_t)p * 64 + (key_part ? 32 : 0)};
+        (*k)++;
+        fedpeft__revealed_share__init(r);
+        r->worker_id = sa->peers[p].id;
+        r->share = (ProtobufCBinaryData){32, sa->held + (size_t)p * 64 + (key_part ? 32 : 0)};
     }
     return out;
 }
 
-int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, Fedpeft__UnmaskResponse **out)
+/* Whether an id is listed in ids[0..n-1] before index `before`. */
+static int listed(char **ids, size_t before, const char *id)
+{
+    for (size_t j = 0; j < before; j++)
+        if (strcmp(ids[j], id) == 0)
+            return 1;
+    return 0;
+}
+
+/* The request may be answered: the first of the round, survivors and
+ * dropped members of U2, disjoint, no id twice, me a survivor, at least
+ * min_survivors survivors. */
+static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors)
+{
+    if (u->n_survivors < min_survivors)
+        return fp_error_set("it names %zu survivors, below the threshold t = %zu: the sum of "
+                            "so few inputs exposes them", u->n_survivors, min_survivors);
+    int me_in = 0;
+    for (size_t i = 0; i < u->n_survivors; i++) {
+        int p = find_peer(sa, u->survivors[i]);
+        if (p < 0 || !sa->peers[p].in_u2)
+            return fp_error_set("survivor '%s' is not in U2", u->survivors[i]);
+        me_in |= p + 1 == sa->my_x;
+        if (listed(u->dropped, u->n_dropped, u->survivors[i]))
+            return fp_error_set("it names '%s' both survivor and dropped (it would reveal "
+                                "both its masks)", u->survivors[i]);
+        if (listed(u->survivors, i, u->survivors[i]))
+            return fp_error_set("it lists '%s' twice", u->survivors[i]);
+    }
+    for (size_t j = 0; j < u->n_dropped; j++) {
+        int p = find_peer(sa, u->dropped[j]);
+        if (p < 0 || !sa->peers[p].in_u2 || p + 1 == sa->my_x)
+            return fp_error_set("dropped '%s' is not a peer in U2", u->dropped[j]);
+        if (listed(u->dropped, j, u->dropped[j]))
+            return fp_error_set("it lists '%s' twice", u->dropped[j]);
+    }
+    if (!me_in)
+        return fp_error_set("it does not list this worker as a survivor");
+    return 0;
+}
+
+int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors,
+                    Fedpeft__UnmaskResponse **out)
 {
     *out = NULL;
     if (!sa->shared || u->task_id != sa->task_id || u->round != sa->round)
         return fp_error_set("UnmaskRequest for another task, or before the shares");
-    if (u->n_survivors < sa->t)
-        return fp_error_set("UnmaskRequest names %zu survivors, below t = %u: refused",
-                            u->n_survivors, sa->t);
-    int me_in = 0;
-    for (size_t i = 0; i < u->n_survivors; i++) {
-        int p = find_peer(sa, u->survivors[i]);
-        if (p < 0 || !sa->peers[p].in_u2 || !sa->held_has[p])
-            return fp_error_set("UnmaskRequest: survivor '%s' is not in U2", u->survivors[i]);
-        me_in |= p + 1 == sa->my_x;
-        for (size_t j = 0; j < u->n_dropped; j++)
-            if (strcmp(u->dropped[j], u->survivors[i]) == 0)
-                return fp_error_set("UnmaskRequest names '%s' both survivor and dropped: "
-                                    "refused (it would reveal both its masks)", u->dropped[j]);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(u->survivors[j], u->survivors[i]) == 0)
-                return fp_error_set("UnmaskRequest lists '%s' twice", u->survivors[i]);
-    }
-    for (size_t j = 0; j < u->n_dropped; j++) {
-        int p = find_peer(sa, u->dropped[j]);
-        if (p < 0 || !sa->peers[p].in_u2 || !sa->held_has[p] || p + 1 == sa->my_x)
-            return fp_error_set("UnmaskRequest: dropped '%s' is not a peer in U2", u->dropped[j]);
-        for (size_t k = 0; k < j; k++)
-            if (strcmp(u->dropped[k], u->dropped[j]) == 0)
-                return fp_error_set("UnmaskRequest lists '%s' twice", u->dropped[j]);
-    }
-    if (!me_in)
-        return fp_error_set("UnmaskRequest does not list this worker as a survivor");
+    if (sa->unmask_seen)
+        return fp_error_set("a second UnmaskRequest for round %llu: refused (with the first it "
+                            "could reveal both shares of a peer)", (unsigned long long)sa->round);
+    sa->unmask_seen = 1;
+    if (check_unmask(sa, u, min_survivors) < 0)
+        return fp_error_prefix("UnmaskRequest refused: ");
     Fedpeft__UnmaskResponse *r = calloc(1, sizeof *r);
     if (!r)
         return fp_error_set("out of memory");
     fedpeft__unmask_response__init(r);
     r->task_id = sa->task_id;
     r->round = sa->round;
-    r->self_shares = reveal(sa, u->survivors, u->n_survivors, 0);
-    r->n_self_shares = u->n_survivors;
-    r->key_shares = reveal(sa, u->dropped, u->n_dropped, 1);
-    r->n_key_shares = u->n_dropped;
     *out = r;
+    r->self_shares = reveal(sa, u->survivors, u->n_survivors, 0, &r->n_self_shares);
+    r->key_shares = reveal(sa, u->dropped, u->n_dropped, 1, &r->n_key_shares);
+    if (!r->self_shares || !r->key_shares)
+        goto oom;
     for (size_t i = 0; i < r->n_self_shares; i++)
-        if (!r->self_shares || !r->self_shares[i])
+        if (!r->self_shares[i])
             goto oom;
     for (size_t i = 0; i < r->n_key_shares; i++)
-        if (!r->key_shares || !r->key_shares[i])
+        if (!r->key_shares[i])
             goto oom;
     return 0;
 oom:

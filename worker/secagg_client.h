@@ -29,9 +29,18 @@ void wk_sa_free_shares(Fedpeft__ShareKeys **sk_p);
 int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk) FP_WUR;
 /* Quantizes x (n floats) into q and masks it for U2. */
 int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q) FP_WUR;
-/* An UnmaskRequest -> the UnmaskResponse (*out; free with wk_sa_free_response).
- * Refuses (-1) an id in both lists, one not in U2, or fewer than t survivors. */
-int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, Fedpeft__UnmaskResponse **out) FP_WUR;
+/* Senders in U2 whose share to this worker did not open, one per call
+ * (*iter starts at 0); NULL after the last. */
+const char *wk_sa_bad_sender(const wk_sa *sa, size_t *iter);
+/* An UnmaskRequest -> the UnmaskResponse (*out; free with wk_sa_free_response;
+ * it points into sa: wipe after sending). Refuses (-1, nothing revealed) any
+ * request after the round's first, an id in both lists, one not in U2, or
+ * fewer than min_survivors survivors. */
+int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors,
+                    Fedpeft__UnmaskResponse **out) FP_WUR;
+/* Wipes the round's secrets (after the answer is sent); sa stays to refuse
+ * any further request of the round. */
+void wk_sa_wipe(wk_sa *sa);
 void wk_sa_free_response(Fedpeft__UnmaskResponse **r_p);
 
 #endif

@@ -16,6 +16,7 @@
 #include "lora.h"
 #include "seal.h"
 #include "secagg_client.h"
+#include "privacy_policy.h"
 #include "progress.h"
 #include "wk_log.h"
 
@@ -69,6 +70,34 @@ static const char *hook(const char *name)
     (void)name;
     return NULL;
 #endif
+}
+
+/* FEDPEFT_TEST_SECAGG=WHAT: this worker misbehaves in secure aggregation
+ * (test builds only): rehello, zerokeys, badseal, badshare, big. */
+static int evil(const char *what)
+{
+    const char *v = hook("FEDPEFT_TEST_SECAGG");
+    return v && strcmp(v, what) == 0;
+}
+
+/* Tells the coordinator this worker refuses (or reports, about = a peer)
+ * something of a task; the reason is also this worker's log line. */
+static void send_refusal(wk_task *t, uint64_t task_id, uint64_t round, const char *reason,
+                         const char *about)
+{
+    Fedpeft__Refusal f = FEDPEFT__REFUSAL__INIT;
+    char buf[1000];
+    snprintf(buf, sizeof buf, "%s", reason);
+    f.task_id = task_id;
+    f.round = round;
+    f.reason = buf;
+    f.about = (char *)(about ? about : "");
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_REFUSAL;
+    env.refusal = &f;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending the refusal failed: %s", (unsigned long long)round,
+               fp_error_get());
 }
 
 /* (Re)shapes the adapters after a Welcome; -1 when the coordinator's adapter
@@ -166,6 +195,14 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
             return;
         }
         memcpy(t->coord_pk, task->coordinator_pk.data, 32);
+        char why[400];
+        if (wk_policy_check_task(t->cfg, task, why, sizeof why) != 0) {
+            wk_log("round %llu: refused task %llu: %s", (unsigned long long)task->round,
+                   (unsigned long long)task->task_id, why);
+            send_refusal(t, task->task_id, task->round, why, NULL);
+            t->receiving = 0;
+            return;
+        }
     }
     wire_asm_begin(&t->as, dst, total, task->n_chunks, task->task_id);
 }
@@ -290,6 +327,8 @@ static int prepare_update(wk_task *t)
                t->sa ? fp_error_get() : "no secure aggregation state");
         return -1;
     }
+    for (size_t i = 0; t->has_secagg && evil("big") && i < n; i++)
+        t->q[i] += i & 1 ? 0x80000010u : 0x7ffffff0u;  /* about -+512 in the sum */
     const char *drop = hook("FEDPEFT_TEST_DROP_AFTER");
     if (drop && strcmp(drop, "masking") == 0 && t->has_secagg) {
         wk_log("round %llu: FEDPEFT_TEST_DROP_AFTER=masking: exiting before sending the "
@@ -410,6 +449,9 @@ static int start_secagg(wk_task *t)
     }
     Fedpeft__AdvertiseKeys ak = FEDPEFT__ADVERTISE_KEYS__INIT;
     wk_sa_advertise(t->sa, &ak);
+    static const uint8_t zero[32];
+    if (evil("zerokeys"))
+        ak.mask_pk = (ProtobufCBinaryData){32, (uint8_t *)zero};
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS;
     env.advertise_keys = &ak;
@@ -425,12 +467,29 @@ static int start_secagg(wk_task *t)
 static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
 {
     Fedpeft__ShareKeys *sk = NULL;
-    if (!t->sa || wk_sa_on_peer_keys(t->sa, pk, &sk) != 0) {
-        wk_log("round %llu: refused PeerKeys: %s", (unsigned long long)t->round,
-               t->sa ? fp_error_get() : "no secure aggregation in progress");
+    size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers;
+    char why[300];
+    if (t->sa && pk->n_peers < need)
+        snprintf(why, sizeof why, "PeerKeys lists %zu members, below [privacy] min_peers = %zu",
+                 pk->n_peers, need);
+    else if (t->sa && wk_sa_on_peer_keys(t->sa, pk, &sk) != 0)
+        snprintf(why, sizeof why, "PeerKeys refused: %s", fp_error_get());
+    if (!t->sa || !sk) {
+        wk_log("round %llu: %s", (unsigned long long)t->round,
+               t->sa ? why : "PeerKeys ignored: no secure aggregation in progress");
+        if (t->sa)
+            send_refusal(t, t->task_id, t->round, why, NULL);
         wk_sa_destroy(&t->sa);
         return;
     }
+    if (evil("rehello")) {      /* a new session mid-round: must stay a member */
+        wk_log("round %llu: FEDPEFT_TEST_SECAGG=rehello: saying Hello again",
+               (unsigned long long)t->round);
+        if (wk_conn_register(t->conn) != 0)
+            wk_log("re-Hello failed: %s", fp_error_get());
+    }
+    if (evil("badseal") && sk->n_shares > 0)
+        sk->shares[0]->sealed.data[30] ^= 0x40;
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_SHARE_KEYS;
     env.share_keys = sk;
@@ -451,17 +510,30 @@ static int on_share_keys(wk_task *t, const Fedpeft__ShareKeys *sk)
         wk_sa_destroy(&t->sa);
         return 0;
     }
+    size_t it = 0;
+    for (const char *bad; (bad = wk_sa_bad_sender(t->sa, &it));) {
+        char why[200];
+        snprintf(why, sizeof why, "the share sealed by %s for this worker does not open", bad);
+        wk_log("round %llu: %s: reported; masking goes on", (unsigned long long)t->round, why);
+        send_refusal(t, t->task_id, t->round, why, bad);
+    }
     return run_train(t);
 }
 
 static void on_unmask(wk_task *t, const Fedpeft__UnmaskRequest *u)
 {
     Fedpeft__UnmaskResponse *resp = NULL;
-    if (!t->sa || wk_sa_on_unmask(t->sa, u, &resp) != 0) {
-        wk_log("round %llu: refused the UnmaskRequest: %s", (unsigned long long)t->round,
-               t->sa ? fp_error_get() : "no secure aggregation in progress");
+    size_t need = wk_policy_min_survivors(t->cfg, t->sap.threshold);
+    if (!t->sa || wk_sa_on_unmask(t->sa, u, need, &resp) != 0) {
+        const char *why = t->sa ? fp_error_get() : "no secure aggregation in progress";
+        wk_log("round %llu: refused the UnmaskRequest, revealed nothing: %s",
+               (unsigned long long)t->round, why);
+        if (t->sa)
+            send_refusal(t, u->task_id, u->round, why, NULL);
         return;
     }
+    if (evil("badshare") && resp->n_self_shares > 1)
+        resp->self_shares[1]->share.data[0] ^= 0x5a;    /* a peer's seed share */
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE;
     env.unmask_response = resp;
@@ -472,7 +544,7 @@ static void on_unmask(wk_task *t, const Fedpeft__UnmaskRequest *u)
         wk_log("round %llu: revealed %zu self-mask and %zu mask-key shares",
                (unsigned long long)t->round, resp->n_self_shares, resp->n_key_shares);
     wk_sa_free_response(&resp);
-    wk_sa_destroy(&t->sa);     /* the round's secrets are wiped */
+    wk_sa_wipe(t->sa);     /* the round's secrets; sa stays to refuse a second request */
 }
 
 /* flora: the Task's folds into the base weights, the adapter out of the
@@ -600,7 +672,9 @@ static int dispatch(wk_task *t, wire_msg *m)
     int rc = 0;
     if (wk_conn_generation(t->conn) != t->spec_generation) {
         t->spec_generation = wk_conn_generation(t->conn);
-        t->receiving = t->have_update = 0;
+        t->receiving = 0;
+        if (!t->sa)     /* a secure round survives a reconnect: its update may be pulled */
+            t->have_update = 0;
         if (shape_adapters(t) != 0) {
             wire_msg_free(&m);
             return -1;

@@ -51,6 +51,15 @@ const fp_cfg_key wk_config_keys[] = {
      "plain TCP without CURVE: unauthenticated, local tests only (also: --insecure)"},
     {"security", "allowlist", FP_CFG_STRING, 0, 0, "", F(allowlist), S(allowlist), NULL,
      "the coordinator's (a shared file); ignored by the worker"},
+    {"privacy", "require_secagg", FP_CFG_BOOL, 0, 1, "true", F(require_secagg), 0, NULL,
+     "refuse a training task without secure aggregation (false: send the update sealed to "
+     "the coordinator only, which then sees it; warned at start)"},
+    {"privacy", "min_peers", FP_CFG_INT, 2, 255, "3", F(min_peers), 0, NULL,
+     "refuse a secure round of fewer members (with 2, the other member learns this worker's "
+     "update from the published sum)"},
+    {"privacy", "min_threshold", FP_CFG_INT, 0, 255, "0", F(min_threshold), 0, NULL,
+     "the lowest Shamir threshold t accepted; 0 = a majority of the round's members "
+     "(t > n/2), never below 2"},
     {NULL},
 };
 
@@ -77,6 +86,9 @@ int wk_config_load(wk_config *c, const char *file, int argc, char **argv)
                             "(the same model as the coordinator's)");
     if (!c->data[0])
         return fp_error_set("[worker] data is required: the file to train on");
+    if (c->min_threshold == 1)
+        return fp_error_set("[privacy] min_threshold = 1 would let any one share holder unmask: "
+                            "use 0 (a majority) or at least 2");
     if (c->insecure)
         return 0;
     if (!c->secret_key[0] || access(c->secret_key, F_OK) != 0)

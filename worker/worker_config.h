@@ -1,4 +1,5 @@
-/* worker_config.h - the worker's settings: [model] and [worker] of the INI file.
+/* worker_config.h - the worker's settings: [model], [worker], [security] and
+ * [privacy] of the INI file.
  *
  * One file may configure a whole simulation; the worker reads [model] path and
  * [worker], and skips the coordinator's and simulate's sections (see
@@ -33,6 +34,11 @@ typedef struct {
     char coordinator_key[1024]; /* the coordinator's .pub file or Z85 text */
     int insecure;               /* plain TCP, no CURVE (local tests only) */
     char allowlist[1024];       /* the coordinator's, in a shared file: ignored */
+    /* [privacy]: what this worker demands of a round before it sends anything
+     * (worker/privacy_policy.h); --insecure turns it off. */
+    int require_secagg;         /* refuse a TRAIN task without secure aggregation */
+    int min_peers;              /* members of a secure round, and survivors to unmask */
+    int min_threshold;          /* 0: a majority of the members (and >= 2) */
 } wk_config;
 
 /* The key table ({NULL}-terminated) and the sections the worker skips. */

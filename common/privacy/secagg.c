@@ -196,6 +196,44 @@ err:
     return rc;
 }
 
+static const char commit_label[] = "fedpeft/secagg/self-commit/v1";
+
+int fp_secagg_self_commit(uint8_t out[32], const uint8_t self_seed[FP_SECAGG_SEED_BYTES],
+                          const char *id, const char *run_id, uint64_t round)
+{
+    uint8_t r8[8];
+    crypto_generichash_state st;
+    memset(out, 0, 32);
+    if (check_id(id, "worker id") < 0 || check_id(run_id, "run id") < 0)
+        return -1;
+    for (int i = 0; i < 8; i++)
+        r8[i] = (uint8_t)(round >> (8 * i));
+    crypto_generichash_init(&st, NULL, 0, 32);
+    crypto_generichash_update(&st, (const uint8_t *)commit_label, sizeof commit_label - 1);
+    hash_str(&st, run_id);
+    crypto_generichash_update(&st, r8, sizeof r8);
+    hash_str(&st, id);
+    crypto_generichash_update(&st, self_seed, FP_SECAGG_SEED_BYTES);
+    crypto_generichash_final(&st, out, 32);
+    sodium_memzero(&st, sizeof st);
+    return 0;
+}
+
+int fp_secagg_pk_check(const uint8_t pk[FP_SECAGG_KEY_BYTES])
+{
+    /* Any fixed nonzero scalar works: libsodium returns -1 exactly when the
+     * result is the all-zero point, i.e. pk is of low order. */
+    static const uint8_t probe[crypto_scalarmult_SCALARBYTES] = {9, 1, 2, 3, 4, 5, 6, 7};
+    uint8_t q[crypto_scalarmult_BYTES];
+    if (sodium_init() < 0)
+        return fp_error_set("libsodium failed to initialise");
+    int rc = crypto_scalarmult(q, probe, pk);
+    sodium_memzero(q, sizeof q);
+    if (rc != 0)
+        return fp_error_set("an all-zero or low-order X25519 public key");
+    return 0;
+}
+
 void fp_secagg_self_seed(uint8_t seed_out[FP_SECAGG_SEED_BYTES])
 {
     if (sodium_init() < 0) {

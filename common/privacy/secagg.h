@@ -112,6 +112,20 @@ int fp_secagg_pair_seed(uint8_t seed_out[FP_SECAGG_SEED_BYTES],
 /* +1 when my_id < peer_id (bytewise), -1 when greater, 0 when equal. */
 int fp_secagg_pair_sign(const char *my_id, const char *peer_id);
 
+/* The commitment to a self-mask seed, published in AdvertiseKeys before any
+ * share exists, so that the coordinator can tell a correctly reconstructed
+ * b_u from one a bad Shamir share corrupted:
+ *   BLAKE2b-256("fedpeft/secagg/self-commit/v1" || u8 len(run_id) || run_id ||
+ *               u64le round || u8 len(id) || id || b_u)
+ * b_u is 256 random bits, so the hash hides it. -1 on a bad id or run id. */
+int fp_secagg_self_commit(uint8_t out[32], const uint8_t self_seed[FP_SECAGG_SEED_BYTES],
+                          const char *id, const char *run_id, uint64_t round) FP_WUR;
+
+/* 0 when pk is a usable X25519 public key: crypto_scalarmult with it does not
+ * give the all-zero point (the all-zero key and the other low-order points
+ * would make every pairwise seed with it public). -1 with fp_error. */
+int fp_secagg_pk_check(const uint8_t pk[FP_SECAGG_KEY_BYTES]) FP_WUR;
+
 /* A fresh random self-mask seed b_u (randombytes_buf). */
 void fp_secagg_self_seed(uint8_t seed_out[FP_SECAGG_SEED_BYTES]);
 

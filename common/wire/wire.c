@@ -126,6 +126,18 @@ static int wire_check_reject(Fedpeft__Reject *r)
     return 0;
 }
 
+/* A worker's Refusal: a one-line reason (sanitized) and an optional peer id. */
+static int wire_check_refusal(Fedpeft__Refusal *r)
+{
+    if (strnlen(wire_str(r->reason), WIRE_MAX_REASON) >= WIRE_MAX_REASON)
+        return fp_error_set("Refusal.reason is longer than %d bytes", WIRE_MAX_REASON - 1);
+    if (strnlen(wire_str(r->about), WIRE_MAX_ID) >= WIRE_MAX_ID)
+        return fp_error_set("Refusal.about is longer than %d bytes", WIRE_MAX_ID - 1);
+    wire_sanitize(r->reason);
+    wire_sanitize(r->about);
+    return 0;
+}
+
 static int wire_check_params(const Fedpeft__TrainParams *p)
 {
     if (p->local_steps < 1 || p->local_steps > 10000000)
@@ -225,6 +237,7 @@ static int wire_validate(wire_msg *m)
     case FEDPEFT__ENVELOPE__BODY_EVAL_RESULT:
         return m->eval_result ? wire_check_eval(m->eval_result) : -1;
     case FEDPEFT__ENVELOPE__BODY_HEARTBEAT: return m->heartbeat ? 0 : -1;
+    case FEDPEFT__ENVELOPE__BODY_REFUSAL: return m->refusal ? wire_check_refusal(m->refusal) : -1;
     default: break;
     }
     return wire_check_secagg_body(m);   /* secagg / sealed bodies, or unknown */

@@ -91,7 +91,8 @@ int wire_check_secagg_body(const Fedpeft__Envelope *m)
         if (!m->advertise_keys)
             return -1;
         if (ws_bytes("AdvertiseKeys.enc_pk", m->advertise_keys->enc_pk, 32) < 0 ||
-            ws_bytes("AdvertiseKeys.mask_pk", m->advertise_keys->mask_pk, 32) < 0)
+            ws_bytes("AdvertiseKeys.mask_pk", m->advertise_keys->mask_pk, 32) < 0 ||
+            ws_bytes("AdvertiseKeys.self_commit", m->advertise_keys->self_commit, 32) < 0)
             return -1;
         return 0;
     case FEDPEFT__ENVELOPE__BODY_PEER_KEYS: return m->peer_keys ? ws_peer_keys(m->peer_keys) : -1;
