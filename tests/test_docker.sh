@@ -129,7 +129,7 @@ status() {
         printf 'GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && timeout 5 cat <&3; } 2>/dev/null || true
 }
 # Rounds in the coordinator's history (round 0, the base model's evaluation, is one).
-completed() { status | grep -o '"completed_rounds":[0-9]*' | cut -d: -f2; }
+completed() { status | grep -o '"completed_rounds":[0-9]*' | cut -d: -f2 || true; }  # empty while it is down
 wait_rounds() {  # N SECONDS: until the coordinator has completed N rounds
     local end=$(($(date +%s) + $2)) n
     while :; do
