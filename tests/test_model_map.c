@@ -159,7 +159,11 @@ static void test_quantized_from_mapping(void **state)
         assert_string_equal(h1, h2);
         assert_int_equal(fp_model_bytes(cp), fp_model_bytes(mp));
         assert_false(in_file_mapping(fp_model_qmat(mp, 1, FP_T_DOWN).data, "/model.safetensors"));
-        assert_true(in_file_mapping(mp->w.tok_emb, "/model.safetensors"));
+        /* the tables are converted too (fp_table_dtype), not read in place */
+        fp_qmat e = fp_model_emb(mp);
+        assert_null(mp->w.tok_emb);
+        assert_int_equal(e.dt, fp_table_dtype((fp_base_dtype)dt));
+        assert_false(in_file_mapping(e.data, "/model.safetensors"));
         assert_int_not_equal(fp_model_own(mp), 0);  /* nothing f32 to write into */
         check_same(cp, mp);
         fp_model_free(&cp);

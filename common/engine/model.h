@@ -66,10 +66,12 @@ typedef struct {
     float *slab;
     size_t n_floats;        /* floats in the slab */
     /* Quantized base (fp_model_quantize): the seven projection matrices of every
-     * layer live in qdata/qscale, their fp_model_weights pointers are NULL and the
-     * slab holds only embeddings, norms, biases and lm_head. */
+     * layer, the embeddings and lm_head live in qdata/qscale, their
+     * fp_model_weights pointers are NULL and the slab holds only norms and
+     * biases (read them through fp_model_qmat / fp_model_emb / fp_model_head). */
     fp_base_dtype base_dtype;    /* FP_BASE_F32 unless quantized */
-    fp_qmat *qm;            /* [L][FP_T_COUNT] views, NULL for f32 */
+    fp_qmat *qm;            /* [L][FP_T_COUNT] views, then embeddings and lm_head
+                             * (the same view when tied); NULL for f32 */
     uint8_t *qdata;
     float *qscale;
     size_t q_bytes;         /* qdata + qscale bytes */
@@ -101,8 +103,9 @@ int fp_model_save(const fp_model *m, const char *dir) FP_WUR;
 void fp_model_randomize(fp_model *m, uint64_t seed, float scale);
 void fp_model_free(fp_model **self_p);
 
-/* Converts the seven projection matrices of every layer (q,k,v,o,gate,up,down)
- * to dt, one tensor at a time, and shrinks the f32 slab to what remains. The
+/* Converts the seven projection matrices of every layer (q,k,v,o,gate,up,down),
+ * the embeddings and lm_head to dt, one tensor at a time, and shrinks the f32
+ * slab to what remains (norms, biases). The
  * hash is taken first, so a quantized model hashes like its f32 source (workers
  * on different formats federate together). dt == FP_BASE_F32 does nothing. */
 int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
@@ -127,6 +130,10 @@ int fp_model_own(fp_model *m) FP_WUR;
 /* The matrix of target t (FP_T_* order: q,k,v,o,gate,up,down) of layer l, in
  * whatever format the model holds it (an f32 view when not quantized). */
 fp_qmat fp_model_qmat(const fp_model *m, int l, int t);
+/* The embedding table [vocab][dim] and lm_head [vocab][dim] (the same when
+ * tied), likewise: a token's row is fp_qmat_dequant_rows(&e, token, 1, out). */
+fp_qmat fp_model_emb(const fp_model *m);
+fp_qmat fp_model_head(const fp_model *m);
 /* Bytes the base weights occupy (f32 slab + quantized storage + used in place
  * from the mapping). */
 size_t fp_model_bytes(const fp_model *m);

@@ -20,14 +20,25 @@ typedef struct {
     crypto_hash_sha256_state hash;
 } walk;
 
+/* The matrix field's index in m->qm's order (targets, then embeddings and
+ * lm_head, which are quantized too unless the base is f32), or -1. */
 static int target_of(fp_model *m, float **field)
 {
     fp_model_weights *w = &m->w;
-    float **f[FP_T_COUNT] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
-    for (int t = 0; t < FP_T_COUNT; t++)
+    float **f[FP_T_COUNT + 2] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up,
+                                 &w->w_down, &w->tok_emb, &w->lm_head};
+    int n = m->base_dtype == FP_BASE_F32 ? FP_T_COUNT : FP_T_COUNT + 2;
+    for (int t = 0; t < n; t++)
         if (f[t] == field)
             return t;
     return -1;
+}
+
+/* Where the matrix tg of layer l lives in m->qm. */
+static size_t qm_index(const fp_model *m, int l, int tg)
+{
+    size_t L = (size_t)m->cfg.n_layers;
+    return tg < FP_T_COUNT ? (size_t)l * FP_T_COUNT + (size_t)tg : L * FP_T_COUNT + (size_t)(tg - FP_T_COUNT);
 }
 
 /* In place when the file already holds the format the kernels read, aligned
@@ -61,8 +72,8 @@ static int one_tensor(walk *W, const pspec *p, int l, float *slab_at)
     if (loader_get(W->L, W->m->cfg.arch, name, p->rows, p->cols, &st, &t) != 0)
         return -1;
     const void *raw = fp_st_data(st, t);
-    fp_base_dtype dt = W->m->base_dtype;
     int tg = target_of(W->m, p->field), big = !p->per_layer && p->kind == K_MAT;
+    fp_base_dtype dt = tg >= FP_T_COUNT ? fp_table_dtype(W->m->base_dtype) : W->m->base_dtype;
     int keep = tg >= 0 ? in_place(raw, t->dtype, dt) : big && in_place(raw, t->dtype, FP_BASE_F32);
     size_t n = t->numel, qb = fp_quant_data_bytes(dt, p->rows, p->cols);
     size_t qs = fp_quant_scale_floats(dt, p->rows, p->cols);
@@ -82,7 +93,7 @@ static int one_tensor(walk *W, const pspec *p, int l, float *slab_at)
     if (keep)
         W->mapped += tg >= 0 ? qb : n * sizeof(float);
     if (tg >= 0) {
-        fp_qmat *q = &W->m->qm[(size_t)l * FP_T_COUNT + (size_t)tg];
+        fp_qmat *q = &W->m->qm[qm_index(W->m, l, tg)];
         *q = (fp_qmat){dt, p->rows, p->cols, raw, NULL};
         if (keep)
             return 0;
@@ -126,7 +137,7 @@ static int alloc_storage(fp_model *m, const walk *W)
 {
     size_t L = (size_t)m->cfg.n_layers;
     m->slab = malloc((W->slab_floats ? W->slab_floats : 1) * sizeof(float));
-    m->qm = calloc(L * FP_T_COUNT, sizeof *m->qm);
+    m->qm = calloc(L * FP_T_COUNT + 2, sizeof *m->qm);  /* + embeddings, lm_head */
     m->qdata = malloc(W->q_bytes ? W->q_bytes : 1);
     m->qscale = malloc((W->q_scales ? W->q_scales : 1) * sizeof(float));
     if (!m->slab || !m->qm || !m->qdata || !m->qscale)
@@ -163,8 +174,11 @@ fp_model *fp_model_load_dtype(const char *dir, fp_base_dtype dt)
     if (walk_all(&W) != 0 || check_o_bias(W.L, m) != 0)
         goto err;
     model_hash_end(&W.hash, m->src_hash);
-    if (m->cfg.tie_embeddings)
+    if (m->cfg.tie_embeddings) {
+        size_t e = (size_t)m->cfg.n_layers * FP_T_COUNT;
         m->w.lm_head = m->w.tok_emb;
+        m->qm[e + 1] = m->qm[e];
+    }
     m->has_src_hash = 1;
     m->mapped_bytes = W.mapped;
     free(W.tmp);
