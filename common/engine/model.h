@@ -109,10 +109,13 @@ void fp_model_free(fp_model **self_p);
  * hash is taken first, so a quantized model hashes like its f32 source (workers
  * on different formats federate together). dt == FP_BASE_F32 does nothing. */
 int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
-/* A random model (fp_model_randomize's distribution) built straight into dt:
- * one layer of f32 at a time is generated and quantized, so a 7B-shaped nf4
- * model never needs its 28 GB f32 form. For benchmarks; its hash is a label,
- * not a fingerprint. Caller destroys. */
+/* A random model (fp_model_randomize's distribution: matrices uniform in
+ * [-scale, scale], norms around 1, biases zero here) built straight into dt:
+ * every matrix is drawn and quantized 64 rows at a time, so a 7B-shaped nf4
+ * model never holds even one layer in f32. Layer l draws from seed + 1 + l, the
+ * tables and final norm from seed; dt == FP_BASE_F32 is fp_model_new +
+ * fp_model_randomize. For benchmarks; its hash is a label, not a fingerprint.
+ * Caller destroys. */
 fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
                               float scale) FP_WUR;
 /* Loads dir holding its projection matrices in format dt, with the safetensors

@@ -182,7 +182,7 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt)
     return compact_slab(m);
 }
 
-/* Rows of f32 scratch for drawing an embedding table: a multiple of nf4's
+/* Rows of f32 scratch for drawing a random matrix: a multiple of nf4's
  * 64-value blocks whatever the width. */
 #define TABLE_CHUNK 64
 
@@ -199,8 +199,15 @@ static void random_table(const fp_qmat *q, fp_rng *r, float scale, float *scratc
     }
 }
 
-/* full's norms and biases: the one-layer model's, repeated (biases zero). */
-static int random_small(fp_model *full, const fp_model *one)
+/* Norms around 1, as fp_model_randomize draws them. */
+static void random_norm(float *x, size_t n, fp_rng *r)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = 1.0f + 0.1f * (2.0f * fp_rng_float(r) - 1.0f);
+}
+
+/* full's f32 slab: norms (drawn later) and zero biases. */
+static int alloc_small(fp_model *full)
 {
     const fp_model_config *cfg = &full->cfg;
     size_t L = (size_t)cfg->n_layers, d = (size_t)cfg->dim, kv = (size_t)fp_kv_dim(cfg);
@@ -214,11 +221,6 @@ static int random_small(fp_model *full, const fp_model *one)
     w->rms_att = at, at += L * d;
     w->rms_ffn = at, at += L * d;
     w->rms_final = at, at += d;
-    for (size_t l = 0; l < L; l++) {
-        memcpy(w->rms_att + l * d, one->w.rms_att, d * sizeof(float));
-        memcpy(w->rms_ffn + l * d, one->w.rms_ffn, d * sizeof(float));
-    }
-    memcpy(w->rms_final, one->w.rms_final, d * sizeof(float));
     if (cfg->qkv_bias) {
         w->bq = at, at += L * d;
         w->bk = at, at += L * kv;
@@ -228,53 +230,57 @@ static int random_small(fp_model *full, const fp_model *one)
     return 0;
 }
 
+/* Layer l from its own stream (seed + 1 + l): the attention norm, q, k, v, o,
+ * the feed-forward norm, gate, up, down, each matrix drawn and quantized
+ * TABLE_CHUNK rows at a time, so not even one layer is held in f32. */
+static void random_layer(fp_model *full, size_t l, uint64_t seed, float scale, float *scratch)
+{
+    size_t d = (size_t)full->cfg.dim;
+    fp_rng r;
+    fp_rng_seed(&r, seed + 1 + l);
+    random_norm(full->w.rms_att + l * d, d, &r);
+    for (int t = 0; t < FP_T_COUNT; t++) {
+        if (t == FP_T_GATE)
+            random_norm(full->w.rms_ffn + l * d, d, &r);
+        random_table(&full->qm[l * FP_T_COUNT + (size_t)t], &r, scale, scratch);
+    }
+}
+
 fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
                               float scale)
 {
-    fp_model_config one = *cfg;
-    one.n_layers = 1;   /* the f32 slab holds one layer's matrices, as scratch; */
-    one.vocab_size = 2; /* the embeddings are drawn in chunks straight into dt */
-    fp_model *m = NULL, *full = NULL;
+    fp_model *full = NULL;
     float *scratch = NULL;
     if (dt == FP_BASE_F32) {
         if ((full = fp_model_new(cfg)))
             fp_model_randomize(full, seed, scale);
         return full;
     }
-    if (!(m = fp_model_new(&one)))
+    if (fp_config_validate(cfg, "model config") != 0)
         return NULL;
+    int wide = cfg->dim > cfg->hidden_dim ? cfg->dim : cfg->hidden_dim;
     if (!(full = calloc(1, sizeof *full)) ||
-        !(scratch = malloc((size_t)TABLE_CHUNK * (size_t)cfg->dim * sizeof(float)))) {
+        !(scratch = malloc((size_t)TABLE_CHUNK * (size_t)wide * sizeof(float)))) {
         fp_error_set("out of memory");
         goto err;
     }
     full->cfg = *cfg;
-    if (alloc_quantized(full, dt) != 0)
+    if (alloc_quantized(full, dt) != 0 || alloc_small(full) != 0)
         goto err;
-    int rows, cols;
-    for (size_t l = 0; l < (size_t)cfg->n_layers; l++) {
-        fp_model_randomize(m, seed + l, scale);     /* layer l's matrices */
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            const float *src = *target_field(m, t, &rows, &cols);
-            fp_qmat *q = &full->qm[l * FP_T_COUNT + t];
-            fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
-        }
-    }
-    fp_rng r;   /* the embeddings, then lm_head, from one stream */
+    for (size_t l = 0; l < (size_t)cfg->n_layers; l++)
+        random_layer(full, l, seed, scale, scratch);
+    fp_rng r;   /* the embeddings, lm_head and the final norm from the seed's stream */
     fp_rng_seed(&r, seed);
     random_table(&full->qm[emb_slot(full)], &r, scale, scratch);
     if (!cfg->tie_embeddings)
         random_table(&full->qm[emb_slot(full) + 1], &r, scale, scratch);
-    if (random_small(full, m) != 0)
-        goto err;
+    random_norm(full->w.rms_final, (size_t)cfg->dim, &r);
     snprintf(full->src_hash, sizeof full->src_hash, "random-%s", fp_base_dtype_name(dt));
     full->has_src_hash = 1;
     free(scratch);
-    fp_model_free(&m);
     return full;
 err:
     free(scratch);
-    fp_model_free(&m);
     fp_model_free(&full);
     return NULL;
 }
