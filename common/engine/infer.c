@@ -188,7 +188,8 @@ const float *fp_infer_step(fp_infer *self, int32_t token, int pos)
     }
     int C = c->dim, KV = fp_kv_dim(c), H = c->hidden_dim, hd = fp_head_dim(c);
     float *x = self->x, *xn = self->xn;
-    memcpy(x, w->tok_emb + (size_t)token * C, (size_t)C * sizeof *x);
+    fp_qmat emb = fp_model_emb(self->model), head = fp_model_head(self->model);
+    fp_qmat_dequant_rows(&emb, token, 1, x);
 
     for (int l = 0; l < c->n_layers; l++) {
         size_t lc = (size_t)l * C, lkv = (size_t)l * KV;
@@ -216,8 +217,7 @@ const float *fp_infer_step(fp_infer *self, int32_t token, int pos)
             x[i] += self->tmp[i];
     }
     rmsnorm(xn, x, w->rms_final, C, c->rms_eps);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, c->vocab_size, C, 1.0f, w->lm_head, C, xn, 1, 0.0f,
-                self->logits, 1);
+    fp_qmat_gemv(&head, xn, self->logits, self->panel);
     self->next_pos = pos + 1;
     return self->logits;
 }

@@ -66,10 +66,12 @@ typedef struct {
     float *slab;
     size_t n_floats;        /* floats in the slab */
     /* Quantized base (fp_model_quantize): the seven projection matrices of every
-     * layer live in qdata/qscale, their fp_model_weights pointers are NULL and the
-     * slab holds only embeddings, norms, biases and lm_head. */
+     * layer, the embeddings and lm_head live in qdata/qscale, their
+     * fp_model_weights pointers are NULL and the slab holds only norms and
+     * biases (read them through fp_model_qmat / fp_model_emb / fp_model_head). */
     fp_base_dtype base_dtype;    /* FP_BASE_F32 unless quantized */
-    fp_qmat *qm;            /* [L][FP_T_COUNT] views, NULL for f32 */
+    fp_qmat *qm;            /* [L][FP_T_COUNT] views, then embeddings and lm_head
+                             * (the same view when tied); NULL for f32 */
     uint8_t *qdata;
     float *qscale;
     size_t q_bytes;         /* qdata + qscale bytes */
@@ -101,15 +103,19 @@ int fp_model_save(const fp_model *m, const char *dir) FP_WUR;
 void fp_model_randomize(fp_model *m, uint64_t seed, float scale);
 void fp_model_free(fp_model **self_p);
 
-/* Converts the seven projection matrices of every layer (q,k,v,o,gate,up,down)
- * to dt, one tensor at a time, and shrinks the f32 slab to what remains. The
+/* Converts the seven projection matrices of every layer (q,k,v,o,gate,up,down),
+ * the embeddings and lm_head to dt, one tensor at a time, and shrinks the f32
+ * slab to what remains (norms, biases). The
  * hash is taken first, so a quantized model hashes like its f32 source (workers
  * on different formats federate together). dt == FP_BASE_F32 does nothing. */
 int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
-/* A random model (fp_model_randomize's distribution) built straight into dt:
- * one layer of f32 at a time is generated and quantized, so a 7B-shaped nf4
- * model never needs its 28 GB f32 form. For benchmarks; its hash is a label,
- * not a fingerprint. Caller destroys. */
+/* A random model (fp_model_randomize's distribution: matrices uniform in
+ * [-scale, scale], norms around 1, biases zero here) built straight into dt:
+ * every matrix is drawn and quantized 64 rows at a time, so a 7B-shaped nf4
+ * model never holds even one layer in f32. Layer l draws from seed + 1 + l, the
+ * tables and final norm from seed; dt == FP_BASE_F32 is fp_model_new +
+ * fp_model_randomize. For benchmarks; its hash is a label, not a fingerprint.
+ * Caller destroys. */
 fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
                               float scale) FP_WUR;
 /* Loads dir holding its projection matrices in format dt, with the safetensors
@@ -127,6 +133,10 @@ int fp_model_own(fp_model *m) FP_WUR;
 /* The matrix of target t (FP_T_* order: q,k,v,o,gate,up,down) of layer l, in
  * whatever format the model holds it (an f32 view when not quantized). */
 fp_qmat fp_model_qmat(const fp_model *m, int l, int t);
+/* The embedding table [vocab][dim] and lm_head [vocab][dim] (the same when
+ * tied), likewise: a token's row is fp_qmat_dequant_rows(&e, token, 1, out). */
+fp_qmat fp_model_emb(const fp_model *m);
+fp_qmat fp_model_head(const fp_model *m);
 /* Bytes the base weights occupy (f32 slab + quantized storage + used in place
  * from the mapping). */
 size_t fp_model_bytes(const fp_model *m);

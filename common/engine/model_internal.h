@@ -58,6 +58,10 @@ int check_o_bias(loader *L, const fp_model *m);
 void model_hash_begin(crypto_hash_sha256_state *st, const fp_model_config *c);
 void model_hash_end(crypto_hash_sha256_state *st, char out[65]);
 
+/* Quantizes rows [r0, r0 + nr) of q from src (nr x cols f32) into q's own
+ * storage; for nf4, r0 * cols must be a multiple of FP_NF4_BLOCK. */
+void model_quantize_rows(const fp_qmat *q, int r0, int nr, const float *src);
+
 /* The mapped load (model_map.c) keeps its files open here; fp_model_free
  * calls this. */
 void model_map_release(fp_model *m);

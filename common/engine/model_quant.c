@@ -6,6 +6,7 @@
 #include "lora.h"
 #include "rng.h"
 #include "model.h"
+#include "model_internal.h"
 
 /* The per-layer f32 field, rows and cols of target t. */
 static float **target_field(fp_model *m, int t, int *rows, int *cols)
@@ -30,22 +31,79 @@ fp_qmat fp_model_qmat(const fp_model *m, int l, int t)
     return (fp_qmat){FP_BASE_F32, rows, cols, *f + (size_t)l * rows * cols, NULL};
 }
 
+/* qm holds the layers' targets, then the embeddings and lm_head. */
+static size_t emb_slot(const fp_model *m)
+{
+    return (size_t)m->cfg.n_layers * FP_T_COUNT;
+}
+
+/* An f32 mapped model has qm views of its targets only. */
+fp_qmat fp_model_emb(const fp_model *m)
+{
+    if (m->qm && m->base_dtype != FP_BASE_F32)
+        return m->qm[emb_slot(m)];
+    return (fp_qmat){FP_BASE_F32, m->cfg.vocab_size, m->cfg.dim, m->w.tok_emb, NULL};
+}
+
+fp_qmat fp_model_head(const fp_model *m)
+{
+    if (m->qm && m->base_dtype != FP_BASE_F32)
+        return m->qm[emb_slot(m) + 1];
+    return (fp_qmat){FP_BASE_F32, m->cfg.vocab_size, m->cfg.dim, m->w.lm_head, NULL};
+}
+
+/* Shape of qm slot i; 0 when it has no storage of its own (a tied lm_head). */
+static int slot_shape(fp_model *m, size_t i, int *rows, int *cols)
+{
+    if (i < emb_slot(m)) {
+        target_field(m, (int)(i % FP_T_COUNT), rows, cols);
+        return 1;
+    }
+    *rows = m->cfg.vocab_size, *cols = m->cfg.dim;
+    return !(i > emb_slot(m) && m->cfg.tie_embeddings);
+}
+
+/* The format of qm slot i in a base of format dt. */
+static fp_base_dtype slot_dt(const fp_model *m, size_t i, fp_base_dtype dt)
+{
+    return i < emb_slot(m) ? dt : fp_table_dtype(dt);
+}
+
+/* The f32 source of qm slot i in an f32-laid-out model. */
+static const float *slot_src(fp_model *m, size_t i)
+{
+    int rows, cols;
+    if (i == emb_slot(m))
+        return m->w.tok_emb;
+    if (i > emb_slot(m))
+        return m->w.lm_head;
+    float **f = target_field(m, (int)(i % FP_T_COUNT), &rows, &cols);
+    return *f + i / FP_T_COUNT * (size_t)rows * cols;
+}
+
+void model_quantize_rows(const fp_qmat *q, int r0, int nr, const float *src)
+{
+    size_t cols = (size_t)q->cols;
+    uint8_t *d = (uint8_t *)q->data + fp_quant_data_bytes(q->dt, (size_t)r0, cols);
+    float *s = q->scale ? (float *)q->scale + fp_quant_scale_floats(q->dt, (size_t)r0, cols) : NULL;
+    fp_quantize(q->dt, src, (size_t)nr, cols, d, s);
+}
+
 size_t fp_model_bytes(const fp_model *m)
 {
     return m->n_floats * sizeof(float) + m->q_bytes + m->mapped_bytes;
 }
 
-/* Moves what stays f32 (embeddings, norms, biases, lm_head) into a smaller slab. */
+/* Moves what stays f32 (norms, biases) into a smaller slab. */
 static int compact_slab(fp_model *m)
 {
     const fp_model_config *c = &m->cfg;
     fp_model_weights *w = &m->w;
     size_t L = (size_t)c->n_layers, d = (size_t)c->dim, kv = (size_t)fp_kv_dim(c);
-    size_t V = (size_t)c->vocab_size;
     struct { float **p; size_t n; } keep[] = {
-        {&w->tok_emb, V * d}, {&w->rms_att, L * d}, {&w->bq, c->qkv_bias ? L * d : 0},
+        {&w->rms_att, L * d}, {&w->bq, c->qkv_bias ? L * d : 0},
         {&w->bk, c->qkv_bias ? L * kv : 0}, {&w->bv, c->qkv_bias ? L * kv : 0},
-        {&w->rms_ffn, L * d}, {&w->rms_final, d}, {&w->lm_head, c->tie_embeddings ? 0 : V * d},
+        {&w->rms_ffn, L * d}, {&w->rms_final, d},
     };
     size_t nk = sizeof keep / sizeof keep[0], total = 0;
     for (size_t i = 0; i < nk; i++)
@@ -60,8 +118,6 @@ static int compact_slab(fp_model *m)
         *keep[i].p = at;
         at += keep[i].n;
     }
-    if (c->tie_embeddings)
-        w->lm_head = w->tok_emb;
     free(m->slab);
     m->slab = slab;
     m->n_floats = total;
@@ -71,14 +127,14 @@ static int compact_slab(fp_model *m)
 /* Allocates qm/qdata/qscale for dt and points every view at its place. */
 static int alloc_quantized(fp_model *m, fp_base_dtype dt)
 {
-    size_t L = (size_t)m->cfg.n_layers, nb = 0, ns = 0;
+    size_t ns_slots = emb_slot(m) + 2, nb = 0, ns = 0;
     int rows, cols;
-    for (int t = 0; t < FP_T_COUNT; t++) {
-        target_field(m, t, &rows, &cols);
-        nb += L * fp_quant_data_bytes(dt, rows, cols);
-        ns += L * fp_quant_scale_floats(dt, rows, cols);
-    }
-    m->qm = calloc(L * FP_T_COUNT, sizeof *m->qm);
+    for (size_t i = 0; i < ns_slots; i++)
+        if (slot_shape(m, i, &rows, &cols)) {
+            nb += fp_quant_data_bytes(slot_dt(m, i, dt), rows, cols);
+            ns += fp_quant_scale_floats(slot_dt(m, i, dt), rows, cols);
+        }
+    m->qm = calloc(ns_slots, sizeof *m->qm);
     m->qdata = malloc(nb ? nb : 1);
     m->qscale = malloc((ns ? ns : 1) * sizeof(float));
     if (!m->qm || !m->qdata || !m->qscale) {
@@ -88,14 +144,17 @@ static int alloc_quantized(fp_model *m, fp_base_dtype dt)
     }
     uint8_t *d = m->qdata;
     float *s = m->qscale;
-    for (size_t l = 0; l < L; l++)
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            target_field(m, t, &rows, &cols);
-            size_t sf = fp_quant_scale_floats(dt, rows, cols);
-            m->qm[l * FP_T_COUNT + t] = (fp_qmat){dt, rows, cols, d, sf ? s : NULL};
-            d += fp_quant_data_bytes(dt, rows, cols);
-            s += sf;
+    for (size_t i = 0; i < ns_slots; i++) {
+        if (!slot_shape(m, i, &rows, &cols)) {
+            m->qm[i] = m->qm[i - 1];    /* tied: lm_head is the embeddings */
+            continue;
         }
+        fp_base_dtype sd = slot_dt(m, i, dt);
+        size_t sf = fp_quant_scale_floats(sd, rows, cols);
+        m->qm[i] = (fp_qmat){sd, rows, cols, d, sf ? s : NULL};
+        d += fp_quant_data_bytes(sd, rows, cols);
+        s += sf;
+    }
     m->base_dtype = dt;
     m->q_bytes = nb + ns * sizeof(float);
     return 0;
@@ -111,90 +170,117 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt)
     if (alloc_quantized(m, dt) != 0)
         return -1;
     int rows, cols;
-    for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            const float *src = *target_field(m, t, &rows, &cols) + l * (size_t)rows * cols;
-            fp_qmat *q = &m->qm[l * FP_T_COUNT + t];
-            fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
+    for (size_t i = 0; i < emb_slot(m) + 2; i++)
+        if (slot_shape(m, i, &rows, &cols)) {
+            fp_qmat *q = &m->qm[i];
+            fp_quantize(q->dt, slot_src(m, i), rows, cols, (void *)q->data, (float *)q->scale);
         }
     for (int t = 0; t < FP_T_COUNT; t++)
         *target_field(m, t, &rows, &cols) = NULL;
+    m->w.tok_emb = m->w.lm_head = NULL;
     m->has_src_hash = 1;
     return compact_slab(m);
 }
 
-fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
-                              float scale)
+/* Rows of f32 scratch for drawing a random matrix: a multiple of nf4's
+ * 64-value blocks whatever the width. */
+#define TABLE_CHUNK 64
+
+/* Draws q's rows from r (fp_model_randomize's distribution, row after row)
+ * and quantizes them TABLE_CHUNK rows at a time: no f32 table is ever held. */
+static void random_table(const fp_qmat *q, fp_rng *r, float scale, float *scratch)
 {
-    fp_model_config one = *cfg;
-    one.n_layers = 1;   /* the f32 slab holds one layer's matrices, as scratch; */
-    one.vocab_size = 2; /* the embeddings are drawn straight into the final slab */
-    fp_model *m = NULL, *full = NULL;
-    if (dt == FP_BASE_F32) {
-        if ((full = fp_model_new(cfg)))
-            fp_model_randomize(full, seed, scale);
-        return full;
+    for (int r0 = 0; r0 < q->rows; r0 += TABLE_CHUNK) {
+        int nr = q->rows - r0 < TABLE_CHUNK ? q->rows - r0 : TABLE_CHUNK;
+        size_t n = (size_t)nr * (size_t)q->cols;
+        for (size_t i = 0; i < n; i++)
+            scratch[i] = scale * (2.0f * fp_rng_float(r) - 1.0f);
+        model_quantize_rows(q, r0, nr, scratch);
     }
-    if (!(m = fp_model_new(&one)))
-        return NULL;
-    fp_model_randomize(m, seed, scale);
-    if (!(full = calloc(1, sizeof *full))) {
-        fp_error_set("out of memory");
-        goto err;
-    }
-    full->cfg = *cfg;
-    full->w = m->w;     /* for target_field's shapes only */
-    if (alloc_quantized(full, dt) != 0)
-        goto err;
-    int rows, cols;
-    for (size_t l = 0; l < (size_t)cfg->n_layers; l++) {
-        fp_model_randomize(m, seed + l, scale);     /* layer l's matrices */
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            const float *src = *target_field(m, t, &rows, &cols);
-            fp_qmat *q = &full->qm[l * FP_T_COUNT + t];
-            fp_quantize(dt, src, rows, cols, (void *)q->data, (float *)q->scale);
-        }
-    }
-    /* Norms and biases: the one-layer model's, repeated. */
-    size_t L = (size_t)cfg->n_layers, d = (size_t)cfg->dim;
-    size_t V = (size_t)cfg->vocab_size, untied = cfg->tie_embeddings ? 0 : V * d;
-    size_t nb = cfg->qkv_bias ? L * (d + 2 * (size_t)fp_kv_dim(cfg)) : 0;
-    full->n_floats = V * d + untied + 2 * L * d + d + nb;
-    if (!(full->slab = malloc(full->n_floats * sizeof(float)))) {
-        fp_error_set("out of memory");
-        goto err;
-    }
+}
+
+/* Norms around 1, as fp_model_randomize draws them. */
+static void random_norm(float *x, size_t n, fp_rng *r)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = 1.0f + 0.1f * (2.0f * fp_rng_float(r) - 1.0f);
+}
+
+/* full's f32 slab: norms (drawn later) and zero biases. */
+static int alloc_small(fp_model *full)
+{
+    const fp_model_config *cfg = &full->cfg;
+    size_t L = (size_t)cfg->n_layers, d = (size_t)cfg->dim, kv = (size_t)fp_kv_dim(cfg);
+    size_t nb = cfg->qkv_bias ? L * (d + 2 * kv) : 0;
+    full->n_floats = 2 * L * d + d + nb;
+    if (!(full->slab = malloc(full->n_floats * sizeof(float))))
+        return fp_error_set("out of memory");
     fp_model_weights *w = &full->w;
     memset(w, 0, sizeof *w);
     float *at = full->slab;
-    fp_rng r;
-    fp_rng_seed(&r, seed);
-    w->tok_emb = at;
-    for (size_t i = 0; i < V * d + untied; i++)
-        at[i] = scale * (2.0f * fp_rng_float(&r) - 1.0f);
-    w->lm_head = cfg->tie_embeddings ? w->tok_emb : at + V * d;
-    at += V * d + untied;
     w->rms_att = at, at += L * d;
     w->rms_ffn = at, at += L * d;
     w->rms_final = at, at += d;
-    for (size_t l = 0; l < L; l++) {
-        memcpy(w->rms_att + l * d, m->w.rms_att, d * sizeof(float));
-        memcpy(w->rms_ffn + l * d, m->w.rms_ffn, d * sizeof(float));
-    }
-    memcpy(w->rms_final, m->w.rms_final, d * sizeof(float));
     if (cfg->qkv_bias) {
-        size_t kv = (size_t)fp_kv_dim(cfg);
         w->bq = at, at += L * d;
         w->bk = at, at += L * kv;
         w->bv = at;
         memset(w->bq, 0, nb * sizeof(float));
     }
+    return 0;
+}
+
+/* Layer l from its own stream (seed + 1 + l): the attention norm, q, k, v, o,
+ * the feed-forward norm, gate, up, down, each matrix drawn and quantized
+ * TABLE_CHUNK rows at a time, so not even one layer is held in f32. */
+static void random_layer(fp_model *full, size_t l, uint64_t seed, float scale, float *scratch)
+{
+    size_t d = (size_t)full->cfg.dim;
+    fp_rng r;
+    fp_rng_seed(&r, seed + 1 + l);
+    random_norm(full->w.rms_att + l * d, d, &r);
+    for (int t = 0; t < FP_T_COUNT; t++) {
+        if (t == FP_T_GATE)
+            random_norm(full->w.rms_ffn + l * d, d, &r);
+        random_table(&full->qm[l * FP_T_COUNT + (size_t)t], &r, scale, scratch);
+    }
+}
+
+fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
+                              float scale)
+{
+    fp_model *full = NULL;
+    float *scratch = NULL;
+    if (dt == FP_BASE_F32) {
+        if ((full = fp_model_new(cfg)))
+            fp_model_randomize(full, seed, scale);
+        return full;
+    }
+    if (fp_config_validate(cfg, "model config") != 0)
+        return NULL;
+    int wide = cfg->dim > cfg->hidden_dim ? cfg->dim : cfg->hidden_dim;
+    if (!(full = calloc(1, sizeof *full)) ||
+        !(scratch = malloc((size_t)TABLE_CHUNK * (size_t)wide * sizeof(float)))) {
+        fp_error_set("out of memory");
+        goto err;
+    }
+    full->cfg = *cfg;
+    if (alloc_quantized(full, dt) != 0 || alloc_small(full) != 0)
+        goto err;
+    for (size_t l = 0; l < (size_t)cfg->n_layers; l++)
+        random_layer(full, l, seed, scale, scratch);
+    fp_rng r;   /* the embeddings, lm_head and the final norm from the seed's stream */
+    fp_rng_seed(&r, seed);
+    random_table(&full->qm[emb_slot(full)], &r, scale, scratch);
+    if (!cfg->tie_embeddings)
+        random_table(&full->qm[emb_slot(full) + 1], &r, scale, scratch);
+    random_norm(full->w.rms_final, (size_t)cfg->dim, &r);
     snprintf(full->src_hash, sizeof full->src_hash, "random-%s", fp_base_dtype_name(dt));
     full->has_src_hash = 1;
-    fp_model_free(&m);
+    free(scratch);
     return full;
 err:
-    fp_model_free(&m);
+    free(scratch);
     fp_model_free(&full);
     return NULL;
 }

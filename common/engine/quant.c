@@ -31,6 +31,11 @@ int fp_base_dtype_parse(const char *s, fp_base_dtype *out)
     return fp_error_set("base dtype '%s': expected f32, bf16, int8 or nf4", s ? s : "");
 }
 
+fp_base_dtype fp_table_dtype(fp_base_dtype dt)
+{
+    return dt == FP_BASE_NF4 ? FP_BASE_BF16 : dt;
+}
+
 size_t fp_quant_data_bytes(fp_base_dtype dt, size_t rows, size_t cols)
 {
     size_t n = rows * cols;

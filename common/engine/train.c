@@ -624,14 +624,14 @@ static void forward(fp_train *self, const int32_t *inputs)
     const fp_model_weights *w = &self->model->w;
     size_t N = self->N, C = (size_t)c->dim;
 
-    for (size_t n = 0; n < N; n++)
-        memcpy(self->res + n * C, w->tok_emb + (size_t)inputs[n] * C, C * sizeof(float));
+    fp_qmat emb = fp_model_emb(self->model), head = fp_model_head(self->model);
+    for (size_t n = 0; n < N; n++)     /* f32: a copy; else the row dequantized */
+        fp_qmat_dequant_rows(&emb, inputs[n], 1, self->res + n * C);
     for (int l = 0; l < c->n_layers; l++)
         layer_forward(self, l);
     rmsnorm_forward(self->xnf, self->rstdf, self->res + (size_t)c->n_layers * N * C, w->rms_final,
                     N, (int)C, c->rms_eps);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, c->vocab_size, (int)C,
-                1.0f, self->xnf, (int)C, w->lm_head, (int)C, 0.0f, self->logits, c->vocab_size);
+    fp_qmat_xwt(&head, (int)N, self->xnf, 0.0f, self->logits, c->vocab_size, self->panel);
 }
 
 static void backward(fp_train *self, float *grad)
@@ -643,8 +643,8 @@ static void backward(fp_train *self, float *grad)
     float *dres = self->dres, *dxn = self->dxn, *xn = self->xn;
 
     // final norm and lm_head: dres = rmsnorm'(dlogits lm_head)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, c->vocab_size,
-                1.0f, self->dlogits, c->vocab_size, w->lm_head, (int)C, 0.0f, dxn, (int)C);
+    fp_qmat head = fp_model_head(self->model);
+    fp_qmat_dyw(&head, (int)N, self->dlogits, 0.0f, dxn, self->panel);
     memset(dres, 0, N * C * sizeof *dres);
     rmsnorm_backward(dres, dxn, self->res + (size_t)L * N * C, w->rms_final, self->rstdf, N, (int)C);
 
