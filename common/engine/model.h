@@ -118,10 +118,12 @@ int fp_model_quantize(fp_model *m, fp_base_dtype dt) FP_WUR;
  * Caller destroys. */
 fp_model *fp_model_new_random(const fp_model_config *cfg, fp_base_dtype dt, uint64_t seed,
                               float scale) FP_WUR;
-/* Loads dir holding its projection matrices in format dt, with the safetensors
- * files mapped read-only (MAP_PRIVATE): every F32 tensor (BF16 when dt is bf16)
- * whose data is aligned is used in place, so processes on one machine share one
- * page-cache copy; the rest is converted or quantized one tensor at a time,
+/* Loads dir holding its projection matrices in format dt (the embeddings and
+ * lm_head in fp_table_dtype(dt)), with the safetensors files mapped read-only
+ * (MAP_PRIVATE): every tensor already in the format it is held in (F32, or BF16
+ * for a bf16 one) whose data is aligned is used in place, so processes on one
+ * machine share one page-cache copy; the rest is converted or quantized one
+ * tensor at a time, a chunk of rows at a time unless the file holds aligned F32,
  * never through a whole f32 copy. The hash is taken while streaming the files
  * and equals fp_model_hash of fp_model_load(dir). Norms and biases are copied.
  * The base must not be written: fp_model_own makes a private copy first. */
