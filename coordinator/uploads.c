@@ -56,14 +56,6 @@ upload_slot *uploads_free_slot(upload_slots *u)
     return NULL;
 }
 
-int uploads_busy(const upload_slots *u)
-{
-    int k = 0;
-    for (int i = 0; i < u->n; i++)
-        k += u->s[i].w >= 0;
-    return k;
-}
-
 void uploads_release(upload_slots *u, upload_slot *s)
 {
     fp_seal_replay_destroy(&s->guard);

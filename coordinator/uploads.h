@@ -36,7 +36,6 @@ void uploads_free(upload_slots *u);
 upload_slot *uploads_of(upload_slots *u, int w);
 /* A free slot, or NULL when all are busy. */
 upload_slot *uploads_free_slot(upload_slots *u);
-int uploads_busy(const upload_slots *u);
 /* Wipes the buffer (a worker's plaintext) and frees the slot. */
 void uploads_release(upload_slots *u, upload_slot *s);
 void uploads_release_all(upload_slots *u);

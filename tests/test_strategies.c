@@ -103,19 +103,6 @@ static float *ckpt_adapter(const fh_fed *f, size_t *n)
     return x;
 }
 
-static float *read_f32(const char *path, size_t *n)
-{
-    size_t len;
-    char *b = tu_read_file(path, &len);
-    if (!b)
-        fail_msg("missing %s", path);
-    *n = len / 4;
-    float *x = malloc(len);
-    memcpy(x, b, len);
-    free(b);
-    return x;
-}
-
 /* The run's seeded initial adapter (rank r, alpha 8, all targets). */
 static fp_lora *init_adapter(int r, uint64_t seed)
 {
@@ -144,21 +131,31 @@ static double round_field(const fh_fed *f, int round, const char *key)
     return v;
 }
 
-/* B entries of the slab, packed in slab order (the ffa view). */
-static size_t gather_b(const fp_lora *l, const float *slab, float *out)
+/* One factor's entries of the slab (b: the B factors, the ffa view; else A),
+ * packed in slab order. */
+static size_t gather_factor(const fp_lora *l, int b, const float *slab, float *out)
 {
     size_t pos = 0;
     for (int layer = 0; layer < l->model.n_layers; layer++)
         for (int t = 0; t < FP_T_COUNT; t++) {
-            size_t off = l->off_b[layer * FP_T_COUNT + t];
+            size_t off = (b ? l->off_b : l->off_a)[layer * FP_T_COUNT + t];
             if (off == SIZE_MAX)
                 continue;
-            size_t len = (size_t)fp_lora_out_dim(&l->model, t) * (size_t)l->cfg.rank;
+            int dim = b ? fp_lora_out_dim(&l->model, t) : fp_lora_in_dim(&l->model, t);
+            size_t len = (size_t)dim * (size_t)l->cfg.rank;
             if (out)
                 memcpy(out + pos, slab + off, len * sizeof *out);
             pos += len;
         }
     return pos;
+}
+static size_t gather_b(const fp_lora *l, const float *slab, float *out)
+{
+    return gather_factor(l, 1, slab, out);
+}
+static size_t gather_a(const fp_lora *l, const float *slab, float *out)
+{
+    return gather_factor(l, 0, slab, out);
 }
 
 /* ---- the tests ------------------------------------------------------------- */
@@ -181,7 +178,7 @@ static void test_ffa_exact_half_bytes(void **state)
         char p[4400];
         size_t m;
         snprintf(p, sizeof p, "%s/worker-w%d-round-1.f32", cur.dump, k);
-        float *d = read_f32(p, &m);
+        float *d = fh_read_f32(p, &m);
         assert_int_equal(m, nb);   /* the upload is the B view only */
         for (size_t i = 0; i < nb; i++)
             sum[i] += d[i];        /* weighted by n_k / sum n under secagg */
@@ -333,10 +330,10 @@ static void run_poisoned(const char *tag, const char *strategy_extra, float **g,
     size_t m;
     char p[4400];
     snprintf(p, sizeof p, "%s/worker-w0-round-1.f32", cur.dump);
-    *h0 = read_f32(p, &m);
+    *h0 = fh_read_f32(p, &m);
     assert_int_equal(m, *n);
     snprintf(p, sizeof p, "%s/worker-w1-round-1.f32", cur.dump);
-    *h1 = read_f32(p, &m);
+    *h1 = fh_read_f32(p, &m);
     assert_int_equal(m, *n);
 }
 
@@ -382,23 +379,6 @@ static void test_median_poisoned(void **state)
     fp_lora_free(&init);
 }
 
-/* A entries of the slab, packed in slab order (rolora's A rounds). */
-static size_t gather_a(const fp_lora *l, const float *slab, float *out)
-{
-    size_t pos = 0;
-    for (int layer = 0; layer < l->model.n_layers; layer++)
-        for (int t = 0; t < FP_T_COUNT; t++) {
-            size_t off = l->off_a[layer * FP_T_COUNT + t];
-            if (off == SIZE_MAX)
-                continue;
-            size_t len = (size_t)fp_lora_in_dim(&l->model, t) * (size_t)l->cfg.rank;
-            if (out)
-                memcpy(out + pos, slab + off, len * sizeof *out);
-            pos += len;
-        }
-    return pos;
-}
-
 /* The sum of the workers' dumped round-R updates (n floats each, asserted). */
 static float *sum_dumps(const fh_fed *f, int round, size_t n)
 {
@@ -407,7 +387,7 @@ static float *sum_dumps(const fh_fed *f, int round, size_t n)
         char p[4400];
         size_t m;
         snprintf(p, sizeof p, "%s/worker-w%d-round-%d.f32", f->dump, k, round);
-        float *d = read_f32(p, &m);
+        float *d = fh_read_f32(p, &m);
         assert_int_equal(m, n);     /* the upload is that round's factor only */
         for (size_t i = 0; i < n; i++)
             sum[i] += d[i];         /* weighted by n_k / sum n under secagg */
