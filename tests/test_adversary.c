@@ -145,7 +145,9 @@ typedef struct {
 static void *m_socket(mallory *m, const char *route)
 {
     void *s = zmq_socket(m->zctx, ZMQ_DEALER);
-    int one = 1, linger = 0, rcvtimeo = 3000;
+    /* SNDTIMEO: with ZMQ_IMMEDIATE a send once the coordinator is gone would
+     * block for good (the liar's heartbeat then never let its thread see stop). */
+    int one = 1, linger = 0, rcvtimeo = 3000, sndtimeo = 200;
     assert_non_null(s);
     assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, m->server_pub, FP_KEY_BYTES), 0);
     assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, m->kp->public_key, FP_KEY_BYTES), 0);
@@ -153,6 +155,7 @@ static void *m_socket(mallory *m, const char *route)
     assert_int_equal(zmq_setsockopt(s, ZMQ_ROUTING_ID, route, strlen(route)), 0);
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_RCVTIMEO, &rcvtimeo, sizeof rcvtimeo);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
     zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one);
     assert_int_equal(zmq_connect(s, m->endpoint), 0);
     return s;
@@ -476,8 +479,6 @@ static void hostile_start(hostile *h, int i, const fh_fed *f)
     snprintf(route, sizeof route, "%s#%016x", h->id, 0x51a11 + i);
     h->s = m_socket(&h->m, route);
     h->silent = i >= N_STALL;
-    int sndtimeo = 200;     /* once the coordinator is gone a send would block for good */
-    zmq_setsockopt(h->s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
     if (h->silent) {    /* reads nothing: what it is sent queues up at the coordinator */
         int one = 1, small = 4096;
         zmq_setsockopt(h->s, ZMQ_RCVHWM, &one, sizeof one);

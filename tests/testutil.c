@@ -8,6 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Line-buffered stdout in every test binary: when ctest kills a test at its
+ * time limit, what it printed so far (which case, which figures) still shows. */
+__attribute__((constructor)) static void tu_line_buffered(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
 static char *slot(void)
 {
     static char bufs[8][4096];
