@@ -22,12 +22,15 @@
 # order: WORKER_SHARD (0-based; set it per service or per `docker run -e`); a
 # hostname ending in -N or _N (1-based, as StatefulSet names number replicas; set
 # `hostname:` to use it); else a slot claimed in $FEDPEFT_HOME/prepared/claims/K
-# (under a lock), which holds the claimant's hostname and a lease file the
-# container's healthcheck touches. A container keeps its slot across restarts (same
-# hostname) and `up`; a re-created container (new hostname) takes over a slot whose
-# lease is older than FEDPEFT_LEASE_S (its old container is gone); a slot with a live
-# lease is never taken. When every slot is live (`--scale worker=N` above
-# FEDPEFT_WORKERS) the extra worker waits one lease time, then exits 2. To change N,
+# (under a lock), which holds the claimant's hostname, its Compose container name
+# and a lease file the container's healthcheck touches. Under Compose the slot is
+# the container's number less one (PROJECT_worker_1 is worker-0, as `docker ps`
+# shows it), read from Docker's DNS. A container keeps its slot across restarts
+# (same hostname) and `up`; a re-created container (new hostname, same Compose
+# name) takes its slot back at once; a slot whose lease is older than
+# FEDPEFT_LEASE_S (its old container is gone) may be taken over; a slot with a
+# live lease is never taken. When every slot is live (`--scale worker=N` above
+# FEDPEFT_WORKERS) the extra worker waits, then exits 2. To change N,
 # `docker-compose down -v` first (it deletes the keys too).
 set -euo pipefail
 
@@ -119,41 +122,65 @@ lease_live() {
     [ $(($(date +%s) - t)) -lt "$LEASE_S" ]
 }
 
+# This container's Compose name (PROJECT_SERVICE_N; PROJECT-SERVICE-N with Compose
+# v2), or nothing outside Compose: Docker's embedded DNS answers a PTR query for the
+# container's own address with it (/etc/hosts names only the container id, hence -s dns).
+compose_name() {
+    local ip name
+    ip=$(getent -s files hosts "$(hostname)" | awk '{print $1; exit}' || true)
+    [ -n "$ip" ] || return 0
+    name=$(timeout 3 getent -s dns hosts "$ip" | awk '{print $2; exit}' || true)
+    echo "${name%%.*}"
+}
+
+# Takes slot K for HOST/NAME (the caller holds the claims lock).
+take_slot() {  # K HOST NAME
+    local owner
+    owner=$(cat "$PREP/claims/$1/host" 2>/dev/null || true)
+    [ -n "$owner" ] && [ "$owner" != "$2" ] &&
+        say "slot $1: taking it over from $owner ($(cat "$PREP/claims/$1/name" 2>/dev/null || echo '?'))"
+    mkdir -p "$PREP/claims/$1"
+    echo "$2" >"$PREP/claims/$1/host"
+    echo "$3" >"$PREP/claims/$1/name"
+    touch "$PREP/claims/$1/lease"
+}
+
 # One pass over the slots under the claims lock: prints K and returns 0 when this
-# host holds (or now took) slot K; returns 1 when every slot is live elsewhere.
-claim_slot() {  # HOST
-    local k owner
+# host holds (or now took) slot K; returns 1 when none is free to it. With PREF
+# (the Compose number less one) only that slot is taken: when it is free, stale, or
+# held by this container's previous incarnation (the same Compose name: Compose
+# names are unique among a project's containers).
+claim_slot() {  # HOST NAME [PREF]
+    local k=0 pref=${3:-}
     exec 9>"$PREP/claims/.lock"
     flock 9
     for ((k = 0; k < WORKERS; k++)); do   # ours already (a restarted container)
         [ "$(cat "$PREP/claims/$k/host" 2>/dev/null)" = "$1" ] && break
     done
-    if [ "$k" -eq "$WORKERS" ]; then      # else a free slot, else a stale one
+    if [ "$k" -eq "$WORKERS" ] && [ -n "$pref" ]; then
+        k=$WORKERS
+        if [ ! -e "$PREP/claims/$pref/host" ] || ! lease_live "$pref" ||
+            { [ -n "$2" ] && [ "$(cat "$PREP/claims/$pref/name" 2>/dev/null)" = "$2" ]; }; then
+            k=$pref
+        fi
+    elif [ "$k" -eq "$WORKERS" ]; then    # else a free slot, else a stale one
         for ((k = 0; k < WORKERS; k++)); do
             [ -e "$PREP/claims/$k/host" ] || break
         done
+        if [ "$k" -eq "$WORKERS" ]; then
+            for ((k = 0; k < WORKERS; k++)); do
+                lease_live "$k" || break
+            done
+        fi
     fi
-    if [ "$k" -eq "$WORKERS" ]; then
-        for ((k = 0; k < WORKERS; k++)); do
-            lease_live "$k" || break
-        done
-    fi
-    if [ "$k" -lt "$WORKERS" ]; then
-        owner=$(cat "$PREP/claims/$k/host" 2>/dev/null || true)
-        [ -n "$owner" ] && [ "$owner" != "$1" ] &&
-            say "slot $k: its holder $owner has not been seen for ${LEASE_S}s: taking it over"
-        mkdir -p "$PREP/claims/$k"
-        echo "$1" >"$PREP/claims/$k/host"
-        touch "$PREP/claims/$k/lease"
-        echo "$k"
-    fi
+    [ "$k" -lt "$WORKERS" ] && take_slot "$k" "$1" "$2" && echo "$k"
     exec 9>&-
     [ "$k" -lt "$WORKERS" ]
 }
 
 # Prints this container's worker index (see the header).
 worker_index() {
-    local host t=0
+    local host name pref="" t=0
     host=$(hostname)
     if [ -n "${WORKER_SHARD:-}" ]; then
         echo "$WORKER_SHARD"; return
@@ -161,12 +188,27 @@ worker_index() {
     if [[ "$host" =~ [-_]([0-9]+)$ ]]; then
         echo $((BASH_REMATCH[1] - 1)); return
     fi
+    name=$(compose_name)
+    if [[ "$name" =~ [-_]([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -ge 1 ] &&
+        [ "${BASH_REMATCH[1]}" -le "$WORKERS" ]; then
+        pref=$((BASH_REMATCH[1] - 1))
+    fi
     mkdir -p "$PREP/claims"
     # A re-created federation's old leases age out within LEASE_S: wait that long.
-    until claim_slot "$host"; do
-        [ "$t" -eq 0 ] && say "all $WORKERS worker slots are held by live workers: waiting ${LEASE_S}s for one to free"
-        [ "$t" -gt "$LEASE_S" ] &&
-            config_error "all $WORKERS worker slots are held by live workers: run at most FEDPEFT_WORKERS=$WORKERS workers (--scale worker=$WORKERS)"
+    until claim_slot "$host" "$name" "$pref"; do
+        if [ "$t" -eq 0 ]; then
+            if [ -n "$pref" ]; then
+                say "slot $pref ($name) is held by a live worker, $(cat "$PREP/claims/$pref/host" 2>/dev/null): waiting ${LEASE_S}s for it to free"
+            else
+                say "all $WORKERS worker slots are held by live workers: waiting ${LEASE_S}s for one to free"
+            fi
+        fi
+        if [ "$t" -gt "$LEASE_S" ]; then
+            [ -n "$pref" ] ||
+                config_error "all $WORKERS worker slots are held by live workers: run at most FEDPEFT_WORKERS=$WORKERS workers (--scale worker=$WORKERS)"
+            say "slot $pref is still held: taking any free one (this container's number will not match its id)"
+            pref=""; t=0
+        fi
         sleep 2; t=$((t + 2))
     done
 }
@@ -187,7 +229,7 @@ cmd_worker() {
     [ -n "$shard" ] || config_error "no shard $k in $PREP/shards"
     mapfile -t sec < <(security_args fedpeft-worker "worker-$k")
     echo "worker-$k $k" >"$ID_FILE"
-    say "worker-$k on $shard (container $(hostname))"
+    say "worker-$k on $shard (container $(compose_name) $(hostname))"
     exec fedpeft-worker --config "$CONFIG" --worker.id="worker-$k" --worker.data="$shard" \
         "${sec[@]}" "$@"
 }

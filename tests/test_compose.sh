@@ -2,7 +2,7 @@
 # test_compose.sh BUILD_DIR - docker/ without a Docker engine, in seconds:
 # docker/entrypoint.sh picks a worker's slot (WORKER_SHARD, or a claim: kept by its
 # host, never taken while its lease is live, taken over once stale, exit 2 when all
-# are live) and passes the right id, shard and keys to the program (a stand-in that
+# are live; under Compose the container's number less one, from a stand-in DNS) and passes the right id, shard and keys to the program (a stand-in that
 # prints its arguments); Debian's docker-compose accepts docker/compose.yaml.
 # tests/test_docker.sh runs all of it on a real engine. Exit 77 (skipped) only when
 # docker-compose is not installed (Debian package docker-compose).
@@ -22,6 +22,16 @@ if [ "$1" = --help ]; then echo "  security.secret_key  (text)"; exit 0; fi
 echo "$@"
 STUB
 chmod +x "$T/bin/fedpeft-worker"
+# Docker's DNS, stood in for: `getent -s dns hosts IP` names the container FAKE_NAME
+# (unset: no Compose name, as outside Compose).
+cat >"$T/bin/getent" <<'STUB'
+#!/bin/sh
+case "$2" in
+files) echo "10.9.8.7 $4" ;;
+dns) [ -n "${FAKE_NAME:-}" ] || exit 2; echo "$4 $FAKE_NAME.proj_default" ;;
+esac
+STUB
+chmod +x "$T/bin/getent"
 touch "$T/home/prepared/model/config.json" "$T/home/keys/allowlist"
 for k in 0 1 2; do touch "$T/home/prepared/shards/shard-00$k.txt"; done
 run_worker() {
@@ -59,6 +69,35 @@ touch "$T/home/prepared/claims/0/lease" "$T/home/prepared/claims/2/lease"
 [ "$(cat "$T/home/prepared/claims/1/host")" = ctr-e ] || fail "the takeover was not recorded"
 set +e; run_worker WORKER_SHARD=3 >/dev/null; rc=$?; set -e
 [ "$rc" -eq 2 ] || fail "slot 3 of 3 exited $rc, not 2 (a configuration error)"
+
+# Under Compose the slot is the container number less one: proj_worker_3 is worker-2
+# (slot 0 free), and the log names the container.
+rm -rf "$T/home/prepared/claims"
+out=$(as_host ctr-f FAKE_NAME=proj_worker_3 2>&1)
+[ "$(id_of "$out")" = worker-2 ] || fail "proj_worker_3 is not worker-2: $out"
+[ "$(cat "$T/home/prepared/claims/2/name")" = proj_worker_3 ] || fail "the claim does not record the Compose name"
+# Re-created (new host name, same Compose name) while the old lease is live: slot 2 at once.
+touch "$T/home/prepared/claims/2/lease"
+t0=$(date +%s)
+[ "$(id_of "$(as_host ctr-g FAKE_NAME=proj_worker_3)")" = worker-2 ] ||
+    fail "a re-created proj_worker_3 did not take its slot back"
+[ $(($(date +%s) - t0)) -lt 2 ] || fail "a re-created container waited for its own old lease"
+# Compose v2 names (proj-worker-1) count the same way.
+[ "$(id_of "$(as_host ctr-h FAKE_NAME=proj-worker-1)")" = worker-0 ] || fail "proj-worker-1 is not worker-0"
+# Its slot held live by another container (claimed outside Compose): proj_worker_1
+# waits one lease time, then takes the free slot 1 and says its number will not match.
+echo ctr-x >"$T/home/prepared/claims/0/host"; echo other >"$T/home/prepared/claims/0/name"
+(while :; do touch "$T"/home/prepared/claims/0/lease "$T"/home/prepared/claims/2/lease; sleep 1; done) &
+renew=$!
+out=$(as_host ctr-i FAKE_NAME=proj_worker_1 2>&1) || true
+kill "$renew"; wait "$renew" 2>/dev/null || true
+[ "$(id_of "$out")" = worker-1 ] || fail "proj_worker_1 with slot 0 held live did not take slot 1: $out"
+# Above FEDPEFT_WORKERS: proj_worker_4 has no slot of its own and all are live: exit 2.
+(while :; do touch "$T"/home/prepared/claims/?/lease; sleep 1; done) &
+renew=$!
+set +e; as_host ctr-j FAKE_NAME=proj_worker_4 >/dev/null; rc=$?; set -e
+kill "$renew"; wait "$renew" 2>/dev/null || true
+[ "$rc" -eq 2 ] || fail "proj_worker_4 of 3 with every slot live exited $rc, not 2"
 
 # --- the Compose file -----------------------------------------------------------------
 if ! command -v docker-compose >/dev/null; then

@@ -160,6 +160,16 @@ wait_healthy_workers() {  # SECONDS: 3 running workers, all healthy, ids worker-
     done
     ids=$(worker_ids | awk '{print $2}' | sort | tr '\n' ' ')
     [ "$ids" = "worker-0 worker-1 worker-2 " ] || fail "worker ids are '$ids', not worker-0..2"
+    names_match_ids
+}
+# The container named ${P}_worker_N runs worker-(N-1), as `docker ps` shows it.
+names_match_ids() {
+    local c id name
+    while read -r c id; do
+        name=$(docker inspect -f '{{.Name}}' "$c")
+        [ "${name#/}" = "${P}_worker_$((${id#worker-} + 1))" ] ||
+            fail "container ${name#/} runs $id (its name should end in _$((${id#worker-} + 1)))"
+    done < <(worker_ids)
 }
 # grep -q stops reading at its first match; under pipefail the writer's SIGPIPE then fails
 # the pipeline, so logs are captured whole before they are searched.
@@ -278,6 +288,11 @@ code=$(wait_exit "$coord" 300)
 ids=$(for c in $(cid worker); do docker logs "$c" 2>&1 | grep -o 'entrypoint: worker-[0-9]* on' | tail -n1; done |
     awk '{print $2}' | sort | tr '\n' ' ')
 [ "$ids" = "worker-0 worker-1 worker-2 " ] || fail "re-created workers took ids '$ids', not worker-0..2"
+for c in $(cid worker); do
+    name=$(docker inspect -f '{{.Name}}' "$c")
+    logs_have "$c" "entrypoint: worker-$((${name##*_} - 1)) on .*(container ${name#/} " ||
+        fail "re-created ${name#/} did not come back as worker-$((${name##*_} - 1)): $(docker logs "$c" 2>&1 | grep entrypoint)"
+done
 metrics >"$T/m2.jsonl"
 fl1=$fl
 fl=$(check_metrics "$T/m2.jsonl" 2)
