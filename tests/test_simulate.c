@@ -92,6 +92,41 @@ static void test_simulate_small(void **state)
     }
 }
 
+/* [simulate] model: an existing model directory is used in place (nothing is
+ * converted into OUT/model) and trains; a directory without config.json is
+ * refused before anything starts, naming the file. */
+static void test_simulate_model_in_place(void **state)
+{
+    (void)state;
+    char cmd[8192], model[4200], *out = NULL;
+    snprintf(model, sizeof model, "%s/model", sim_dir);
+    const char *dir = tu_tempdir("simulate-model");
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=3 --run.rounds=1 --train.local_steps=10 --train.seq=64 "
+             "--simulate.model='%s' --simulate.out_dir='%s'", FP_TOOL, FP_SOURCE_DIR, model, dir);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    if (rc != 0)
+        fail_msg("simulate with [simulate] model exited %d", rc);
+    free(out);
+    assert_int_not_equal(access(tu_path(dir, "model"), F_OK), 0);
+    char *log = tu_read_file(tu_path(dir, "logs/w01.log"), NULL);
+    assert_contains(log, model);
+    free(log);
+    int n;
+    cJSON **rows = fh_metrics_lines(tu_path(dir, "state/metrics.jsonl"), &n);
+    assert_int_equal(n, 2);
+    assert_true(num(rows[1], "val_loss") < num(rows[0], "val_loss") - 0.05);
+    fh_metrics_free(rows, n);
+
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.model='%s/shards' --simulate.out_dir='%s'", FP_TOOL, FP_SOURCE_DIR,
+             sim_dir, dir);
+    assert_int_equal(tu_run(cmd, &out), 1);
+    assert_contains(out, "/shards has no readable config.json");
+    free(out);
+}
+
 /* Every worker failing (bad data form): simulate names them and their logs. */
 static void test_simulate_dead_workers(void **state)
 {
@@ -203,6 +238,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_simulate_small),    /* first: the others use its OUT */
+        cmocka_unit_test(test_simulate_model_in_place),
         cmocka_unit_test(test_simulate_bad_override),
         cmocka_unit_test(test_worker_no_coordinator),
         cmocka_unit_test(test_worker_wrong_model),

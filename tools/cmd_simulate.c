@@ -3,7 +3,8 @@
  *   fedpeft simulate --config FILE [--section.key=value ...]
  *
  * 1. converts the llama2.c model ([simulate] llama2c + tokenizer_bin) into
- *    OUT/model (`fedpeft convert`);
+ *    OUT/model (`fedpeft convert`), or uses [simulate] model in place (a real
+ *    safetensors checkpoint: every process maps the same file);
  * 2. partitions [simulate] data into one shard per worker (`fedpeft partition
  *    --by PARTITION --seed [run] seed`) in OUT/shards;
  * 3. starts fedpeft-coordinator and N fedpeft-worker processes (found next to
@@ -45,6 +46,7 @@
 typedef struct {
     int workers;
     char data[1024], partition[256], llama2c[1024], tokenizer_bin[1024], out_dir[1024];
+    char model[1024];           /* an existing model directory, used in place ("" = convert) */
     int port;
     int http_port;              /* the coordinator's status page (0 = off) */
     int insecure;               /* no CURVE keys: plain TCP (--insecure) */
@@ -63,6 +65,9 @@ static const fp_cfg_key sim_keys[] = {
      S(llama2c), NULL, "llama2.c checkpoint converted into OUT/model"},
     {"simulate", "tokenizer_bin", FP_CFG_STRING, 0, 0, "data/stories260K/tok512.bin",
      F(tokenizer_bin), S(tokenizer_bin), NULL, "its llama2.c tokenizer"},
+    {"simulate", "model", FP_CFG_STRING, 0, 0, "", F(model), S(model), NULL,
+     "a model directory (config.json, model.safetensors, tokenizer.json: a Hugging Face "
+     "LLaMA-family checkpoint) every process uses in place; empty: convert llama2c"},
     {"simulate", "out_dir", FP_CFG_STRING, 0, 0, "sim-out", F(out_dir), S(out_dir), NULL,
      "everything goes here: model, shards, logs, state (metrics.jsonl), adapter"},
     {"simulate", "port", FP_CFG_INT, 0, 65535, "0", F(port), 0, NULL,
@@ -115,7 +120,7 @@ static void on_signal(int sig) { sim_stop = sig; }
 static const char usage[] =
     "usage: fedpeft simulate --config FILE [--section.key=value ...]\n"
     "  Runs a whole federation on this machine: converts [simulate] llama2c into\n"
-    "  OUT/model, partitions [simulate] data into one shard per worker, starts\n"
+    "  OUT/model (or uses [simulate] model in place), partitions [simulate] data into one shard per worker, starts\n"
     "  fedpeft-coordinator and [simulate] workers fedpeft-worker processes on\n"
     "  127.0.0.1 and prints one row per round. OUT = [simulate] out_dir: model/,\n"
     "  shards/, logs/ (one log per process), state/ (metrics.jsonl, checkpoint),\n"
@@ -389,6 +394,8 @@ static int load_configs(const sim_args *a, sim_config *c, sim_run_view *rv)
     resolve(c->data, sizeof c->data, a->config);
     resolve(c->llama2c, sizeof c->llama2c, a->config);
     resolve(c->tokenizer_bin, sizeof c->tokenizer_bin, a->config);
+    if (c->model[0])
+        resolve(c->model, sizeof c->model, a->config);
     return 0;
 }
 
@@ -437,12 +444,24 @@ static int find_bins(sim_bins *b)
 static int prepare_inputs(const sim_bins *b, const sim_config *c, const sim_run_view *rv)
 {
     char model[1200], log[1200], shards[1200], n[16], seed[32];
-    snprintf(model, sizeof model, "%s/model", c->out_dir);
-    snprintf(log, sizeof log, "%s/logs/convert.log", c->out_dir);
-    char *conv[] = {(char *)b->exe, "convert", "--llama2c", (char *)c->llama2c, "--tokenizer",
-                    (char *)c->tokenizer_bin, "--out", model, NULL};
-    if (run_step("fedpeft convert", conv, log) != 0)
-        return -1;
+    if (c->model[0]) {      /* used in place: the workers map one page-cache copy */
+        const char *need[] = {"config.json", "tokenizer.json"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(model, sizeof model, "%s/%s", c->model, need[i]);
+            if (access(model, R_OK) != 0)
+                return cli_fail("simulate", "[simulate] model = %s has no readable %s (%s): "
+                                "give a model directory (config.json, model.safetensors, "
+                                "tokenizer.json), or leave model empty to convert llama2c",
+                                c->model, need[i], strerror(errno)), -1;
+        }
+    } else {
+        snprintf(model, sizeof model, "%s/model", c->out_dir);
+        snprintf(log, sizeof log, "%s/logs/convert.log", c->out_dir);
+        char *conv[] = {(char *)b->exe, "convert", "--llama2c", (char *)c->llama2c,
+                        "--tokenizer", (char *)c->tokenizer_bin, "--out", model, NULL};
+        if (run_step("fedpeft convert", conv, log) != 0)
+            return -1;
+    }
     snprintf(log, sizeof log, "%s/logs/partition.log", c->out_dir);
     snprintf(shards, sizeof shards, "%s/shards", c->out_dir);
     snprintf(n, sizeof n, "%d", c->workers);
@@ -520,7 +539,10 @@ static int start_all(sim_state *s)
     snprintf(o_sk, sizeof o_sk, "--security.secret_key=%s/keys/coordinator.key", out);
     snprintf(o_allow, sizeof o_allow, "--security.allowlist=%s/keys/allowlist", out);
     snprintf(o_ck, sizeof o_ck, "--security.coordinator_key=%s/keys/coordinator.pub", out);
-    snprintf(o_model, sizeof o_model, "--model.path=%s/model", out);
+    if (s->cfg.model[0])
+        snprintf(o_model, sizeof o_model, "--model.path=%s", s->cfg.model);
+    else
+        snprintf(o_model, sizeof o_model, "--model.path=%s/model", out);
     snprintf(o_state, sizeof o_state, "--run.state_dir=%s/state", out);
     snprintf(o_adapter, sizeof o_adapter, "--run.out_dir=%s/adapter", out);
     snprintf(o_ep, sizeof o_ep, "--network.endpoint=%s", s->endpoint);
