@@ -114,7 +114,11 @@ void rounds_abandon(rounds *r, int64_t now, const char *reason)
 {
     round_metrics *m = &r->m;
     m->abandoned = 1;
-    snprintf(m->reason, sizeof m->reason, "%s", reason);
+    if (r->n_refused)   /* what the operator must change is usually in the refusal */
+        snprintf(m->reason, sizeof m->reason, "%s (%u sampled worker%s refused the task; %s)",
+                 reason, r->n_refused, r->n_refused == 1 ? "" : "s", r->first_refusal);
+    else
+        snprintf(m->reason, sizeof m->reason, "%s", reason);
     sa_destroy(&r->sa);
     m->t_train = secs(now - r->phase_start_ms);
     m->reported = r->n_reported;

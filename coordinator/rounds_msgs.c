@@ -593,6 +593,12 @@ static void on_refusal(rounds *r, int w, const Fedpeft__Refusal *f)
                   id, f->about, why);
     else if (first)
         clog_info("round %llu: %s refused its task: %s", (unsigned long long)r->round, id, why);
+    if (first && !report && r->n_refused++ == 0) {     /* kept for the abandon reason */
+        snprintf(r->first_refusal, sizeof r->first_refusal, "%s: %s", id, why);
+        for (char *c = r->first_refusal; *c; c++)      /* a peer's text: printable only */
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
+    }
 }
 
 void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)

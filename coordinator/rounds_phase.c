@@ -88,7 +88,8 @@ static void reset_phase(rounds *r, round_phase ph, int64_t now, double deadline_
     memset(r->resent, 0, SERVER_MAX_WORKERS);
     r->q_head = r->q_len = 0;
     uploads_release_all(&r->up);
-    r->n_targets = r->n_reported = 0;
+    r->n_targets = r->n_reported = r->n_refused = 0;
+    r->first_refusal[0] = '\0';
     r->ph = ph;
     r->phase_start_ms = now;
     r->deadline_ms = now + (int64_t)(deadline_s * 1000.0);

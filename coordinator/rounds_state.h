@@ -58,6 +58,8 @@ struct rounds {
     int q_head, q_len;
     uint32_t *stalls;               /* per worker: uploads it let stall (whole run) */
     unsigned n_targets, n_reported;
+    unsigned n_refused;         /* workers that refused this phase's task (Refusal) */
+    char first_refusal[160];    /* "ID: reason" of the first, for an abandoned round */
     double loss_wsum, weight_sum;   /* train loss weighted by examples */
     double sampled_weight;          /* sum of the sampled workers' weights (rounds_weight) */
     double weight_cap;              /* this round's cap on one weight (0 = none) */

@@ -127,6 +127,26 @@ static void test_simulate_model_in_place(void **state)
     free(out);
 }
 
+/* Two workers under secure aggregation: each refuses (its [privacy] min_peers =
+ * 3), every round is abandoned; the table says why under the row and simulate
+ * fails instead of reporting a run that trained nothing. */
+static void test_simulate_all_abandoned(void **state)
+{
+    (void)state;
+    char cmd[8192], *out = NULL;
+    const char *dir = tu_tempdir("simulate-abandoned");
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=2 --run.rounds=1 --train.local_steps=2 --simulate.out_dir='%s'",
+             FP_TOOL, FP_SOURCE_DIR, dir);
+    assert_int_equal(tu_run(cmd, &out), 1);
+    printf("%s", out);
+    assert_contains(out, "abandoned: secure aggregation");
+    assert_contains(out, "2 sampled workers refused the task; w0");
+    assert_contains(out, "below [privacy] min_peers = 3");
+    assert_contains(out, "every round was abandoned");
+    free(out);
+}
+
 /* Every worker failing (bad data form): simulate names them and their logs. */
 static void test_simulate_dead_workers(void **state)
 {
@@ -239,6 +259,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_simulate_small),    /* first: the others use its OUT */
         cmocka_unit_test(test_simulate_model_in_place),
+        cmocka_unit_test(test_simulate_all_abandoned),
         cmocka_unit_test(test_simulate_bad_override),
         cmocka_unit_test(test_worker_no_coordinator),
         cmocka_unit_test(test_worker_wrong_model),

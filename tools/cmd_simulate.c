@@ -716,6 +716,14 @@ int cmd_simulate(int argc, char **argv)
         usleep(100000);
     }
     stop_all(s->procs, s->n_procs, 5.0);
+    int trained = sim_table_rows(table) - 1, lost = sim_table_abandoned(table);
+    if (rc == 0 && trained > 0 && lost >= trained) {
+        rc = cli_fail("simulate", "every round was abandoned (the reasons are under the table's "
+                      "rows; logs in %s/logs): nothing was trained", s->cfg.out_dir);
+        goto out;
+    }
+    if (rc == 0 && lost > 0)
+        printf("simulate: %d of %d rounds abandoned (reasons under their rows)\n", lost, trained);
     if (rc == 0)
         printf("simulate: %d rounds in %.1f s; validation loss %.4f -> %.4f\n"
                "simulate: adapter in %s/adapter, metrics in %s, logs in %s/logs\n",

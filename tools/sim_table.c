@@ -12,8 +12,8 @@ struct sim_table {
     FILE *out;
     long offset;            /* bytes of the file consumed */
     long last_round;        /* highest round printed (-1: none) */
-    int rows;
-    double first_val, last_val;
+    int rows, abandoned;
+    double first_val, last_val;    /* of rounds that have one (abandoned ones do not) */
 };
 
 sim_table *sim_table_new(const char *path, int rounds, FILE *out)
@@ -42,6 +42,7 @@ void sim_table_destroy(sim_table **self_p)
 int sim_table_rows(const sim_table *self) { return self->rows; }
 double sim_table_first_val(const sim_table *self) { return self->first_val; }
 double sim_table_last_val(const sim_table *self) { return self->last_val; }
+int sim_table_abandoned(const sim_table *self) { return self->abandoned; }
 
 static double num(const cJSON *o, const char *key)
 {
@@ -101,10 +102,18 @@ static void row(sim_table *t, const char *line)
             header(t);
         fprintf(t->out, "%7s  %8s  %10s  %9s  %10s  %10s  %8.1f\n", rnd, wk, tl, vl, up, down,
                 secs);
+        const cJSON *ab = cJSON_GetObjectItemCaseSensitive(o, "abandoned"),
+                    *why = cJSON_GetObjectItemCaseSensitive(o, "reason");
+        if (cJSON_IsTrue(ab)) {     /* the row alone would only show dashes */
+            fprintf(t->out, "%7s  abandoned: %s\n", "",
+                    cJSON_IsString(why) ? why->valuestring : "(no reason recorded)");
+            t->abandoned++;
+        }
         fflush(t->out);
         if (t->rows++ == 0)
             t->first_val = val;
-        t->last_val = val;
+        if (isfinite(val))
+            t->last_val = val;
         t->last_round = (long)r;
     }
     cJSON_Delete(o);

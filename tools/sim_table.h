@@ -19,10 +19,12 @@ void sim_table_destroy(sim_table **self_p);
 /* Prints the rows of any new complete lines. Returns the rows printed now. */
 int sim_table_poll(sim_table *self);
 
-/* Rows printed so far, and the validation loss of the first and last one
- * (NAN when none). */
+/* Rows printed so far, and the validation loss of the first and of the last
+ * one that has one (NAN when none). */
 int sim_table_rows(const sim_table *self);
 double sim_table_first_val(const sim_table *self);
 double sim_table_last_val(const sim_table *self);
+/* Rows of abandoned rounds (each printed with its reason under the row). */
+int sim_table_abandoned(const sim_table *self);
 
 #endif
