@@ -10,7 +10,8 @@
 #define S(field) sizeof(((coord_config *)0)->field)
 
 static const char *const optimizers[] = {"adamw", "sgd", NULL};
-const char *const coord_strategy_names[] = {"fedavg", "ffa", "flora", "svd", "rolora", NULL};
+const char *const coord_strategy_names[] = {"fedavg", "ffa", "flora", "svd", "rolora",
+                                            "scaffold", NULL};
 const char *const coord_robust_names[] = {"none", "median", "trimmed_mean", "norm_bound", NULL};
 static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
                                           NULL};
@@ -78,8 +79,8 @@ const fp_cfg_key coord_config_keys[] = {
      "workers keep only each layer's input and recompute the rest in backward (less memory, "
      "one more forward; same gradients)"},
     {"strategy", "name", FP_CFG_ENUM, 0, 0, "fedavg", F(strategy), 0, coord_strategy_names,
-     "aggregation: fedavg, ffa (A frozen, B only), rolora (B and A in turn), flora (stacking), "
-     "svd (FlexLoRA)"},
+     "aggregation: fedavg, ffa (A frozen, B only), rolora (B and A in turn), scaffold (fedavg "
+     "with drift correction), flora (stacking), svd (FlexLoRA)"},
     {"strategy", "server_opt", FP_CFG_ENUM, 0, 0, "none", F(server_opt), 0, server_opts,
      "server optimizer on the aggregated delta: none, fedavgm, fedadam, fedyogi, fedadagrad"},
     {"strategy", "server_lr", FP_CFG_DOUBLE, 0, 1e6, "0", F(server_lr), 0, NULL,
@@ -177,6 +178,10 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
                             "server optimizer or a robust rule would make it inexact (their "
                             "state and estimates span rounds of the other factor): set "
                             "server_opt = none and robust = none", where);
+    if (c->strategy == COORD_STRATEGY_SCAFFOLD && c->robust)
+        return fp_error_set("%s: strategy scaffold derives the control variate from the "
+                            "round's mean update; robust = %s is not a mean: set robust = none",
+                            where, coord_robust_names[c->robust]);
     if (c->strategy == COORD_STRATEGY_FLORA && c->server_opt != 0)
         return fp_error_set("%s: strategy flora restarts LoRA every round: server_opt must be "
                             "none", where);

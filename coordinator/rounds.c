@@ -111,6 +111,8 @@ static int make_strategy(rounds *r)
         staged_params sp = {kinds[c->robust], r->n_view, r->global, c->robust_trim,
                             c->robust_norm_bound, c->seed};
         r->strat = strategy_staged_new(&sp);
+    } else if (c->strategy == COORD_STRATEGY_SCAFFOLD) {
+        r->strat = strategy_scaffold_new(r->n_view);
     } else {
         r->strat = strategy_fedavg_new(r->n_view);
     }

@@ -56,7 +56,8 @@ static int impossible_aggregate(const rounds *r, const float *x)
 {
     int s_ = r->cfg->strategy;
     int mean = r->cfg->robust == COORD_ROBUST_NONE &&
-               (s_ == COORD_STRATEGY_FEDAVG || s_ == COORD_STRATEGY_FFA || s_ == COORD_STRATEGY_ROLORA);
+               (s_ == COORD_STRATEGY_FEDAVG || s_ == COORD_STRATEGY_FFA ||
+                s_ == COORD_STRATEGY_ROLORA || s_ == COORD_STRATEGY_SCAFFOLD);
     double bound = rounds_update_bound(r, r->n_view), s = 0;
     if (r->sa || !mean || bound <= 0)
         return 0;
@@ -68,6 +69,24 @@ static int impossible_aggregate(const rounds *r, const float *x)
         return 0;
     return fp_error_set("the aggregate moves the adapter by %.4g, more than any mean of "
                         "updates within max_update_norm = %.4g can: refused", sqrt(s), bound);
+}
+
+/* scaffold: c from the released mean change (after any DP noise, before the
+ * server optimizer), with |S| / N over bound identities and K lr of the round's
+ * tasks. A refused update leaves c as it was (logged): the round still counts. */
+static void scaffold_update(rounds *r, const float *x)
+{
+    if (r->cfg->strategy != COORD_STRATEGY_SCAFFOLD)
+        return;
+    float *dx = r->staging;
+    for (size_t i = 0; i < r->n_view; i++)
+        dx[i] = x[i] - r->view_old[i];
+    int reg = server_n_workers(r->srv);
+    double frac = reg > 0 ? (double)r->n_reported / (double)reg : 1.0;
+    double k_lr = (double)r->cfg->local_steps * r->cfg->lr;
+    if (strategy_scaffold_update(r->strat, dx, frac > 1 ? 1 : frac, k_lr) < 0)
+        clog_error("round %llu: scaffold: %s; the control variate is unchanged",
+                   (unsigned long long)r->round, fp_error_get());
 }
 
 int rounds_aggregate(rounds *r, int64_t now, const char *why)
@@ -90,6 +109,7 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
     if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL && !r->sa &&
         plain_central_noise(r, x) < 0)
         clog_error("round %llu: DP noise: %s", (unsigned long long)r->round, fp_error_get());
+    scaffold_update(r, x);
     if (r->sopt) {  /* the aggregate's change is the server optimizer's pseudo-gradient */
         float *d = r->staging;
         for (size_t i = 0; i < n; i++)

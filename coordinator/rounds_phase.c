@@ -151,6 +151,26 @@ static int fold_fields(const rounds *r, int w, const fp_lora *a, Fedpeft__Task *
     return 0;
 }
 
+/* scaffold (docs/protocol.md, Task.scaffold): the server control variate c
+ * travels after the adapter a in *slab (2 n floats; no folds: flora is another
+ * strategy, and every worker has the global's rank). */
+static int scaffold_fields(const rounds *r, const fp_lora *a, Fedpeft__Task *t, float **slab,
+                           size_t *n)
+{
+    const float *c = strategy_scaffold_c(r->strat);
+    if (!c)
+        return 0;
+    if (*slab || a->n_params != r->n_view)
+        return fp_error_set("scaffold needs the whole adapter at the global's rank");
+    if (!(*slab = malloc(2 * a->n_params * sizeof **slab)))
+        return fp_error_set("out of memory for the control variate (%zu floats)", a->n_params);
+    memcpy(*slab, a->params, a->n_params * sizeof **slab);
+    memcpy(*slab + a->n_params, c, a->n_params * sizeof **slab);
+    *n = 2 * a->n_params;
+    t->scaffold = 1;
+    return 0;
+}
+
 /* Task + the global adapter to worker w for the current phase. */
 void rounds_send_task(rounds *r, int w)
 {
@@ -205,6 +225,9 @@ void rounds_send_task(rounds *r, int w)
     if (fold_fields(r, w, a, &t, &ranks, &slab, &n) < 0) {
         clog_error("round %llu: cannot send the folds to %s: %s", (unsigned long long)r->round,
                    server_worker(r->srv, w)->id, fp_error_get());
+    } else if (kind == TASK_TRAIN && scaffold_fields(r, a, &t, &slab, &n) < 0) {
+        clog_error("round %llu: cannot send the control variate to %s: %s",
+                   (unsigned long long)r->round, server_worker(r->srv, w)->id, fp_error_get());
     } else {
         t.n_chunks = wire_n_chunks(n);
         if (server_send(r->srv, w, &env) == 0)

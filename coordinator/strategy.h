@@ -89,6 +89,19 @@ const fp_lora *strategy_flora_fold(const strategy *s, int i);
  * NULL with an error when there is no fold. Caller destroys. */
 fp_lora *strategy_flora_merged(const strategy *s) FP_WUR;
 
+/* SCAFFOLD (strategy_scaffold.c, docs/aggregation.md): FedAvg, plus the server
+ * control variate c (n floats, zero at the start, the checkpoint state), which
+ * goes to the workers with each TRAIN task. After each round's release,
+ * strategy_scaffold_update sets c -= frac (c + dx / k_lr) from the released
+ * mean change dx (agg_scaffold.h: this is SCAFFOLD's option-II server update,
+ * with no upload of control deltas). Caller destroys. */
+strategy *strategy_scaffold_new(size_t n) FP_WUR;
+/* c, or NULL for another strategy. */
+const float *strategy_scaffold_c(const strategy *s);
+/* The c update (no effect, 0, for another strategy); -1 with an error and c
+ * unchanged on a non-finite dx or bad frac / k_lr. */
+int strategy_scaffold_update(strategy *s, const float *dx, double frac, double k_lr) FP_WUR;
+
 /* By name ("fedavg"); NULL with an error listing the known names. */
 strategy *strategy_new(const char *name, size_t n) FP_WUR;
 void strategy_destroy(strategy **s_p);

@@ -10,7 +10,10 @@
 
 #include <math.h>
 
+#include <string.h>
+
 #include "agg_scaffold.h"
+#include "rng.h"
 
 /* f_i(w) = h_i/2 (w - a_i)^2, per coordinate; global f = mean_i f_i. */
 static const float h[2] = {1.0f, 4.0f}, a[2][2] = {{1.0f, -2.0f}, {3.0f, 0.5f}};
@@ -89,11 +92,54 @@ static void test_formulas(void **state)
     assert_int_equal(fp_scaffold_server_update(cs, sum, 0, 3), -1);
 }
 
+/* The coordinator's c update from the weighted aggregate equals the weighted
+ * sum of every worker's own option-II control delta (each with its own c_i),
+ * p_i = w_i / sum w * |S| / N: c_i cancels, so nothing but the aggregate is needed. */
+static void test_update_from_mean(void **state)
+{
+    (void)state;
+    enum { S = 3, N = 5, D = 4 };
+    const double k_lr = 8 * 0.01;
+    float x[D] = {0.1f, -0.2f, 0.3f, 0.0f}, c[D] = {0.5f, -0.25f, 0.0f, 1.0f};
+    float y[S][D], ci[S][D], dc[D];
+    double w[S] = {120, 45, 300}, W = 0, want[D] = {0};
+    fp_rng rng;
+    fp_rng_seed(&rng, 7);
+    for (int i = 0; i < S; i++) {
+        W += w[i];
+        for (int j = 0; j < D; j++) {
+            y[i][j] = x[j] + 0.05f * (fp_rng_float(&rng) - 0.5f);
+            ci[i][j] = (fp_rng_float(&rng) - 0.5f);
+        }
+    }
+    float dx[D] = {0}, cs[D];
+    for (int i = 0; i < S; i++) {
+        assert_int_equal(fp_scaffold_worker_update(ci[i], dc, c, x, y[i], k_lr, D), 0);
+        for (int j = 0; j < D; j++) {
+            want[j] += w[i] / W * S / N * dc[j];
+            dx[j] += (float)(w[i] / W * ((double)y[i][j] - x[j]));
+        }
+    }
+    memcpy(cs, c, sizeof cs);
+    assert_int_equal(fp_scaffold_server_update_mean(cs, dx, (double)S / N, k_lr, D), 0);
+    for (int j = 0; j < D; j++) {
+        print_message("c[%d]: from the mean %.7f, from the deltas %.7f\n", j, (double)cs[j],
+                      c[j] + want[j]);
+        assert_float_equal(cs[j], c[j] + want[j], 2e-5);
+    }
+    dx[1] = NAN;
+    assert_int_equal(fp_scaffold_server_update_mean(cs, dx, 0.6, k_lr, D), -1);
+    dx[1] = 0;
+    assert_int_equal(fp_scaffold_server_update_mean(cs, dx, 0.0, k_lr, D), -1);
+    assert_int_equal(fp_scaffold_server_update_mean(cs, dx, 0.6, 0.0, D), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_drift_removed),
         cmocka_unit_test(test_formulas),
+        cmocka_unit_test(test_update_from_mean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

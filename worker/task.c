@@ -17,6 +17,7 @@
 #include "seal.h"
 #include "secagg_client.h"
 #include "privacy_policy.h"
+#include "scaffold.h"
 #include "progress.h"
 #include "wk_log.h"
 
@@ -26,6 +27,8 @@ typedef struct {
     fp_model *model;            /* flora adds folds to its weights (folds.h) */
     const fp_dataset *data;
     wk_folds folds;
+    wk_scaffold sc;             /* strategy scaffold's control variates */
+    const float *grad_offset;   /* this TRAIN task's c - c_i, or NULL */
     fp_lora *global, *local;    /* shapes from the Welcome */
     float *delta;               /* local - global: the update (its trainable view) */
     size_t n_up;                /* floats of the view uploaded (ffa: B only) */
@@ -160,6 +163,12 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
         wk_log("ignored task %llu: %s", (unsigned long long)task->task_id, fp_error_get());
         return;
     }
+    t->grad_offset = NULL;
+    if (wk_scaffold_begin(&t->sc, task, wk_conn_run_id(t->conn), t->cfg->state_dir, t->cfg->id,
+                          n, &dst, &total) != 0) {
+        wk_log("ignored task %llu: %s", (unsigned long long)task->task_id, fp_error_get());
+        return;
+    }
     if (task->n_chunks != wire_n_chunks(total) || !task->params ||
         (task->kind != FEDPEFT__TASK__KIND__TRAIN && task->kind != FEDPEFT__TASK__KIND__EVAL)) {
         wk_log("ignored task %llu: %u chunks for %zu floats (expected %u), or no params",
@@ -262,6 +271,7 @@ static void fill_finetune(const wk_task *t, fp_finetune_config *ft)
     ft->grad_checkpoint = p->grad_checkpoint || t->cfg->grad_checkpoint;
     ft->prox_mu = p->prox_mu;
     ft->prox_anchor = t->global->params;
+    ft->step_offset = t->grad_offset;
 }
 
 static int send_update_ready(wk_task *t, uint64_t n_tokens, float loss)
@@ -371,6 +381,11 @@ static int run_train(wk_task *t)
                t->loss_n, ft.steps);
         return t->abort_rc;
     }
+    if (t->grad_offset &&
+        wk_scaffold_trained(&t->sc, t->global->params, t->local->params,
+                            (double)ft.steps * (double)ft.optim.lr) != 0)
+        wk_log("round %llu: scaffold: %s (the update is sent all the same)",
+               (unsigned long long)t->round, fp_error_get());
     for (size_t i = 0; i < n; i++)
         t->local->params[i] -= t->global->params[i];
     int view = t->params.freeze_a ? FP_VIEW_B : t->params.freeze_b ? FP_VIEW_A : FP_VIEW_ALL;
@@ -581,6 +596,7 @@ static int on_chunk(wk_task *t, const Fedpeft__TensorChunk *c)
     t->receiving = 0;
     if (apply_folds(t) != 0)
         return -1;
+    t->grad_offset = wk_scaffold_received(&t->sc, t->round, t->global->params);
     if (t->kind == FEDPEFT__TASK__KIND__EVAL) {
         run_eval(t);
         return 0;
@@ -729,6 +745,7 @@ out:
     free(t.last_sealed);
     wk_sa_destroy(&t.sa);
     wk_folds_free(&t.folds);
+    wk_scaffold_free(&t.sc);
     if (t.seal_key)
         sodium_free(t.seal_key);
     return rc;

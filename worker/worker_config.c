@@ -37,6 +37,9 @@ const fp_cfg_key wk_config_keys[] = {
     {"worker", "grad_checkpoint", FP_CFG_BOOL, 0, 1, "false", F(grad_checkpoint), 0, NULL,
      "checkpoint activations even when the coordinator's [train] grad_checkpoint is off "
      "(a small machine)"},
+    {"worker", "state_dir", FP_CFG_STRING, 0, 0, "", F(state_dir), S(state_dir), NULL,
+     "a directory this worker keeps across restarts: strategy scaffold's control variate "
+     "(empty: kept in memory, restarted from zero)"},
     {"worker", "threads", FP_CFG_INT, 0, 1024, "0", F(threads), 0, NULL,
      "OpenBLAS threads (0: OpenBLAS's default)"},
     {"worker", "connect_retries", FP_CFG_INT, 1, 1000000, "10", F(connect_retries), 0, NULL,

@@ -21,6 +21,7 @@ typedef struct {
     char id[WIRE_MAX_ID];       /* [worker] id */
     char endpoint[256];         /* coordinator address */
     char data[1024];            /* private training data */
+    char state_dir[1024];       /* what the worker keeps across restarts (scaffold's c_i); "" = none */
     int format;                 /* fp_data_format (index into the enum names) */
     double val_fraction;        /* held-out fraction for EVAL tasks */
     uint64_t split_seed;

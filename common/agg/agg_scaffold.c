@@ -36,3 +36,17 @@ int fp_scaffold_server_update(float *c, const float *sum_dc, size_t n_total, siz
         c[j] = (float)((double)c[j] + (double)sum_dc[j] * inv);
     return 0;
 }
+
+int fp_scaffold_server_update_mean(float *c, const float *dx, double frac, double k_lr, size_t n)
+{
+    if (!(frac > 0.0 && frac <= 1.0) || !(k_lr > 0.0) || !isfinite(k_lr))
+        return fp_error_set("scaffold: reporters' share %g must be in (0, 1] and K * lr %g "
+                            "positive", frac, k_lr);
+    for (size_t j = 0; j < n; j++)
+        if (!isfinite(dx[j]))
+            return fp_error_set("scaffold: aggregate coordinate %zu is not finite", j);
+    double inv = 1.0 / k_lr;
+    for (size_t j = 0; j < n; j++)
+        c[j] = (float)((double)c[j] - frac * ((double)c[j] + (double)dx[j] * inv));
+    return 0;
+}

@@ -204,6 +204,9 @@ int fp_finetune(const fp_model *model, fp_lora *lora, const fp_tokens *data,
         if (a_keep)
             view_each(lora, frozen, zero_step, grad);
         float gnorm = fp_optim_step(opt, lora->params, grad);
+        if (cfg->step_offset)       /* SCAFFOLD's drift correction, in step units */
+            for (size_t i = 0; i < lora->n_params; i++)
+                lora->params[i] -= lr * cfg->step_offset[i];
         if (a_keep) {   /* decoupled weight decay must not touch it either */
             restore_ctx rc_ = {lora->params, a_keep};
             view_each(lora, frozen, restore_step, &rc_);

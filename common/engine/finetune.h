@@ -27,6 +27,10 @@ typedef struct {
     int freeze_b;           /* rolora's A rounds: B likewise (not with freeze_a) */
     float prox_mu;          /* FedProx: grad += mu (w - prox_anchor); 0 = off */
     const float *prox_anchor; /* [n_params] the round's global adapter (prox_mu > 0) */
+    const float *step_offset; /* [n_params] every step also moves the adapter by -lr x this
+                                 (SCAFFOLD's c - c_i, in units of the optimizer's step
+                                 direction: the gradient for SGD, Adam's normalized step
+                                 for AdamW); NULL = none */
 } fp_finetune_config;
 
 /* Defaults: 100 steps, batch 4, seq 128, accum 1, shuffle, seed 1234, AdamW lr 1e-3. */
