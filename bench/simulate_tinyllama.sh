@@ -35,7 +35,7 @@ sample() {
 "$FP" simulate --config "$SRC/configs/simulate-shakespeare.ini" --simulate.workers="$N" \
     --simulate.model="$MODEL" --simulate.out_dir="$OUT/sim-$DT" --model.dtype="$DT" \
     --run.rounds=1 --lora.targets=q_proj,k_proj,v_proj,o_proj --train.local_steps=1 \
-    --train.batch=1 --train.seq=64 --worker.val_fraction=0.002 --worker.threads=1 \
+    --train.batch=1 --train.seq=64 --worker.val_fraction=0.01 --worker.threads=1 \
     --round.deadline_s=3600 --round.eval_deadline_s=3600 --round.start_timeout_s=600 \
     >"$OUT/simulate-$DT.log" 2>&1 &
 SIM=$!

@@ -10,6 +10,7 @@
 #define S(field) sizeof(((coord_config *)0)->field)
 
 static const char *const optimizers[] = {"adamw", "sgd", NULL};
+static const char *const model_dtypes[] = {"f32", "bf16", "int8", "nf4", NULL};
 const char *const coord_strategy_names[] = {"fedavg", "ffa", "flora", "svd", "rolora",
                                             "scaffold", NULL};
 const char *const coord_robust_names[] = {"none", "median", "trimmed_mean", "norm_bound", NULL};
@@ -34,6 +35,11 @@ const fp_cfg_key coord_config_keys[] = {
      "final adapter (PEFT directory); empty = STATE_DIR/adapter"},
     {"model", "path", FP_CFG_STRING, 0, 0, "", F(model_path), S(model_path), NULL,
      "base model: Hugging Face directory (required; workers must use the same model)"},
+    /* Accepted so that one file serves coordinator and workers: the workers' format
+     * (fp_base_dtype names) does not change the model hash, which is of the source. */
+    {"model", "dtype", FP_CFG_ENUM, 0, 0, "f32", F(workers_dtype), 0, model_dtypes,
+     "the workers' base-weight format (the coordinator reads the source weights: no effect "
+     "here)"},
     {"lora", "rank", FP_CFG_INT, 1, 4096, "8", F(lora_rank), 0, NULL, "LoRA rank r"},
     {"lora", "alpha", FP_CFG_FLOAT, 1e-6, 1e6, "16", F(lora_alpha), 0, NULL,
      "LoRA alpha (scale alpha/r, or alpha/sqrt(r) with rslora)"},

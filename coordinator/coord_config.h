@@ -29,6 +29,8 @@ typedef struct {
     char out_dir[1024];
     /* [model] */
     char model_path[1024];
+    int workers_dtype;          /* [model] dtype: the workers' base format (unused here: the
+                                   coordinator maps and hashes the source weights) */
     /* [lora] */
     int lora_rank;
     float lora_alpha;

@@ -552,11 +552,17 @@ static void on_eval_result(rounds *r, int w, const Fedpeft__EvalResult *e)
     }
     if (!folds_match(r, w, e->n_folds, "EvalResult"))
         return;
-    if (!isfinite(e->loss) || e->n_tokens == 0) {
+    if (!isfinite(e->loss)) {
         r->status[w] = ST_FAILED;
-        server_reject(r->srv, w, NULL, isfinite(e->loss) ? REJ_INVALID : REJ_NONFINITE, BAD,
-                      "EvalResult with loss %g over %llu tokens", e->loss,
-                      (unsigned long long)e->n_tokens);
+        server_reject(r->srv, w, NULL, REJ_NONFINITE, BAD, "EvalResult with loss %g over %llu "
+                      "tokens", e->loss, (unsigned long long)e->n_tokens);
+        return;
+    }
+    if (e->n_tokens == 0) {     /* a validation split shorter than one row: no weight */
+        r->status[w] = ST_DONE;
+        r->n_reported++;
+        clog_info("round %llu: eval from %s: no validation rows of [train] seq tokens (%u of "
+                  "%u)", (unsigned long long)r->round, id, r->n_reported, r->n_targets);
         return;
     }
     /* Its weight in the mean: no more tokens than it declared it holds. */

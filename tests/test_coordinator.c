@@ -528,17 +528,23 @@ static void send_env(void *sock, wire_msg *env)
     assert_int_equal(wire_send(sock, NULL, env), 0);
 }
 
-static void send_eval(void *sock, uint64_t tid, uint64_t round, double loss)
+static void send_eval_tokens(void *sock, uint64_t tid, uint64_t round, double loss,
+                             uint64_t n_tokens)
 {
     Fedpeft__EvalResult e = FEDPEFT__EVAL_RESULT__INIT;
     e.task_id = tid;
     e.round = round;
     e.loss = loss;
-    e.n_tokens = 1000;
+    e.n_tokens = n_tokens;
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_EVAL_RESULT;
     env.eval_result = &e;
     send_env(sock, &env);
+}
+
+static void send_eval(void *sock, uint64_t tid, uint64_t round, double loss)
+{
+    send_eval_tokens(sock, tid, round, loss, 1000);
 }
 
 static void send_ready(void *sock, uint64_t tid, uint64_t round, uint32_t n_chunks)
@@ -818,7 +824,8 @@ static void test_stall_and_shape(void **state)
     uint64_t e0 = expect_task(a, FEDPEFT__TASK__KIND__EVAL, 0, adapter, n);
     send_eval(a, e0, 0, 5.0);
     assert_int_equal(expect_task(b, FEDPEFT__TASK__KIND__EVAL, 0, adapter, n), e0);
-    send_eval(b, e0, 0, 5.5);
+    /* No validation rows (a split shorter than one row): reported, no weight, no Reject. */
+    send_eval_tokens(b, e0, 0, 0.0, 0);
     uint64_t t1 = expect_task(a, FEDPEFT__TASK__KIND__TRAIN, 1, adapter, n);
     assert_int_equal(expect_task(b, FEDPEFT__TASK__KIND__TRAIN, 1, adapter, n), t1);
     send_ready(b, t1 + 1000, 1, wire_n_chunks(n));
@@ -838,13 +845,15 @@ static void test_stall_and_shape(void **state)
     int rc = wait_exit(coord, 15000);
     if (rc != 0)
         dump_log(log);
+    assert_true(log_has(log, "round 0: eval from w02: no validation rows", 0));
     assert_int_equal(rc, 0);
     char *metrics = tu_read_file(tu_path(st, "metrics.jsonl"), NULL);
     assert_non_null(metrics);
     printf("# metrics.jsonl:\n%s", metrics);
     char *l1 = strchr(metrics, '\n');
     assert_non_null(l1);
-    assert_non_null(strstr(metrics, "\"val_loss\":5.25"));
+    /* w02's evaluation has no weight: the mean is w01's alone, over its tokens */
+    assert_non_null(strstr(metrics, "\"val_loss\":5,\"val_tokens\":320"));
     assert_non_null(strstr(l1, "\"round\":1"));
     assert_non_null(strstr(l1, "\"abandoned\":true"));
     assert_non_null(strstr(l1, "\"stalled\":1"));
