@@ -62,8 +62,12 @@ void fp_quantize(fp_base_dtype dt, const float *src, size_t rows, size_t cols, v
  * fp_f32_to_bf16 in safetensors.h). */
 int fp_nf4_index(float normalized);
 
-/* out (nr x cols) = rows [r0, r0 + nr) of m in f32. */
+/* out (nr x cols) = rows [r0, r0 + nr) of m in f32, by the fastest path this CPU
+ * has (AVX2 for nf4, chosen at run time). */
 void fp_qmat_dequant_rows(const fp_qmat *m, int r0, int nr, float *out);
+/* The same by the portable loops only: the reference the fast paths must equal
+ * bit for bit (tests). */
+void fp_qmat_dequant_rows_portable(const fp_qmat *m, int r0, int nr, float *out);
 
 /* Floats of the panel buffer the matmuls below need for a matrix of `cols`
  * columns (at most 1M floats, i.e. 4 MB, and at least one row). */
