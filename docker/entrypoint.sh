@@ -178,9 +178,9 @@ claim_slot() {  # HOST NAME [PREF]
     [ "$k" -lt "$WORKERS" ]
 }
 
-# Prints this container's worker index (see the header).
-worker_index() {
-    local host name pref="" t=0
+# Prints this container's worker index (see the header); NAME is compose_name's.
+worker_index() {  # NAME
+    local host name=$1 pref="" t=0
     host=$(hostname)
     if [ -n "${WORKER_SHARD:-}" ]; then
         echo "$WORKER_SHARD"; return
@@ -188,7 +188,6 @@ worker_index() {
     if [[ "$host" =~ [-_]([0-9]+)$ ]]; then
         echo $((BASH_REMATCH[1] - 1)); return
     fi
-    name=$(compose_name)
     if [[ "$name" =~ [-_]([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -ge 1 ] &&
         [ "${BASH_REMATCH[1]}" -le "$WORKERS" ]; then
         pref=$((BASH_REMATCH[1] - 1))
@@ -221,15 +220,16 @@ cmd_coordinator() {
 
 cmd_worker() {
     wait_for "$PREP/model/config.json" "$PREP/shards" "$KEYS/allowlist"
-    local k shard
-    k=$(worker_index)
+    local k shard name
+    name=$(compose_name)    # once: outside Compose the DNS query may wait its 3 s
+    k=$(worker_index "$name")
     [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -lt "$WORKERS" ] ||
         config_error "worker index '$k' is not in 0..$((WORKERS - 1)) (FEDPEFT_WORKERS=$WORKERS)"
     shard=$(ls "$PREP/shards"/shard-"$(printf %03d "$k")".* 2>/dev/null | head -n1)
     [ -n "$shard" ] || config_error "no shard $k in $PREP/shards"
     mapfile -t sec < <(security_args fedpeft-worker "worker-$k")
     echo "worker-$k $k" >"$ID_FILE"
-    say "worker-$k on $shard (container $(compose_name) $(hostname))"
+    say "worker-$k on $shard (container $name $(hostname))"
     exec fedpeft-worker --config "$CONFIG" --worker.id="worker-$k" --worker.data="$shard" \
         "${sec[@]}" "$@"
 }
