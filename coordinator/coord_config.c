@@ -120,8 +120,17 @@ const fp_cfg_key coord_config_keys[] = {
      S(coordinator_key), NULL, "the workers' key (a shared file); ignored by the coordinator"},
     {"secagg", "enabled", FP_CFG_BOOL, 0, 1, "true", F(secagg), 0, NULL,
      "secure aggregation: the coordinator learns only the sum of the round's updates"},
-    {"secagg", "threshold", FP_CFG_INT, 0, 255, "0", F(secagg_threshold), 0, NULL,
-     "t of n Shamir threshold (survivors needed); 0 = max(2, ceil(2n/3))"},
+    {"secagg", "threshold", FP_CFG_INT, 0, 65536, "0", F(secagg_threshold), 0, NULL,
+     "Shamir threshold t (share holders needed); 0 = max(2, ceil(2n/3)) of the n sampled on "
+     "the complete graph, the SecAgg+ bound's t on a Harary graph"},
+    {"secagg", "neighbours", FP_CFG_INT, 0, 65536, "0", F(secagg_neighbours), 0, NULL,
+     "SecAgg+: each member masks with and shares among this many graph neighbours (even); "
+     "0 = automatic: the smallest degree that meets corrupt_fraction and dropout_fraction "
+     "(2^-40 security, 2^-30 failure), or every member when none is smaller"},
+    {"secagg", "corrupt_fraction", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(secagg_corrupt), 0, NULL,
+     "hostile members assumed when choosing the graph (colluding with each other)"},
+    {"secagg", "dropout_fraction", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(secagg_dropout), 0, NULL,
+     "members assumed to drop out of a round when choosing the graph"},
     {"secagg", "clip", FP_CFG_FLOAT, 1e-6, 1e6, "1.0", F(secagg_clip), 0, NULL,
      "fixed-point range [-clip, clip] of each weighted update value"},
     {"secagg", "frac_bits", FP_CFG_INT, 0, 30, "22", F(secagg_frac_bits), 0, NULL,
@@ -197,7 +206,14 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
                             where);
     if (c->secagg && c->secagg_threshold == 1)
         return fp_error_set("%s: [secagg] threshold = 1 would let anyone unmask: use 0 "
-                            "(automatic) or 2..255", where);
+                            "(automatic) or at least 2", where);
+    if (c->secagg_neighbours == 1 || c->secagg_neighbours % 2 != 0)
+        return fp_error_set("%s: [secagg] neighbours = %d: a Harary graph has an even degree "
+                            "of at least 2 (or 0, automatic)", where, c->secagg_neighbours);
+    if (c->secagg_corrupt + c->secagg_dropout >= 0.5)
+        return fp_error_set("%s: [secagg] corrupt_fraction + dropout_fraction = %g: below 0.5, "
+                            "or no graph can be both safe and live", where,
+                            c->secagg_corrupt + c->secagg_dropout);
     if (c->max_workers > 0 && c->max_workers < c->min_workers)
         return fp_error_set("%s: [sampling] max_workers = %d is below min_workers = %d", where,
                             c->max_workers, c->min_workers);

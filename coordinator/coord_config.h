@@ -74,7 +74,9 @@ typedef struct {
     char coordinator_key[1024]; /* a worker's key in a shared file: ignored here */
     /* [secagg] (docs/protocol.md, "Secure aggregation") */
     int secagg;                 /* on by default */
-    int secagg_threshold;       /* t; 0 = max(2, ceil(2n/3)) of the n sampled */
+    int secagg_threshold;       /* t; 0: automatic (secagg_server.c, sa_plan) */
+    int secagg_neighbours;      /* SecAgg+ degree; 0: automatic */
+    double secagg_corrupt, secagg_dropout;  /* the graph's assumptions */
     float secagg_clip;          /* quantization range [-clip, clip] */
     int secagg_frac_bits;
     /* [dp] */

@@ -1,9 +1,9 @@
 /* secagg_recon.h - verified Shamir reconstruction for the coordinator's
  * secure aggregation (docs/privacy.md, "Verified reconstruction").
  *
- * GF(2^8) Shamir shares carry no authentication: one wrong share among the
- * t interpolated gives a wrong secret (every byte it touches changes, since
- * each Lagrange coefficient is nonzero). Each secret has a public check
+ * The revealed Shamir shares (over the Ed25519 scalar field, vss.h) carry no
+ * authentication: one wrong share among the t interpolated gives a wrong
+ * secret (each Lagrange coefficient is nonzero). Each secret has a public check
  * instead (the self-mask seed's commitment from AdvertiseKeys, or the mask
  * public key for a mask secret key). With k shares, sa_recon looks for t of
  * them whose secret passes the check, trying subsets that leave out up to
@@ -28,7 +28,7 @@ typedef int (*sa_recon_check)(const uint8_t secret[32], const void *ctx);
  * that passes check, into out; bad[i] = 1 for each share inconsistent with it
  * (0 for the others). -1 with fp_error when k < t or no subset tried passes
  * (out zeroed): then bad is all 0 and nothing can be blamed. */
-int sa_recon(const uint8_t (*rows)[32], const uint8_t *xs, size_t k, unsigned t,
+int sa_recon(const uint8_t (*rows)[32], const uint32_t *xs, size_t k, unsigned t,
              sa_recon_check check, const void *ctx, uint8_t out[32], uint8_t *bad) FP_WUR;
 
 #endif

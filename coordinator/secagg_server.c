@@ -12,14 +12,16 @@
 #include "clog.h"
 #include "rounds_state.h"
 #include "secagg.h"
+#include "secagg_graph.h"
 #include "secagg_recon.h"
-#include "shamir.h"
+#include "vss.h"
 #include "wire_secagg.h"
 
 #define SH WIRE_SEALED_SHARE_BYTES
 
 typedef struct {
-    int w, x;                       /* server index; Shamir x (rank in U1, 1-based) */
+    int w;                          /* server index */
+    int rank;                       /* in U1 (sorted by id); Shamir x = rank + 1; -1: not in U1 */
     char id[WIRE_MAX_ID];
     uint8_t enc_pk[32], mask_pk[32], self_commit[32];
     int keys, shared, survived, responded;
@@ -27,17 +29,25 @@ typedef struct {
     int bad_holder;                 /* revealed a share that fails its check: ignored */
     int reported;                   /* sent a report of a peer's bad share */
     double weight;
+    const uint32_t *hold;           /* its secrets' holders: graph neighbours and itself */
+    unsigned n_hold;                /* (member indices, ascending = by id) */
 } sa_member;
 
 struct sa_server {
     int phase;
     unsigned n, t, frac_bits;
+    unsigned k_plan;                /* planned degree (0: complete), sent in the Task */
+    unsigned degree;                /* the degree over U1 */
     float clip;
     size_t n_params;
-    sa_member *m;
+    sa_member *m;                   /* the sampled, sorted by id */
     char **peer_ids;
-    uint8_t *inbox, *inbox_has;     /* [recipient * n + sender] sealed shares */
-    uint8_t *self_sh, *key_sh;      /* [owner * n + holder] revealed shares */
+    uint8_t nonce[32], commit[32];  /* the graph's randomness, committed in the Task */
+    char **u1_ids;                  /* U1 in rank order */
+    uint32_t *hold_mem;             /* every member's holder list */
+    size_t slots;                   /* degree + 1: holders per secret */
+    uint8_t *inbox, *inbox_has;     /* [recipient * slots + slot of sender] sealed shares */
+    uint8_t *self_sh, *key_sh;      /* [owner * slots + slot of holder] revealed shares */
     uint8_t *self_has, *key_has;
     uint32_t *sum;
     unsigned n_u1, n_u2, n_u3, n_resp;
@@ -55,6 +65,26 @@ unsigned sa_threshold(int cfg_t, unsigned n)
 int sa_phase(const sa_server *sa) { return sa->phase; }
 unsigned sa_t(const sa_server *sa) { return sa->t; }
 
+/* k_plan and t for n sampled: [secagg] neighbours when set; else the SecAgg+
+ * bound (secagg_graph.h) when it gives a graph smaller than the complete one;
+ * else the complete graph with sa_threshold. */
+static void sa_plan(const coord_config *c, unsigned n, unsigned *k_plan, unsigned *t)
+{
+    unsigned k = 0, tk = 0;
+    *k_plan = 0;
+    *t = sa_threshold(c->secagg_threshold, n);
+    if (c->secagg_neighbours > 0) {
+        *k_plan = (unsigned)c->secagg_neighbours;
+        tk = fp_sagraph_degree_for(n, *k_plan) / 2 + 1;
+    } else if (n >= 4 && fp_sagraph_params(n, c->secagg_corrupt, c->secagg_dropout, 40, 30, &k,
+                                           &tk) == 0 && k < n - 1) {
+        *k_plan = k;
+    } else {
+        return;
+    }
+    *t = c->secagg_threshold > 0 ? (unsigned)c->secagg_threshold : tk;
+}
+
 static int member_of(const sa_server *sa, int w)
 {
     for (unsigned i = 0; i < sa->n; i++)
@@ -63,12 +93,30 @@ static int member_of(const sa_server *sa, int w)
     return -1;
 }
 
+static int cmp_member(const void *id, const void *m)
+{
+    return strcmp(id, ((const sa_member *)m)->id);
+}
+
 static int member_by_id(const sa_server *sa, const char *id)
 {
-    for (unsigned i = 0; i < sa->n; i++)
-        if (strcmp(sa->m[i].id, id) == 0)
-            return (int)i;
-    return -1;
+    const sa_member *m = bsearch(id, sa->m, sa->n, sizeof *sa->m, cmp_member);
+    return m ? (int)(m - sa->m) : -1;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Where member j sits among the holders of owner's secrets, or -1. */
+static int slot_of(const sa_server *sa, unsigned owner, unsigned j)
+{
+    const sa_member *o = &sa->m[owner];
+    uint32_t key = j;
+    const uint32_t *p = o->hold ? bsearch(&key, o->hold, o->n_hold, sizeof *o->hold, cmp_u32) : NULL;
+    return p ? (int)(p - o->hold) : -1;
 }
 
 int sa_in_u2(const sa_server *sa, int w)
@@ -80,15 +128,17 @@ int sa_in_u2(const sa_server *sa, int w)
 sa_server *sa_new(rounds *r, const int *chosen, int k)
 {
     const coord_config *c = r->cfg;
-    unsigned t = sa_threshold(c->secagg_threshold, (unsigned)k);
+    unsigned t, k_plan;
     if (k > WIRE_MAX_PEERS) {
         fp_error_set("secure aggregation over %d workers: at most %d per round (lower "
                      "[sampling] max_workers)", k, WIRE_MAX_PEERS);
         return NULL;
     }
-    if ((unsigned)k < t) {
-        fp_error_set("secure aggregation needs at least t = %u sampled workers, %d were "
-                     "sampled (set [secagg] enabled = false to aggregate in the clear)", t, k);
+    sa_plan(c, (unsigned)k, &k_plan, &t);
+    if (k < 2 || fp_sagraph_degree_for((size_t)k, k_plan) + 1 < t) {
+        fp_error_set("secure aggregation needs at least t = %u holders of each secret, %d "
+                     "workers were sampled (set [secagg] enabled = false to aggregate in the "
+                     "clear)", t, k);
         return NULL;
     }
     if (fp_secagg_params_check(c->secagg_clip, (unsigned)c->secagg_frac_bits, (size_t)k) < 0) {
@@ -101,25 +151,22 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
         goto oom;
     sa->n = (unsigned)k;
     sa->t = t;
+    sa->k_plan = k_plan;
+    randombytes_buf(sa->nonce, sizeof sa->nonce);
+    crypto_generichash(sa->commit, 32, sa->nonce, 32, NULL, 0);
     sa->clip = c->secagg_clip;
     sa->frac_bits = (unsigned)c->secagg_frac_bits;
     sa->n_params = np;
     sa->m = calloc(n, sizeof *sa->m);
     sa->peer_ids = calloc(n, sizeof *sa->peer_ids);
-    sa->inbox = malloc(n * n * SH);
-    sa->inbox_has = calloc(n * n, 1);
-    sa->self_sh = sodium_malloc(n * n * 32);
-    sa->key_sh = sodium_malloc(n * n * 32);
-    sa->self_has = calloc(n * n, 1);
-    sa->key_has = calloc(n * n, 1);
     sa->sum = calloc(np, sizeof *sa->sum);
-    if (!sa->m || !sa->peer_ids || !sa->inbox || !sa->inbox_has || !sa->self_sh || !sa->key_sh ||
-        !sa->self_has || !sa->key_has || !sa->sum)
+    if (!sa->m || !sa->peer_ids || !sa->sum)
         goto oom;
     double total = 0;
     for (int i = 0; i < k; i++) {
         const worker_info *wi = server_worker(r->srv, chosen[i]);
         sa->m[i].w = chosen[i];
+        sa->m[i].rank = -1;
         snprintf(sa->m[i].id, sizeof sa->m[i].id, "%s", wi->id);
         sa->peer_ids[i] = sa->m[i].id;
         sa->m[i].weight = rounds_weight(r, sa->m[i].w, wi->n_examples);
@@ -144,10 +191,14 @@ void sa_destroy(sa_server **sa_p)
     sa_server *sa = *sa_p;
     free(sa->m);
     free(sa->peer_ids);
+    free(sa->u1_ids);
+    free(sa->hold_mem);
     free(sa->inbox);
     free(sa->inbox_has);
-    sodium_free(sa->self_sh);   /* wipes */
-    sodium_free(sa->key_sh);
+    if (sa->self_sh)
+        sodium_free(sa->self_sh);   /* wipes */
+    if (sa->key_sh)
+        sodium_free(sa->key_sh);
     free(sa->self_has);
     free(sa->key_has);
     free(sa->sum);
@@ -163,6 +214,8 @@ void sa_task_fields(const sa_server *sa, int w, Fedpeft__SecAggParams *p, char *
     p->clip = sa->clip;
     p->frac_bits = sa->frac_bits;
     p->weight = i >= 0 ? sa->m[i].weight : 0.0;
+    p->degree = sa->k_plan;
+    p->graph_commit = (ProtobufCBinaryData){32, (uint8_t *)sa->commit};
     *peers = sa->peer_ids;
     *n_peers = sa->n;
 }
@@ -272,28 +325,35 @@ void sa_on_shares(rounds *r, int w, const Fedpeft__ShareKeys *m)
                       "ShareKeys %s", sa->m[i].shared ? "sent twice" : "without keys in U1");
         return;
     }
-    /* One share for every other member of U1, each exactly once. */
-    uint8_t seen[WIRE_MAX_PEERS] = {0};
-    size_t need = sa->n_u1 - 1;
+    /* One share for every neighbour of i in the graph, each exactly once. */
+    const sa_member *me = &sa->m[i];
+    uint8_t *seen = calloc(me->n_hold, 1);
+    if (!seen)
+        return;
     for (size_t k = 0; k < m->n_shares; k++) {
         int to = member_by_id(sa, m->shares[k]->worker_id);
-        if (to < 0 || to == i || !sa->m[to].keys || seen[to]) {
+        int slot = to >= 0 ? slot_of(sa, (unsigned)i, (unsigned)to) : -1;
+        if (slot < 0 || to == i || seen[slot]) {
+            free(seen);
             server_reject(r->srv, w, NULL, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
-                          "ShareKeys: share for '%s' (not a peer in U1, or twice)",
+                          "ShareKeys: share for '%s' (not a neighbour in U1, or twice)",
                           m->shares[k]->worker_id);
             return;
         }
-        seen[to] = 1;
+        seen[slot] = 1;
     }
-    if (m->n_shares != need) {
+    free(seen);
+    if (m->n_shares != me->n_hold - 1) {
         server_reject(r->srv, w, NULL, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
-                      "ShareKeys holds %zu shares; U1 has %zu other members", m->n_shares, need);
+                      "ShareKeys holds %zu shares; %s has %u neighbours", m->n_shares, me->id,
+                      me->n_hold - 1);
         return;
     }
     for (size_t k = 0; k < m->n_shares; k++) {
         int to = member_by_id(sa, m->shares[k]->worker_id);
-        memcpy(sa->inbox + ((size_t)to * sa->n + (size_t)i) * SH, m->shares[k]->sealed.data, SH);
-        sa->inbox_has[(size_t)to * sa->n + (size_t)i] = 1;
+        size_t at = (size_t)to * sa->slots + (size_t)slot_of(sa, (unsigned)to, (unsigned)i);
+        memcpy(sa->inbox + at * SH, m->shares[k]->sealed.data, SH);
+        sa->inbox_has[at] = 1;
     }
     sa->m[i].shared = 1;
     sa->n_u2++;
@@ -304,36 +364,125 @@ void sa_add_input(sa_server *sa, const uint32_t *y, size_t n)
     fp_secagg_sum_add(sa->sum, y, n);
 }
 
+/* U1 (the members with keys, in id order) and its graph: each member's
+ * holders are its neighbours and itself. Then the share tables, sized by the
+ * degree (O(n k), not O(n^2)). */
+static int build_graph(rounds *r)
+{
+    sa_server *sa = r->sa;
+    size_t n1 = sa->n_u1, n = sa->n;
+    sa->u1_ids = calloc(n1, sizeof *sa->u1_ids);
+    if (!sa->u1_ids)
+        return fp_error_set("out of memory");
+    int *u1 = malloc(n1 * sizeof *u1);
+    size_t rk = 0;
+    for (unsigned i = 0; u1 && i < sa->n; i++) {
+        sa->m[i].rank = sa->m[i].keys ? (int)rk : -1;
+        if (sa->m[i].keys) {
+            u1[rk] = (int)i;
+            sa->u1_ids[rk++] = sa->m[i].id;
+        }
+    }
+    sa->degree = fp_sagraph_degree_for(n1, sa->k_plan);
+    sa->slots = (size_t)sa->degree + 1;
+    if (!u1 || sa->slots < sa->t) {
+        free(u1);
+        return u1 ? fp_error_set("%zu members advertised keys: %zu holders of each secret "
+                                 "(degree %u), below the threshold t = %u", n1, sa->slots,
+                                 sa->degree, sa->t)
+                  : fp_error_set("out of memory");
+    }
+    uint8_t seed[FP_SAGRAPH_SEED_BYTES];
+    fp_sagraph_seed(seed, r->run_id, r->round, sa->nonce, (const char *const *)sa->u1_ids, n1);
+    fp_sagraph *g = fp_sagraph_new(n1, sa->degree, seed);
+    sa->hold_mem = malloc(n1 * sa->slots * sizeof *sa->hold_mem);
+    sa->inbox = malloc(n * sa->slots * SH);
+    sa->inbox_has = calloc(n * sa->slots, 1);
+    sa->self_sh = sodium_malloc(n * sa->slots * 32);
+    sa->key_sh = sodium_malloc(n * sa->slots * 32);
+    sa->self_has = calloc(n * sa->slots, 1);
+    sa->key_has = calloc(n * sa->slots, 1);
+    if (!g || !sa->hold_mem || !sa->inbox || !sa->inbox_has || !sa->self_sh || !sa->key_sh ||
+        !sa->self_has || !sa->key_has) {
+        fp_sagraph_destroy(&g);
+        free(u1);
+        return fp_error_set("out of memory for the secagg graph (%zu members, degree %u)", n1,
+                            sa->degree);
+    }
+    for (size_t q = 0; q < n1; q++) {
+        uint32_t *h = sa->hold_mem + q * sa->slots;
+        unsigned c = fp_sagraph_neighbours(g, q, h);
+        h[c++] = (uint32_t)q;
+        for (unsigned j = 0; j < c; j++)
+            h[j] = (uint32_t)u1[h[j]];      /* ranks -> member indices (same order) */
+        qsort(h, c, sizeof *h, cmp_u32);
+        sa->m[u1[q]].hold = h;
+        sa->m[u1[q]].n_hold = c;
+    }
+    fp_sagraph_destroy(&g);
+    free(u1);
+    return 0;
+}
+
+/* Each member of U1 gets U1, the graph's nonce and degree, and the keys of
+ * its holders (its neighbours and itself). */
 static void send_peer_keys(rounds *r)
 {
     sa_server *sa = r->sa;
-    Fedpeft__PeerKey *keys = calloc(sa->n, sizeof *keys);
-    Fedpeft__PeerKey **ptrs = calloc(sa->n, sizeof *ptrs);
+    Fedpeft__PeerKey *keys = calloc(sa->slots, sizeof *keys);
+    Fedpeft__PeerKey **ptrs = calloc(sa->slots, sizeof *ptrs);
     if (!keys || !ptrs)
         goto out;
-    size_t k = 0;
-    for (unsigned i = 0; i < sa->n; i++) {
-        if (!sa->m[i].keys)
-            continue;
-        sa->m[i].x = (int)k + 1;
-        fedpeft__peer_key__init(&keys[k]);
-        keys[k].worker_id = sa->m[i].id;
-        keys[k].enc_pk = (ProtobufCBinaryData){32, sa->m[i].enc_pk};
-        keys[k].mask_pk = (ProtobufCBinaryData){32, sa->m[i].mask_pk};
-        ptrs[k] = &keys[k];
-        k++;
-    }
     Fedpeft__PeerKeys pk = FEDPEFT__PEER_KEYS__INIT;
     pk.task_id = rounds_task_id(r, r->round, TASK_TRAIN);
     pk.round = r->round;
-    pk.n_peers = k;
+    pk.members = sa->u1_ids;
+    pk.n_members = sa->n_u1;
+    pk.graph_nonce = (ProtobufCBinaryData){32, sa->nonce};
+    pk.degree = sa->degree;
     pk.peers = ptrs;
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_PEER_KEYS;
     env.peer_keys = &pk;
-    for (unsigned i = 0; i < sa->n; i++)
-        if (sa->m[i].keys)
-            (void)server_send(r->srv, sa->m[i].w, &env);
+    const char *evil = NULL;
+#ifdef FEDPEFT_TEST_HOOKS
+    /* FEDPEFT_TEST_EVIL_GRAPH=nonce|neighbours (test builds only): the first
+     * member gets another nonce, or a non-neighbour in place of a neighbour. */
+    evil = getenv("FEDPEFT_TEST_EVIL_GRAPH");
+    uint8_t other[32];
+    randombytes_buf(other, sizeof other);
+#endif
+    for (unsigned i = 0; i < sa->n; i++) {
+        const sa_member *me = &sa->m[i];
+        if (!me->keys)
+            continue;
+        int lie = evil && me->rank == 0;
+        pk.graph_nonce = (ProtobufCBinaryData){32, sa->nonce};
+#ifdef FEDPEFT_TEST_HOOKS
+        if (lie && strcmp(evil, "nonce") == 0)
+            pk.graph_nonce.data = other;
+#endif
+        unsigned swap_from = sa->n, swap_to = sa->n;     /* a neighbour -> a non-neighbour */
+        if (lie && strcmp(evil, "neighbours") == 0)
+            for (unsigned j = 0; j < sa->n; j++) {
+                int s = sa->m[j].keys ? slot_of(sa, i, j) : 0;
+                if (s < 0 && swap_to == sa->n)
+                    swap_to = j;
+                if (s >= 0 && j != i && sa->m[j].keys && swap_from == sa->n)
+                    swap_from = j;
+            }
+        for (unsigned k = 0; k < me->n_hold; k++) {
+            unsigned j = me->hold[k] == swap_from && swap_to < sa->n ? swap_to : me->hold[k];
+            const sa_member *h = &sa->m[j];
+            fedpeft__peer_key__init(&keys[k]);
+            keys[k].worker_id = (char *)h->id;
+            keys[k].enc_pk = (ProtobufCBinaryData){32, (uint8_t *)h->enc_pk};
+            keys[k].mask_pk = (ProtobufCBinaryData){32, (uint8_t *)h->mask_pk};
+            ptrs[k] = &keys[k];
+        }
+        pk.n_peers = me->n_hold;
+        (void)server_send(r->srv, me->w, &env);
+    }
 out:
     free(keys);
     free(ptrs);
@@ -343,20 +492,22 @@ out:
 static void route_shares(rounds *r)
 {
     sa_server *sa = r->sa;
-    Fedpeft__EncryptedShare *e = calloc(sa->n, sizeof *e);
-    Fedpeft__EncryptedShare **ptrs = calloc(sa->n, sizeof *ptrs);
+    Fedpeft__EncryptedShare *e = calloc(sa->slots, sizeof *e);
+    Fedpeft__EncryptedShare **ptrs = calloc(sa->slots, sizeof *ptrs);
     if (!e || !ptrs)
         goto out;
     for (unsigned v = 0; v < sa->n; v++) {
         if (!sa->m[v].shared)
             continue;
         size_t k = 0;
-        for (unsigned u = 0; u < sa->n; u++) {
-            if (u == v || !sa->m[u].shared || !sa->inbox_has[(size_t)v * sa->n + u])
+        for (unsigned s = 0; s < sa->m[v].n_hold; s++) {
+            unsigned u = sa->m[v].hold[s];
+            size_t at = (size_t)v * sa->slots + s;
+            if (u == v || !sa->m[u].shared || !sa->inbox_has[at])
                 continue;
             fedpeft__encrypted_share__init(&e[k]);
             e[k].worker_id = sa->m[u].id;
-            e[k].sealed = (ProtobufCBinaryData){SH, sa->inbox + ((size_t)v * sa->n + u) * SH};
+            e[k].sealed = (ProtobufCBinaryData){SH, sa->inbox + at * SH};
             ptrs[k] = &e[k];
             k++;
         }
@@ -521,18 +672,21 @@ void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
     /* Store only what was asked: self shares of survivors, key shares of the dropped. */
     for (size_t k = 0; k < m->n_self_shares; k++) {
         int v = member_by_id(sa, m->self_shares[k]->worker_id);
-        if (v >= 0 && sa->m[v].survived) {
-            memcpy(sa->self_sh + ((size_t)v * sa->n + (size_t)h) * 32,
-                   m->self_shares[k]->share.data, 32);
-            sa->self_has[(size_t)v * sa->n + (size_t)h] = 1;
+        int s = v >= 0 && sa->m[v].survived ? slot_of(sa, (unsigned)v, (unsigned)h) : -1;
+        if (s >= 0) {
+            size_t at = (size_t)v * sa->slots + (size_t)s;
+            memcpy(sa->self_sh + at * 32, m->self_shares[k]->share.data, 32);
+            sa->self_has[at] = 1;
         }
     }
     for (size_t k = 0; k < m->n_key_shares; k++) {
         int d = member_by_id(sa, m->key_shares[k]->worker_id);
-        if (d >= 0 && sa->m[d].shared && !sa->m[d].survived) {
-            memcpy(sa->key_sh + ((size_t)d * sa->n + (size_t)h) * 32,
-                   m->key_shares[k]->share.data, 32);
-            sa->key_has[(size_t)d * sa->n + (size_t)h] = 1;
+        int s = d >= 0 && sa->m[d].shared && !sa->m[d].survived
+                    ? slot_of(sa, (unsigned)d, (unsigned)h) : -1;
+        if (s >= 0) {
+            size_t at = (size_t)d * sa->slots + (size_t)s;
+            memcpy(sa->key_sh + at * 32, m->key_shares[k]->share.data, 32);
+            sa->key_has[at] = 1;
         }
     }
     sa->m[h].responded = 1;
@@ -548,11 +702,16 @@ typedef struct {
     uint64_t round;
 } check_ctx;
 
+/* The shared secrets are scalars; the seed and the key are derived from them
+ * (fp_vss_derive, as the worker does). */
 static int check_self(const uint8_t secret[32], const void *ctx)
 {
     const check_ctx *c = ctx;
-    uint8_t h[32];
-    if (fp_secagg_self_commit(h, secret, c->sa->m[c->owner].id, c->run_id, c->round) < 0)
+    uint8_t seed[32], h[32];
+    fp_vss_derive(seed, secret, "self-mask");
+    int rc = fp_secagg_self_commit(h, seed, c->sa->m[c->owner].id, c->run_id, c->round);
+    sodium_memzero(seed, sizeof seed);
+    if (rc < 0)
         return -1;
     return sodium_memcmp(h, c->sa->m[c->owner].self_commit, 32) == 0 ? 0 : -1;
 }
@@ -560,8 +719,11 @@ static int check_self(const uint8_t secret[32], const void *ctx)
 static int check_key(const uint8_t secret[32], const void *ctx)
 {
     const check_ctx *c = ctx;
-    uint8_t pk[32];
-    if (crypto_scalarmult_base(pk, secret) != 0)
+    uint8_t sk[32], pk[32];
+    fp_vss_derive(sk, secret, "mask-key");
+    int rc = crypto_scalarmult_base(pk, sk);
+    sodium_memzero(sk, sizeof sk);
+    if (rc != 0)
         return -1;
     return memcmp(pk, c->sa->m[c->owner].mask_pk, 32) == 0 ? 0 : -1;
 }
@@ -584,25 +746,37 @@ static int combine(rounds *r, const uint8_t *sh, const uint8_t *has, unsigned ow
                    uint8_t out[32])
 {
     sa_server *sa = r->sa;
-    uint8_t (*rows)[32] = sodium_malloc((size_t)sa->n * 32);
-    uint8_t xs[WIRE_MAX_PEERS], bad[WIRE_MAX_PEERS];
-    int holder[WIRE_MAX_PEERS];
+    const sa_member *o = &sa->m[owner];
+    uint8_t (*rows)[32] = sodium_malloc(sa->slots * 32);
+    uint32_t *xs = malloc(sa->slots * sizeof *xs);
+    uint8_t *bad = calloc(sa->slots, 1);
+    int *holder = malloc(sa->slots * sizeof *holder);
     const char *what = key ? "mask key" : "self-mask seed";
-    if (!rows)
+    if (!rows || !xs || !bad || !holder) {
+        if (rows)
+            sodium_free(rows);
+        free(xs), free(bad), free(holder);
         return fp_error_set("out of memory");
+    }
     size_t k = 0;
-    for (unsigned h = 0; h < sa->n; h++)
-        if (has[(size_t)owner * sa->n + h] && !sa->m[h].bad_holder) {
-            memcpy(rows[k], sh + ((size_t)owner * sa->n + h) * 32, 32);
+    for (unsigned s = 0; s < o->n_hold; s++) {
+        unsigned h = o->hold[s];
+        size_t at = (size_t)owner * sa->slots + s;
+        if (has[at] && !sa->m[h].bad_holder) {
+            memcpy(rows[k], sh + at * 32, 32);
             holder[k] = (int)h;
-            xs[k++] = (uint8_t)sa->m[h].x;
+            xs[k++] = (uint32_t)sa->m[h].rank + 1;
         }
+    }
     check_ctx c = {sa, owner, r->run_id, r->round};
     int rc = sa_recon((const uint8_t (*)[32])rows, xs, k, sa->t, key ? check_key : check_self,
                       &c, out, bad);
     sodium_free(rows);
+    free(xs);
     char ids[512];
     holder_list(sa, holder, k, ids, sizeof ids);
+    if (rc < 0)
+        free(bad), free(holder);
     if (rc < 0 && k == sa->t)
         return fp_error_set("the %s of %s, from exactly t = %u shares (of %s), fails its "
                             "check: one of them sent a bad share", what, sa->m[owner].id,
@@ -618,6 +792,7 @@ static int combine(rounds *r, const uint8_t *sh, const uint8_t *has, unsigned ow
                        "are ignored", (unsigned long long)r->round, sa->m[holder[j]].id, what,
                        sa->m[owner].id);
         }
+    free(bad), free(holder);
     return 0;
 }
 
@@ -662,32 +837,43 @@ static void dump_sum(const rounds *r, const float *x, size_t n)
 static int finalize(rounds *r, int64_t now)
 {
     sa_server *sa = r->sa;
-    uint8_t *secret = sodium_malloc(32);
-    fp_secagg_peer *surv = calloc(sa->n, sizeof *surv);
+    uint8_t *secret = sodium_malloc(64);   /* the scalar | what it stands for */
+    fp_secagg_peer *surv = calloc(sa->slots, sizeof *surv);
     int rc = -1;
     if (!secret || !surv) {
         fp_error_set("out of memory");
         goto out;
     }
-    size_t ns = 0;
     double W = 0;
     for (unsigned i = 0; i < sa->n; i++)
-        if (sa->m[i].survived) {
-            surv[ns].id = sa->m[i].id;
-            memcpy(surv[ns++].pk, sa->m[i].mask_pk, 32);
+        if (sa->m[i].survived)
             W += sa->m[i].weight;
-        }
     /* For each member one secret: the self-mask seed of a survivor or the mask
-     * key of one dropped after sharing (sa_start_unmask's disjoint lists). */
+     * key of one dropped after sharing (sa_start_unmask's disjoint lists),
+     * derived from the reconstructed scalar as the worker derived it. A
+     * dropped member's pairwise masks are with its surviving neighbours. */
     for (unsigned i = 0; i < sa->n; i++) {
-        if (sa->m[i].survived) {
-            if (combine(r, sa->self_sh, sa->self_has, i, 0, secret) < 0 ||
-                fp_secagg_unmask_self(sa->sum, sa->n_params, 0, secret, r->round) < 0)
+        const sa_member *o = &sa->m[i];
+        if (o->survived) {
+            if (combine(r, sa->self_sh, sa->self_has, i, 0, secret) < 0)
                 goto out;
-        } else if (sa->m[i].shared) {
-            if (combine(r, sa->key_sh, sa->key_has, i, 1, secret) < 0 ||
-                fp_secagg_unmask_dropped(sa->sum, sa->n_params, 0, sa->m[i].id, secret, surv,
-                                         ns, r->run_id, r->round) < 0)
+            fp_vss_derive(secret + 32, secret, "self-mask");
+            if (fp_secagg_unmask_self(sa->sum, sa->n_params, 0, secret + 32, r->round) < 0)
+                goto out;
+        } else if (o->shared) {
+            size_t ns = 0;
+            for (unsigned s = 0; s < o->n_hold; s++) {
+                const sa_member *v = &sa->m[o->hold[s]];
+                if (o->hold[s] == i || !v->survived)
+                    continue;
+                surv[ns].id = v->id;
+                memcpy(surv[ns++].pk, v->mask_pk, 32);
+            }
+            if (combine(r, sa->key_sh, sa->key_has, i, 1, secret) < 0)
+                goto out;
+            fp_vss_derive(secret + 32, secret, "mask-key");
+            if (fp_secagg_unmask_dropped(sa->sum, sa->n_params, 0, o->id, secret + 32, surv, ns,
+                                         r->run_id, r->round) < 0)
                 goto out;
         }
     }
@@ -725,7 +911,15 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
                  "the threshold t = %u", sa->n_u1, sa->t);
             return SA_FAILED;
         }
+        if (build_graph(r) < 0) {
+            snprintf(reason, cap, "secure aggregation: %s", fp_error_get());
+            return SA_FAILED;
+        }
         send_peer_keys(r);
+        clog_info("round %llu: secagg: %u workers advertised keys (U1); %s, %zu holders of "
+                  "each secret, t = %u", (unsigned long long)r->round, sa->n_u1,
+                  sa->degree + 1 == sa->n_u1 ? "the complete graph" : "a SecAgg+ graph",
+                  sa->slots, sa->t);
         sa->phase = SA_SHARES;
         sa->sub_deadline = now + (sa->sub_deadline - r->phase_start_ms);
         return SA_GOING;

@@ -10,7 +10,11 @@
  * e. tampered / truncated / round-spliced / replayed chunks are rejected and
  *    counted by reason; the round completes with the honest ones;
  * f. DP: the measured central noise std is sigma * C; epsilon is in every
- *    metrics line and the budget stops the run.
+ *    metrics line and the budget stops the run;
+ * g. SecAgg+: 8 workers on a Harary graph of degree 4 (each masks with and
+ *    shares among 4 neighbours only), 2 drop after masking: the exact sum of
+ *    the other 6; a coordinator that lies about the graph (another nonce,
+ *    other neighbours) is refused by the worker it lies to.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -36,12 +40,13 @@
 #include "fed_harness.h"
 #include "test_util.h"
 
-#define MAXW 6
+#define MAXW 8
 #define CLIP 1.0f
 #define FRAC 22
 
 static char base_dir[4096];
 static const char *g_lr = "5e-3";   /* [train] lr of the next federation */
+static const char *g_coord_env;     /* "NAME=VALUE" for the next coordinator, or NULL */
 
 static int group_setup(void **state)
 {
@@ -89,7 +94,7 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
     char log[4400];
     snprintf(log, sizeof log, "%s/coordinator.log", f->dir);
     char *cargv[] = {FP_COORDINATOR, "--config", f->cfg, NULL};
-    pid_t coord = fh_spawn_dump(cargv, log, NULL, f->dump);
+    pid_t coord = fh_spawn_dump(cargv, log, g_coord_env, f->dump);
     pid_t w[MAXW] = {0};
     for (int k = 0; k < n; k++) {
         char id[64], data[4300], sk[4400];
@@ -384,6 +389,73 @@ static void test_dp_noise_and_budget(void **state)
     free(B);
 }
 
+static char *file_text(const run *f, const char *name)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s", f->dir, name);
+    char *text = tu_read_file(path, NULL);
+    assert_non_null(text);
+    return text;
+}
+
+/* g. SecAgg+ on a Harary graph: neighbours only, dropouts exact. */
+static void test_harary_graph_drop(void **state)
+{
+    (void)state;
+    const char *d = "FEDPEFT_TEST_DROP_AFTER=masking";
+    const char *env[MAXW] = {NULL, NULL, NULL, NULL, NULL, NULL, d, d};
+    run f;
+    federate(&f, "sa-harary", 8, 1, "[secagg]\nneighbours = 4\n", env);
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "reported", NULL), 6);
+    cJSON_Delete(m);
+    char *log = file_text(&f, "coordinator.log");
+    assert_non_null(strstr(log, "a SecAgg+ graph, 5 holders of each secret, t = 3"));
+    free(log);
+    for (int k = 0; k < 8; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "w%d.log", k);
+        log = file_text(&f, name);
+        assert_non_null(strstr(log, "shares sealed for 4 peers (4 neighbours of 8 members)"));
+        free(log);
+    }
+    int alive[6] = {0, 1, 2, 3, 4, 5};
+    size_t n, ns;
+    float *want = quantized_sum(&f, alive, 6, 1, &n), *got = coord_sum(&f, 1, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);
+    free(want);
+    free(got);
+}
+
+/* g. A coordinator that lies about the graph to its first member: refused. */
+static void test_lying_graph_refused(void **state)
+{
+    (void)state;
+    static const char *const lies[][2] = {
+        {"FEDPEFT_TEST_EVIL_GRAPH=nonce", "graph nonce does not match the Task's commitment"},
+        {"FEDPEFT_TEST_EVIL_GRAPH=neighbours", "where the graph puts"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        run f;
+        g_coord_env = lies[i][0];
+        federate(&f, i ? "sa-lie-nb" : "sa-lie-nonce", 8, 1, "[secagg]\nneighbours = 4\n", NULL);
+        g_coord_env = NULL;
+        char *log = file_text(&f, "w0.log");
+        if (!strstr(log, lies[i][1]))
+            fail_msg("%s: w0 did not refuse PeerKeys with '%s'; see %s", lies[i][0], lies[i][1],
+                     f.dir);
+        assert_null(strstr(log, "shares sealed"));
+        free(log);
+        log = file_text(&f, "w1.log");
+        assert_non_null(strstr(log, "shares sealed for 4 peers"));   /* only w0 was lied to */
+        free(log);
+        printf("# %s: w0 refused ('%s')\n", lies[i][0], lies[i][1]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +464,8 @@ int main(void)
         cmocka_unit_test(test_three_drop_abandons),
         cmocka_unit_test(test_tampered_chunks),
         cmocka_unit_test(test_dp_noise_and_budget),
+        cmocka_unit_test(test_harary_graph_drop),
+        cmocka_unit_test(test_lying_graph_refused),
     };
     if (getenv("FP_TEST_FILTER"))
         cmocka_set_test_filter(getenv("FP_TEST_FILTER"));

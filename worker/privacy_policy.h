@@ -8,7 +8,11 @@
  *                   Task and in PeerKeys): the sum of 2 inputs minus one's
  *                   own is the other's;
  *   min_threshold   the Shamir threshold t must be >= it; 0 (default) means
- *                   a majority of the round's members, t > n/2; t >= 2 always.
+ *                   a majority of each secret's holders (the worker's k graph
+ *                   neighbours and itself: t > (k+1)/2); t >= 2 always;
+ *   max_corrupt     the hostile fraction assumed: a SecAgg+ graph whose k and
+ *                   t let that many members reach t of this worker's holders
+ *                   with chance above 2^-40 is refused (secagg_graph.h).
  *
  * --insecure (plain TCP: anyone may play the coordinator) turns the policy
  * off, with a warning at start, as do explicit weaker settings.
@@ -26,6 +30,12 @@ void wk_policy_warn(const wk_config *cfg);
 
 /* 0 when the TRAIN task may be run; else -1 with a one-line reason in why. */
 int wk_policy_check_task(const wk_config *cfg, const Fedpeft__Task *task, char *why, size_t cap);
+
+/* The same rules for n members, k neighbours each (n - 1: complete) and t:
+ * at the Task (the planned graph over the sampled) and again at PeerKeys (the
+ * graph over the members that advertised keys). */
+int wk_policy_check_graph(const wk_config *cfg, size_t n, unsigned k, unsigned t, char *why,
+                          size_t cap);
 
 /* The fewest survivors an UnmaskRequest may name for a round of t: t (at
  * least 2). Not min_peers: a round of 3 that loses one member must still

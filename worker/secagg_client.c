@@ -8,13 +8,16 @@
 
 #include "seal.h"
 #include "secagg.h"
-#include "shamir.h"
+#include "secagg_graph.h"
+#include "vss.h"
 #include "wire.h"
 #include "wire_secagg.h"
 
+/* One holder of this worker's secrets: a graph neighbour, or this worker. */
 typedef struct {
     char id[WIRE_MAX_ID];
     uint8_t enc_pk[32], mask_pk[32];
+    uint32_t x;                     /* Shamir x: its rank in U1, 1-based */
     int in_u2;
     int bad_share;                  /* in U2, but its share to me did not open */
 } wk_peer;
@@ -22,28 +25,36 @@ typedef struct {
 struct wk_sa {
     char me[WIRE_MAX_ID], run_id[128];
     uint64_t round, task_id;
-    unsigned t, frac_bits;
+    unsigned t, frac_bits, degree_plan, degree;
     float clip;
-    uint8_t enc_pk[32], mask_pk[32], self_commit[32];
-    uint8_t *sec;                   /* sodium_malloc: enc_sk | mask_sk | self seed */
-    wk_peer *peers;                 /* U1, sorted as the coordinator sent it */
+    uint8_t enc_pk[32], mask_pk[32], self_commit[32], graph_commit[32];
+    uint8_t *sec;                   /* sodium_malloc: enc_sk | mask_sk | self seed | r_b | r_k */
+    char (*members)[WIRE_MAX_ID];   /* U1, sorted */
+    size_t n_members;
+    wk_peer *peers;                 /* my neighbours and me, sorted by id */
     size_t n_peers;
-    int my_x;
+    size_t me_slot;                 /* my entry in peers */
     uint8_t *held;                  /* sodium_malloc: [n_peers][64] shares I hold */
     uint8_t *held_has;
     int shared;
     int unmask_seen;                /* an UnmaskRequest came: any other is refused */
 };
 
+/* The shared secrets are scalars r_b, r_k (vss.h); the self-mask seed and the
+ * mask secret key are derived from them, so that a reconstructed r_b or r_k
+ * can be checked (self_commit, mask_pk) and any number of holders works. */
 #define ENC_SK(sa) ((sa)->sec)
 #define MASK_SK(sa) ((sa)->sec + 32)
 #define SELF_SEED(sa) ((sa)->sec + 64)
+#define R_SELF(sa) ((sa)->sec + 96)
+#define R_KEY(sa) ((sa)->sec + 128)
+#define SEC_BYTES 160
 
 wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t task_id,
                  const Fedpeft__SecAggParams *p)
 {
     wk_sa *sa = calloc(1, sizeof *sa);
-    if (!sa || !(sa->sec = sodium_malloc(96))) {
+    if (!sa || !(sa->sec = sodium_malloc(SEC_BYTES))) {
         free(sa);
         fp_error_set("out of memory");
         return NULL;
@@ -55,10 +66,21 @@ wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t
     sa->t = p->threshold;
     sa->clip = p->clip;
     sa->frac_bits = p->frac_bits;
+    sa->degree_plan = p->degree;
+    if (p->graph_commit.len != 32) {
+        sodium_free(sa->sec), free(sa);     /* nothing secret in it yet */
+        fp_error_set("the Task's secure aggregation has no graph commitment (%zu bytes)",
+                     p->graph_commit.len);
+        return NULL;
+    }
+    memcpy(sa->graph_commit, p->graph_commit.data, 32);
     crypto_box_keypair(sa->enc_pk, ENC_SK(sa));
-    crypto_box_keypair(sa->mask_pk, MASK_SK(sa));
-    fp_secagg_self_seed(SELF_SEED(sa));
-    if (fp_secagg_self_commit(sa->self_commit, SELF_SEED(sa), sa->me, sa->run_id, round) < 0) {
+    fp_vss_random_secret(R_SELF(sa));
+    fp_vss_random_secret(R_KEY(sa));
+    fp_vss_derive(SELF_SEED(sa), R_SELF(sa), "self-mask");
+    fp_vss_derive(MASK_SK(sa), R_KEY(sa), "mask-key");
+    if (crypto_scalarmult_base(sa->mask_pk, MASK_SK(sa)) != 0 ||
+        fp_secagg_self_commit(sa->self_commit, SELF_SEED(sa), sa->me, sa->run_id, round) < 0) {
         wk_sa_destroy(&sa);
         return NULL;
     }
@@ -75,6 +97,7 @@ void wk_sa_destroy(wk_sa **sa_p)
         sodium_free(sa->held);
     free(sa->held_has);
     free(sa->peers);
+    free(sa->members);
     free(sa);
     *sa_p = NULL;
 }
@@ -90,7 +113,7 @@ void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out)
 
 void wk_sa_wipe(wk_sa *sa)
 {
-    sodium_memzero(sa->sec, 96);
+    sodium_memzero(sa->sec, SEC_BYTES);
     if (sa->held)
         sodium_memzero(sa->held, sa->n_peers * 64);
 }
@@ -103,12 +126,24 @@ const char *wk_sa_bad_sender(const wk_sa *sa, size_t *iter)
     return NULL;
 }
 
+static int cmp_id(const void *a, const void *b) { return strcmp(a, b); }
+
+/* The holder (neighbour or me) with this id: its index in peers, or -1. */
 static int find_peer(const wk_sa *sa, const char *id)
 {
-    for (size_t i = 0; i < sa->n_peers; i++)
-        if (strcmp(sa->peers[i].id, id) == 0)
-            return (int)i;
-    return -1;
+    const wk_peer *p = bsearch(id, sa->peers, sa->n_peers, sizeof *sa->peers, cmp_id);
+    return p ? (int)(p - sa->peers) : -1;
+}
+
+static int is_member(const wk_sa *sa, const char *id)
+{
+    return bsearch(id, sa->members, sa->n_members, sizeof *sa->members, cmp_id) != NULL;
+}
+
+void wk_sa_graph(const wk_sa *sa, size_t *n_members, unsigned *degree)
+{
+    *n_members = sa->n_members;
+    *degree = sa->degree;
 }
 
 /* The share between from -> to: key and AD bound to both ids, run and round. */
@@ -149,27 +184,77 @@ static int check_peer_keys(const wk_sa *sa)
     return 0;
 }
 
-/* Records the peers of PeerKeys (sorted, unique, with this worker's own keys
- * unchanged) and this worker's Shamir x. */
-static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk)
+/* U1 and the graph from PeerKeys: the nonce matches the Task's commitment,
+ * the members are sorted and include me, the degree is the one the plan
+ * gives for |U1|, and the keys listed are exactly my neighbours' and mine. A
+ * coordinator cannot hand this worker neighbours of its choosing. */
+static int take_graph(wk_sa *sa, const Fedpeft__PeerKeys *pk, uint32_t **nb_out)
 {
-    size_t n = pk->n_peers;
-    sa->my_x = 0;
+    uint8_t h[32], seed[FP_SAGRAPH_SEED_BYTES];
+    size_t n = pk->n_members, mi = n;
+    crypto_generichash(h, 32, pk->graph_nonce.data, pk->graph_nonce.len, NULL, 0);
+    if (pk->graph_nonce.len != 32 || sodium_memcmp(h, sa->graph_commit, 32) != 0)
+        return fp_error_set("PeerKeys' graph nonce does not match the Task's commitment");
+    if (n < 2)
+        return fp_error_set("PeerKeys lists %zu members", n);
     for (size_t i = 0; i < n; i++) {
+        if (i > 0 && strcmp(pk->members[i - 1], pk->members[i]) >= 0)
+            return fp_error_set("PeerKeys' members are not sorted or list '%s' twice",
+                                pk->members[i]);
+        if (strcmp(pk->members[i], sa->me) == 0)
+            mi = i;
+    }
+    if (mi == n)
+        return fp_error_set("PeerKeys' members do not include this worker");
+    unsigned k = fp_sagraph_degree_for(n, sa->degree_plan);
+    if (pk->degree != k)
+        return fp_error_set("PeerKeys says degree %u over %zu members; the Task's plan (%u) "
+                            "gives %u", pk->degree, n, sa->degree_plan, k);
+    sa->members = malloc(n * sizeof *sa->members);
+    uint32_t *nb = malloc(((size_t)k + 1) * sizeof *nb);
+    *nb_out = nb;
+    if (!sa->members || !nb)
+        return fp_error_set("out of memory");
+    for (size_t i = 0; i < n; i++)
+        snprintf(sa->members[i], sizeof sa->members[i], "%s", pk->members[i]);
+    sa->n_members = n;
+    sa->degree = k;
+    fp_sagraph_seed(seed, sa->run_id, sa->round, pk->graph_nonce.data,
+                    (const char *const *)pk->members, n);
+    fp_sagraph *g = fp_sagraph_new(n, k, seed);
+    if (!g)
+        return -1;
+    unsigned c = fp_sagraph_neighbours(g, mi, nb);
+    fp_sagraph_destroy(&g);
+    /* me among my neighbours, in index (= id) order */
+    size_t at = 0;
+    while (at < c && nb[at] < mi)
+        at++;
+    memmove(nb + at + 1, nb + at, (c - at) * sizeof *nb);
+    nb[at] = (uint32_t)mi;
+    sa->me_slot = at;
+    if (pk->n_peers != (size_t)c + 1)
+        return fp_error_set("PeerKeys carries %zu keys; this worker has %u neighbours", pk->n_peers, c);
+    return 0;
+}
+
+/* Records the holders of PeerKeys (my neighbours and me, as take_graph found
+ * them), with this worker's own keys unchanged. */
+static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk, const uint32_t *nb)
+{
+    for (size_t i = 0; i < sa->n_peers; i++) {
         const Fedpeft__PeerKey *k = pk->peers[i];
+        if (strcmp(k->worker_id, sa->members[nb[i]]) != 0)
+            return fp_error_set("PeerKeys lists '%s' where the graph puts '%s'", k->worker_id,
+                                sa->members[nb[i]]);
         snprintf(sa->peers[i].id, sizeof sa->peers[i].id, "%s", k->worker_id);
         memcpy(sa->peers[i].enc_pk, k->enc_pk.data, 32);
         memcpy(sa->peers[i].mask_pk, k->mask_pk.data, 32);
-        if (i > 0 && strcmp(sa->peers[i - 1].id, sa->peers[i].id) >= 0)
-            return fp_error_set("PeerKeys is not sorted by id or lists '%s' twice", k->worker_id);
-        if (strcmp(k->worker_id, sa->me) == 0) {
-            if (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32))
-                return fp_error_set("PeerKeys carries other keys for this worker");
-            sa->my_x = (int)i + 1;
-        }
+        sa->peers[i].x = nb[i] + 1;
+        if (i == sa->me_slot &&
+            (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32)))
+            return fp_error_set("PeerKeys carries other keys for this worker");
     }
-    if (!sa->my_x)
-        return fp_error_set("PeerKeys does not list this worker");
     return check_peer_keys(sa);
 }
 
@@ -181,7 +266,7 @@ static int seal_shares(wk_sa *sa, uint8_t (*sh_b)[32], uint8_t (*sh_k)[32], uint
     for (size_t i = 0; i < sa->n_peers; i++) {
         memcpy(plain, sh_b[i], 32);
         memcpy(plain + 32, sh_k[i], 32);
-        if ((int)i + 1 == sa->my_x) {
+        if (i == sa->me_slot) {
             memcpy(sa->held + i * 64, plain, 64);   /* my own share */
             sa->held_has[i] = 1;
             continue;
@@ -210,11 +295,19 @@ static int seal_shares(wk_sa *sa, uint8_t (*sh_b)[32], uint8_t (*sh_k)[32], uint
 int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKeys **out)
 {
     *out = NULL;
-    size_t n = pk->n_peers;
-    if (pk->task_id != sa->task_id || pk->round != sa->round || sa->peers)
+    if (pk->task_id != sa->task_id || pk->round != sa->round || sa->peers || sa->members)
         return fp_error_set("PeerKeys for another task or sent twice");
-    if (n < sa->t || n < 2)
-        return fp_error_set("PeerKeys lists %zu workers, below the threshold t = %u", n, sa->t);
+    uint32_t *nb = NULL;
+    if (take_graph(sa, pk, &nb) < 0) {
+        free(nb);
+        return -1;
+    }
+    size_t n = (size_t)sa->degree + 1;
+    if (n < sa->t) {
+        free(nb);
+        return fp_error_set("%zu holders of each secret (degree %u), below the threshold t = %u",
+                            n, sa->degree, sa->t);
+    }
     sa->peers = calloc(n, sizeof *sa->peers);
     sa->held = sodium_malloc(n * 64);
     sa->held_has = calloc(n, 1);
@@ -227,10 +320,12 @@ int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKey
         goto out;
     }
     sa->n_peers = n;
-    if (take_peers(sa, pk) < 0)
+    if (take_peers(sa, pk, nb) < 0)
         goto out;
-    if (fp_shamir_split(SELF_SEED(sa), sa->t, (unsigned)n, sh_b) < 0 ||
-        fp_shamir_split(MASK_SK(sa), sa->t, (unsigned)n, sh_k) < 0)
+    for (size_t i = 0; i < n; i++)
+        nb[i] = sa->peers[i].x;
+    if (fp_vss_deal(R_SELF(sa), sa->t, nb, n, sh_b, NULL) < 0 ||
+        fp_vss_deal(R_KEY(sa), sa->t, nb, n, sh_k, NULL) < 0)
         goto out;
     fedpeft__share_keys__init(sk);
     sk->task_id = sa->task_id;
@@ -246,6 +341,7 @@ int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKey
     sk = NULL;
     rc = 0;
 out:
+    free(nb);
     if (sh_b)
         sodium_free(sh_b);
     if (sh_k)
@@ -281,14 +377,14 @@ int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk)
     if (!key)
         return fp_error_set("out of memory");
     for (size_t i = 0; i < sa->n_peers; i++)
-        sa->peers[i].in_u2 = (int)i + 1 == sa->my_x;
+        sa->peers[i].in_u2 = i == sa->me_slot;
     size_t n_u2 = 1;
     int rc = 0;
     for (size_t k = 0; k < sk->n_shares && rc == 0; k++) {
         int p = find_peer(sa, sk->shares[k]->worker_id);
         char adid[2 * WIRE_MAX_ID + 2];
         fp_seal_ad ad;
-        if (p < 0 || p + 1 == sa->my_x || sa->peers[p].in_u2) {
+        if (p < 0 || (size_t)p == sa->me_slot || sa->peers[p].in_u2) {
             rc = fp_error_set("routed share from '%s': not a peer, or twice",
                               sk->shares[k]->worker_id);
             break;
@@ -309,7 +405,8 @@ int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk)
     }
     sodium_free(key);
     if (rc == 0 && n_u2 < sa->t)
-        rc = fp_error_set("only %zu workers shared their keys (U2), below t = %u", n_u2, sa->t);
+        rc = fp_error_set("only %zu of this worker's share holders shared their keys (U2), "
+                          "below t = %u", n_u2, sa->t);
     sa->shared = rc == 0;
     return rc;
 }
@@ -323,7 +420,7 @@ int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q)
         return fp_error_set("out of memory");
     size_t k = 0;
     for (size_t i = 0; i < sa->n_peers; i++)
-        if (sa->peers[i].in_u2 && (int)i + 1 != sa->my_x) {
+        if (sa->peers[i].in_u2 && i != sa->me_slot) {
             peers[k].id = sa->peers[i].id;
             memcpy(peers[k++].pk, sa->peers[i].mask_pk, 32);
         }
@@ -344,8 +441,8 @@ static Fedpeft__RevealedShare **reveal(const wk_sa *sa, char **ids, size_t n, in
     *k = 0;
     for (size_t i = 0; out && i < n; i++) {
         int p = find_peer(sa, ids[i]);
-        if (!sa->held_has[p])
-            continue;
+        if (p < 0 || !sa->held_has[p])
+            continue;       /* not a neighbour: I hold nothing of it */
         Fedpeft__RevealedShare *r = out[*k] = calloc(1, sizeof **out);
         if (!r)
             return out;     /* freed by the caller */
@@ -367,8 +464,9 @@ static int listed(char **ids, size_t before, const char *id)
 }
 
 /* The request may be answered: the first of the round, survivors and
- * dropped members of U2, disjoint, no id twice, me a survivor, at least
- * min_survivors survivors. */
+ * dropped members of U1 (of U2, for my neighbours: I saw which of them
+ * shared), disjoint, no id twice, me a survivor, at least min_survivors
+ * survivors. */
 static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors)
 {
     if (u->n_survivors < min_survivors)
@@ -377,9 +475,9 @@ static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t
     int me_in = 0;
     for (size_t i = 0; i < u->n_survivors; i++) {
         int p = find_peer(sa, u->survivors[i]);
-        if (p < 0 || !sa->peers[p].in_u2)
+        if (p < 0 ? !is_member(sa, u->survivors[i]) : !sa->peers[p].in_u2)
             return fp_error_set("survivor '%s' is not in U2", u->survivors[i]);
-        me_in |= p + 1 == sa->my_x;
+        me_in |= p >= 0 && (size_t)p == sa->me_slot;
         if (listed(u->dropped, u->n_dropped, u->survivors[i]))
             return fp_error_set("it names '%s' both survivor and dropped (it would reveal "
                                 "both its masks)", u->survivors[i]);
@@ -388,7 +486,8 @@ static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t
     }
     for (size_t j = 0; j < u->n_dropped; j++) {
         int p = find_peer(sa, u->dropped[j]);
-        if (p < 0 || !sa->peers[p].in_u2 || p + 1 == sa->my_x)
+        if (p < 0 ? !is_member(sa, u->dropped[j])
+                  : !sa->peers[p].in_u2 || (size_t)p == sa->me_slot)
             return fp_error_set("dropped '%s' is not a peer in U2", u->dropped[j]);
         if (listed(u->dropped, j, u->dropped[j]))
             return fp_error_set("it lists '%s' twice", u->dropped[j]);

@@ -1,6 +1,6 @@
 /* secagg_client.h - the worker's side of secure aggregation (docs/protocol.md,
- * "Secure aggregation"): per-round ephemeral keys, Shamir shares of its
- * self-mask seed and mask secret key sealed for each peer, the masked
+ * "Secure aggregation"; SecAgg+): per-round ephemeral keys, Shamir shares of
+ * its self-mask seed and mask secret key sealed for each graph neighbour, the masked
  * fixed-point input, and the unmasking answer. Every secret lives in
  * sodium_malloc memory and is wiped when the round ends (wk_sa_destroy). */
 #ifndef FP_WK_SECAGG_CLIENT_H
@@ -21,10 +21,13 @@ void wk_sa_destroy(wk_sa **sa_p);
 
 /* AdvertiseKeys body (pointers into sa). */
 void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out);
-/* PeerKeys (U1) -> the ShareKeys to send (*out, caller frees with
+/* PeerKeys (U1, the graph, my neighbours' keys) -> the ShareKeys to send (*out, caller frees with
  * wk_sa_free_shares). -1 with an error on a bad list. */
 int wk_sa_on_peer_keys(wk_sa *sa, const Fedpeft__PeerKeys *pk, Fedpeft__ShareKeys **out) FP_WUR;
 void wk_sa_free_shares(Fedpeft__ShareKeys **sk_p);
+/* After PeerKeys: the members of U1 and the graph's degree over them (for the
+ * [privacy] policy's second look, wk_policy_check_graph). */
+void wk_sa_graph(const wk_sa *sa, size_t *n_members, unsigned *degree);
 /* The routed shares (their senders + me = U2). -1 on a bad one or |U2| < t. */
 int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk) FP_WUR;
 /* Quantizes x (n floats) into q and masks it for U2. */

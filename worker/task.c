@@ -52,6 +52,7 @@ typedef struct {
     uint8_t coord_pk[32];
     int has_secagg, has_dp;
     Fedpeft__SecAggParams sap;
+    uint8_t graph_commit[32];   /* sap.graph_commit points here */
     Fedpeft__DpParams dpp;
     wk_sa *sa;                  /* secure aggregation of this round */
     uint32_t *q;                /* the masked input (secagg) */
@@ -183,8 +184,12 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
     wk_sa_destroy(&t->sa);
     t->has_secagg = task->secagg != NULL;
     t->has_dp = task->dp != NULL;
-    if (task->secagg)
-        t->sap = *task->secagg;
+    if (task->secagg) {
+        t->sap = *task->secagg;     /* the message is freed before the keys phase: */
+        size_t gl = t->sap.graph_commit.len == 32 ? 32 : 0;
+        memcpy(t->graph_commit, t->sap.graph_commit.data, gl);
+        t->sap.graph_commit = (ProtobufCBinaryData){gl, t->graph_commit};
+    }
     if (task->dp)
         t->dpp = *task->dp;
     memset(t->coord_pk, 0, sizeof t->coord_pk);
@@ -482,13 +487,18 @@ static int start_secagg(wk_task *t)
 static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
 {
     Fedpeft__ShareKeys *sk = NULL;
-    size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers;
+    size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers, n_members;
+    unsigned degree;
     char why[300];
-    if (t->sa && pk->n_peers < need)
+    if (t->sa && pk->n_members < need)
         snprintf(why, sizeof why, "PeerKeys lists %zu members, below [privacy] min_peers = %zu",
-                 pk->n_peers, need);
+                 pk->n_members, need);
     else if (t->sa && wk_sa_on_peer_keys(t->sa, pk, &sk) != 0)
         snprintf(why, sizeof why, "PeerKeys refused: %s", fp_error_get());
+    else if (t->sa && (wk_sa_graph(t->sa, &n_members, &degree),
+                       wk_policy_check_graph(t->cfg, n_members, degree, t->sap.threshold, why,
+                                             sizeof why) != 0))
+        wk_sa_free_shares(&sk);     /* the graph over U1 breaks the policy: nothing sent */
     if (!t->sa || !sk) {
         wk_log("round %llu: %s", (unsigned long long)t->round,
                t->sa ? why : "PeerKeys ignored: no secure aggregation in progress");
@@ -512,8 +522,8 @@ static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
         wk_log("round %llu: sending shares failed: %s", (unsigned long long)t->round,
                fp_error_get());
     else
-        wk_log("round %llu: shares sealed for %zu peers", (unsigned long long)t->round,
-               sk->n_shares);
+        wk_log("round %llu: shares sealed for %zu peers (%u neighbours of %zu members)",
+               (unsigned long long)t->round, sk->n_shares, degree, n_members);
     wk_sa_free_shares(&sk);
 }
 

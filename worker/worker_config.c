@@ -57,12 +57,17 @@ const fp_cfg_key wk_config_keys[] = {
     {"privacy", "require_secagg", FP_CFG_BOOL, 0, 1, "true", F(require_secagg), 0, NULL,
      "refuse a training task without secure aggregation (false: send the update sealed to "
      "the coordinator only, which then sees it; warned at start)"},
-    {"privacy", "min_peers", FP_CFG_INT, 2, 255, "3", F(min_peers), 0, NULL,
+    {"privacy", "min_peers", FP_CFG_INT, 2, 65536, "3", F(min_peers), 0, NULL,
      "refuse a secure round of fewer members (with 2, the other member learns this worker's "
      "update from the published sum)"},
-    {"privacy", "min_threshold", FP_CFG_INT, 0, 255, "0", F(min_threshold), 0, NULL,
-     "the lowest Shamir threshold t accepted; 0 = a majority of the round's members "
-     "(t > n/2), never below 2"},
+    {"privacy", "min_threshold", FP_CFG_INT, 0, 65536, "0", F(min_threshold), 0, NULL,
+     "the lowest Shamir threshold t accepted; 0 = a majority of the holders of each secret "
+     "(this worker's graph neighbours and itself; all members on the complete graph), "
+     "never below 2"},
+    {"privacy", "max_corrupt", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(max_corrupt), 0, NULL,
+     "the fraction of hostile members this worker assumes: a SecAgg+ graph (degree k, "
+     "threshold t) on which that many reach t of its holders with chance above 2^-40 is "
+     "refused"},
     {NULL},
 };
 

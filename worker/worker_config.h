@@ -39,7 +39,8 @@ typedef struct {
      * (worker/privacy_policy.h); --insecure turns it off. */
     int require_secagg;         /* refuse a TRAIN task without secure aggregation */
     int min_peers;              /* members of a secure round, and survivors to unmask */
-    int min_threshold;          /* 0: a majority of the members (and >= 2) */
+    int min_threshold;          /* 0: a majority of each secret's holders (and >= 2) */
+    double max_corrupt;         /* hostile fraction assumed when checking a SecAgg+ graph */
 } wk_config;
 
 /* The key table ({NULL}-terminated) and the sections the worker skips. */

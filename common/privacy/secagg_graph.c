@@ -77,6 +77,47 @@ int fp_sagraph_params(size_t n, double corrupt, double dropout, unsigned sigma, 
     return 0;
 }
 
+double fp_sagraph_log2_risk(size_t n, double corrupt, unsigned k, unsigned t)
+{
+    if (n < 2 || k > n - 1)
+        return 0.0;
+    double K = floor(corrupt * (double)n);
+    return log_hyper_tail((double)(n - 1), K, k, t) / log(2.0);
+}
+
+unsigned fp_sagraph_degree_for(size_t n1, unsigned planned)
+{
+    if (n1 < 2)
+        return 0;
+    if (planned > 0 && planned % 2 == 0 && planned + 2 <= n1)
+        return planned;
+    return (unsigned)(n1 - 1);
+}
+
+void fp_sagraph_seed(uint8_t seed_out[FP_SAGRAPH_SEED_BYTES], const char *run_id,
+                     uint64_t round, const uint8_t nonce[32], const char *const *members,
+                     size_t n)
+{
+    static const char tag[] = "fedpeft/secagg/graph-seed/v1";
+    crypto_generichash_state st;
+    uint8_t len, le[8];
+    crypto_generichash_init(&st, NULL, 0, FP_SAGRAPH_SEED_BYTES);
+    crypto_generichash_update(&st, (const uint8_t *)tag, sizeof tag - 1);
+    len = (uint8_t)strnlen(run_id, 255);
+    crypto_generichash_update(&st, &len, 1);
+    crypto_generichash_update(&st, (const uint8_t *)run_id, len);
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(round >> (8 * i));
+    crypto_generichash_update(&st, le, 8);
+    crypto_generichash_update(&st, nonce, 32);
+    for (size_t i = 0; i < n; i++) {
+        len = (uint8_t)strnlen(members[i], 255);
+        crypto_generichash_update(&st, &len, 1);
+        crypto_generichash_update(&st, (const uint8_t *)members[i], len);
+    }
+    crypto_generichash_final(&st, seed_out, FP_SAGRAPH_SEED_BYTES);
+}
+
 /* ---------------------------------------------------------------- the graph */
 
 /* Uniform in [0, bound) from a ChaCha20 stream, by rejection (no modulo bias). */

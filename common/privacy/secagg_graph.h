@@ -45,6 +45,26 @@ typedef struct fp_sagraph fp_sagraph;
 int fp_sagraph_params(size_t n, double corrupt, double dropout, unsigned sigma, unsigned eta,
                       unsigned *k_out, unsigned *t_out) FP_WUR;
 
+/* log2 of P[a member has >= t hostile neighbours of its k] when a fraction
+ * `corrupt` of the n members is hostile (the security bound above, for one
+ * member): what a worker checks of the coordinator's (k, t). -INFINITY when
+ * impossible (fewer than t hostile members). */
+double fp_sagraph_log2_risk(size_t n, double corrupt, unsigned k, unsigned t);
+
+/* The degree over n1 members of a round planned with degree `planned` (0 =
+ * complete): planned when it is even and at most n1 - 2, else n1 - 1 (the
+ * complete graph: fewer members than planned neighbours). Coordinator and
+ * workers compute it alike. */
+unsigned fp_sagraph_degree_for(size_t n1, unsigned planned);
+
+/* The graph's seed: BLAKE2b-256("fedpeft/secagg/graph-seed/v1" || u8 len(run_id)
+ * || run_id || u64le round || nonce || for each member u8 len(id) || id), over
+ * the members in order. The coordinator commits to the nonce before the keys
+ * and reveals it after, so every member computes the same graph. */
+void fp_sagraph_seed(uint8_t seed_out[FP_SAGRAPH_SEED_BYTES], const char *run_id,
+                     uint64_t round, const uint8_t nonce[32], const char *const *members,
+                     size_t n);
+
 /* The graph over members 0..n-1 with degree k (2 <= k <= n-1; even unless
  * k = n-1), from seed (e.g. a hash of the round's signed key advertisements and
  * coordinator randomness revealed after them). Caller destroys. */

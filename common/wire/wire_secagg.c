@@ -56,6 +56,9 @@ static int ws_peer_keys(const Fedpeft__PeerKeys *p)
             ws_bytes("PeerKey.mask_pk", k->mask_pk, 32) < 0)
             return k ? -1 : fp_error_set("PeerKeys: empty entry");
     }
+    if (ws_ids("PeerKeys.members", p->members, p->n_members) < 0 ||
+        ws_bytes("PeerKeys.graph_nonce", p->graph_nonce, 32) < 0)
+        return -1;
     return 0;
 }
 

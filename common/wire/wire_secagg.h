@@ -2,13 +2,14 @@
  * messages (proto/fedpeft.proto: SealedChunk, AdvertiseKeys, PeerKeys,
  * ShareKeys, UnmaskRequest, UnmaskResponse), called by wire.c's validator.
  * Keys must be 32 bytes, ids as wire.h says, lists at most WIRE_MAX_PEERS
- * long, shares 32 bytes (revealed) or WIRE_SEALED_SHARE_BYTES (sealed). */
+ * long (and the message within WIRE_MAX_MSG_BYTES), shares 32 bytes (revealed)
+ * or WIRE_SEALED_SHARE_BYTES (sealed), a graph nonce 32 bytes. */
 #ifndef FP_WIRE_SECAGG_H
 #define FP_WIRE_SECAGG_H
 
 #include "fedpeft.pb-c.h"
 
-#define WIRE_MAX_PEERS 255                  /* Shamir x = 1..255 */
+#define WIRE_MAX_PEERS 65536      /* members of one round (Shamir x = 1..n, vss.h) */
 #define WIRE_SHARE_PLAIN_BYTES 64           /* share of b_u || share of sk_u */
 #define WIRE_SEALED_SHARE_BYTES (WIRE_SHARE_PLAIN_BYTES + 40)
 

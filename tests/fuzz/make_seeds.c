@@ -171,7 +171,10 @@ int main(int argc, char **argv)
     p2 = p1, p2.worker_id = "w02";
     Fedpeft__PeerKey *pks[] = {&p1, &p2};
     Fedpeft__PeerKeys pkm = FEDPEFT__PEER_KEYS__INIT;
+    char *members[] = {"w01", "w02"};
     pkm.task_id = 7, pkm.round = 2, pkm.n_peers = 2, pkm.peers = pks;
+    pkm.n_members = 2, pkm.members = members, pkm.degree = 1;
+    pkm.graph_nonce = (ProtobufCBinaryData){32, share};
     secagg("peer_keys", FEDPEFT__ENVELOPE__BODY_PEER_KEYS, &pkm, &fedpeft__peer_keys__descriptor);
     Fedpeft__EncryptedShare e1 = FEDPEFT__ENCRYPTED_SHARE__INIT;
     e1.worker_id = "w02", e1.sealed = (ProtobufCBinaryData){sizeof sealed, sealed};
