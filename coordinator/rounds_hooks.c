@@ -10,6 +10,7 @@
 #include "rounds_msgs.h"
 #include "rounds_phase.h"
 #include "rounds_state.h"
+#include "secagg_server.h"
 
 static int tick(void *ctx, int64_t now, int *done)
 {
@@ -28,6 +29,8 @@ static int tick(void *ctx, int64_t now, int *done)
         *done = 1;
         return 0;
     }
+    if (r->ph == PH_TRAIN && r->sa && sa_busy(r->sa))
+        return 0;       /* unmasking in slices: the next slice after the messages */
     if (r->ph == PH_TRAIN || r->ph == PH_EVAL || r->ph == PH_FINISHING) {
         int64_t left = r->deadline_ms - now;
         return left < 0 ? 0 : left > 100 ? 100 : (int)left;
@@ -70,7 +73,8 @@ static void hello_folds(rounds *r, int w)
  * (a reconnect, or an attacker replaying its identity) keeps its place and
  * its phase; it is dropped only by missing a phase. Its task is not resent:
  * a new task would mean new keys, and its shares are already out. An upload
- * cut short is pulled again. */
+ * cut short is pulled again, and the phase's message it may have missed while
+ * reconnecting is sent once more (sa_rejoin). */
 static void secagg_rejoin(rounds *r, int w, uint8_t s)
 {
     if (s == ST_NONE || s == ST_FAILED)
@@ -84,6 +88,7 @@ static void secagg_rejoin(rounds *r, int w, uint8_t s)
     clog_info("round %llu: %s said Hello again during secure aggregation; still a member "
               "(dropped only if it misses a phase)", (unsigned long long)r->round,
               server_worker(r->srv, w)->id);
+    sa_rejoin(r, w, s == ST_PENDING);
 }
 
 /* A worker said Hello again: it restarted or reconnected and lost its task.

@@ -28,6 +28,7 @@ typedef struct {
     int out;                        /* refused (bad keys) or refusing: out of the round */
     int bad_holder;                 /* revealed a share that fails its check: ignored */
     int reported;                   /* sent a report of a peer's bad share */
+    int resent;                     /* phase + 1 of the last resend after a re-Hello */
     double weight;
     const uint32_t *hold;           /* its secrets' holders: graph neighbours and itself */
     unsigned n_hold;                /* (member indices, ascending = by id) */
@@ -51,6 +52,8 @@ struct sa_server {
     uint8_t *self_has, *key_has;
     uint32_t *sum;
     unsigned n_u1, n_u2, n_u3, n_resp;
+    int unmasking;                  /* the masks are being removed, fin_next.. to go */
+    unsigned fin_next;
     int64_t sub_deadline;
 };
 
@@ -64,6 +67,7 @@ unsigned sa_threshold(int cfg_t, unsigned n)
 
 int sa_phase(const sa_server *sa) { return sa->phase; }
 unsigned sa_t(const sa_server *sa) { return sa->t; }
+int sa_busy(const sa_server *sa) { return sa->unmasking && sa->fin_next < sa->n; }
 
 /* k_plan and t for n sampled: [secagg] neighbours when set; else the SecAgg+
  * bound (secagg_graph.h) when it gives a graph smaller than the complete one;
@@ -424,9 +428,9 @@ static int build_graph(rounds *r)
     return 0;
 }
 
-/* Each member of U1 gets U1, the graph's nonce and degree, and the keys of
- * its holders (its neighbours and itself). */
-static void send_peer_keys(rounds *r)
+/* Each member of U1 (or only member `only`, when >= 0) gets U1, the graph's
+ * nonce and degree, and the keys of its holders (its neighbours and itself). */
+static void send_peer_keys(rounds *r, int only)
 {
     sa_server *sa = r->sa;
     Fedpeft__PeerKey *keys = calloc(sa->slots, sizeof *keys);
@@ -454,7 +458,7 @@ static void send_peer_keys(rounds *r)
 #endif
     for (unsigned i = 0; i < sa->n; i++) {
         const sa_member *me = &sa->m[i];
-        if (!me->keys)
+        if (!me->keys || (only >= 0 && (int)i != only))
             continue;
         int lie = evil && me->rank == 0;
         pk.graph_nonce = (ProtobufCBinaryData){32, sa->nonce};
@@ -488,8 +492,9 @@ out:
     free(ptrs);
 }
 
-/* Each member of U2 gets the shares the other members of U2 sealed for it. */
-static void route_shares(rounds *r)
+/* Each member of U2 (or only member `only`, when >= 0) gets the shares its
+ * neighbours in U2 sealed for it. */
+static void route_shares(rounds *r, int only)
 {
     sa_server *sa = r->sa;
     Fedpeft__EncryptedShare *e = calloc(sa->slots, sizeof *e);
@@ -497,7 +502,7 @@ static void route_shares(rounds *r)
     if (!e || !ptrs)
         goto out;
     for (unsigned v = 0; v < sa->n; v++) {
-        if (!sa->m[v].shared)
+        if (!sa->m[v].shared || (only >= 0 && (int)v != only))
             continue;
         size_t k = 0;
         for (unsigned s = 0; s < sa->m[v].n_hold; s++) {
@@ -548,7 +553,7 @@ static int responded_or_out(const sa_member *m) { return m->responded || m->out;
 static void enter_upload(rounds *r, int64_t now)
 {
     sa_server *sa = r->sa;
-    route_shares(r);
+    route_shares(r, -1);
     sa->phase = SA_UPLOAD;
     r->n_targets = sa->n_u2;
     for (unsigned i = 0; i < sa->n; i++)
@@ -559,8 +564,9 @@ static void enter_upload(rounds *r, int64_t now)
     (void)now;
 }
 
-/* Sends UnmaskRequest(survivors, dropped) to every survivor. */
-static void send_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
+/* Sends UnmaskRequest(survivors, dropped) to every survivor (or only member
+ * `only`, when >= 0). */
+static void send_unmask_to(rounds *r, char **surv, size_t ns, char **drop, size_t nd, int only)
 {
     sa_server *sa = r->sa;
     Fedpeft__UnmaskRequest u = FEDPEFT__UNMASK_REQUEST__INIT;
@@ -574,8 +580,13 @@ static void send_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t n
     env.body_case = FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST;
     env.unmask_request = &u;
     for (unsigned i = 0; i < sa->n; i++)
-        if (sa->m[i].survived)
+        if (sa->m[i].survived && (only < 0 || (int)i == only))
             (void)server_send(r->srv, sa->m[i].w, &env);
+}
+
+static void send_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
+{
+    send_unmask_to(r, surv, ns, drop, nd, -1);
 }
 
 /* FEDPEFT_TEST_EVIL_UNMASK=both|few|twice (test builds only): a coordinator
@@ -611,6 +622,52 @@ static int evil_hook_set(void)
 #endif
 }
 
+/* The survivor and dropped lists of the round's UnmaskRequest, rebuilt
+ * (they follow from the flags) and sent to member i alone. */
+static void resend_unmask(rounds *r, unsigned i)
+{
+    sa_server *sa = r->sa;
+    char **surv = calloc(sa->n + 1, sizeof *surv), **drop = calloc(sa->n + 1, sizeof *drop);
+    size_t ns = 0, nd = 0;
+    for (unsigned j = 0; surv && drop && j < sa->n; j++) {
+        if (sa->m[j].survived)
+            surv[ns++] = sa->m[j].id;
+        else if (sa->m[j].shared)
+            drop[nd++] = sa->m[j].id;
+    }
+    if (surv && drop)
+        send_unmask_to(r, surv, ns, drop, nd, (int)i);
+    free(surv);
+    free(drop);
+}
+
+void sa_rejoin(rounds *r, int w, int training)
+{
+    sa_server *sa = r->sa;
+    int i = sa ? member_of(sa, w) : -1;
+    if (i < 0)
+        return;
+    sa_member *me = &sa->m[i];
+    if (me->resent == sa->phase + 1 || me->out)
+        return;     /* once per phase: a key that keeps saying Hello gets nothing more */
+    const char *what = NULL;
+    if (sa->phase == SA_SHARES && me->keys && !me->shared) {
+        send_peer_keys(r, i);
+        what = "PeerKeys";
+    } else if (sa->phase == SA_UPLOAD && me->shared && training) {
+        route_shares(r, i);
+        what = "its routed shares";
+    } else if (sa->phase == SA_UNMASK && me->survived && !me->responded && !sa->unmasking) {
+        resend_unmask(r, (unsigned)i);
+        what = "the UnmaskRequest";
+    }
+    if (!what)
+        return;
+    me->resent = sa->phase + 1;
+    clog_info("round %llu: secagg: resent %s to %s (sent while it was reconnecting)",
+              (unsigned long long)r->round, what, me->id);
+}
+
 sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
 {
     sa_server *sa = r->sa;
@@ -625,6 +682,26 @@ sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason
         snprintf(reason, cap, "secure aggregation: %u masked inputs arrived, below the "
                  "threshold t = %u", sa->n_u3, sa->t);
         return SA_FAILED;
+    }
+    /* Every secret to reconstruct needs t holders among the survivors: a
+     * dropped member's (its neighbours) and a survivor's (them and itself).
+     * More dropouts than the graph was built for: say so now, not after the
+     * deadline of the answers. */
+    for (unsigned i = 0; i < sa->n; i++) {
+        const sa_member *o = &sa->m[i];
+        if (!o->shared)
+            continue;
+        unsigned alive = 0;
+        for (unsigned s = 0; s < o->n_hold; s++)
+            alive += (unsigned)sa->m[o->hold[s]].survived;
+        if (alive < sa->t) {
+            snprintf(reason, cap, "secure aggregation: %s %s has %u surviving share holders, "
+                     "below the threshold t = %u (%u of %u masked inputs arrived: more "
+                     "dropped than [secagg] dropout_fraction = %g plans for)",
+                     o->survived ? "survivor" : "dropped member", o->id, alive, sa->t,
+                     sa->n_u3, sa->n_u2, r->cfg->secagg_dropout);
+            return SA_FAILED;
+        }
     }
     char **surv = calloc(sa->n + 1, sizeof *surv), **drop = calloc(sa->n + 1, sizeof *drop);
     if (!surv || !drop) {
@@ -664,9 +741,10 @@ void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
     int h = check_msg(r, w, m->task_id, m->round, SA_UNMASK, "UnmaskResponse");
     if (h < 0)
         return;
-    if (!sa->m[h].survived || sa->m[h].responded || sa->m[h].out) {
+    if (!sa->m[h].survived || sa->m[h].responded || sa->m[h].out || sa->unmasking) {
         server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
-                      "UnmaskResponse %s", sa->m[h].responded ? "sent twice" : "from a non-survivor");
+                      "UnmaskResponse %s", sa->m[h].responded ? "sent twice"
+                      : sa->unmasking ? "after unmasking began" : "from a non-survivor");
         return;
     }
     /* Store only what was asked: self shares of survivors, key shares of the dropped. */
@@ -781,10 +859,13 @@ static int combine(rounds *r, const uint8_t *sh, const uint8_t *has, unsigned ow
         return fp_error_set("the %s of %s, from exactly t = %u shares (of %s), fails its "
                             "check: one of them sent a bad share", what, sa->m[owner].id,
                             sa->t, ids);
-    if (rc < 0)
+    if (rc < 0) {
+        char why[256];      /* fp_error_set must not read its own buffer */
+        snprintf(why, sizeof why, "%s", fp_error_get());
         return fp_error_set("the %s of %s: %s (of %s; %s committed to another secret, or more "
-                            "than %d are bad)", what, sa->m[owner].id, fp_error_get(), ids,
+                            "than %d are bad)", what, sa->m[owner].id, why, ids,
                             sa->m[owner].id, SA_RECON_MAX_BAD);
+    }
     for (size_t j = 0; j < k; j++)
         if (bad[j]) {
             sa->m[holder[j]].bad_holder = 1;
@@ -833,26 +914,26 @@ static void dump_sum(const rounds *r, const float *x, size_t n)
     }
 }
 
-/* Unmasks the sum, dequantizes it, FedAvg: strategy gets sum / W with weight W. */
-static int finalize(rounds *r, int64_t now)
+/* Removes the masks of members fin_next.. for up to budget_ms, so that a
+ * round of hundreds of members does not stop the event loop (heartbeats
+ * keep being answered): for each member one secret, the self-mask seed of a
+ * survivor or the mask key of one dropped after sharing (sa_start_unmask's
+ * disjoint lists), derived from the reconstructed scalar as the worker
+ * derived it. A dropped member's pairwise masks are with its surviving
+ * neighbours. 1 when every member is done, 0 for more, -1 on error. */
+static int unmask_some(rounds *r, int64_t budget_ms)
 {
     sa_server *sa = r->sa;
     uint8_t *secret = sodium_malloc(64);   /* the scalar | what it stands for */
     fp_secagg_peer *surv = calloc(sa->slots, sizeof *surv);
+    int64_t until = clog_now_ms() + budget_ms;
     int rc = -1;
     if (!secret || !surv) {
         fp_error_set("out of memory");
         goto out;
     }
-    double W = 0;
-    for (unsigned i = 0; i < sa->n; i++)
-        if (sa->m[i].survived)
-            W += sa->m[i].weight;
-    /* For each member one secret: the self-mask seed of a survivor or the mask
-     * key of one dropped after sharing (sa_start_unmask's disjoint lists),
-     * derived from the reconstructed scalar as the worker derived it. A
-     * dropped member's pairwise masks are with its surviving neighbours. */
-    for (unsigned i = 0; i < sa->n; i++) {
+    for (; sa->fin_next < sa->n && clog_now_ms() < until; sa->fin_next++) {
+        unsigned i = sa->fin_next;
         const sa_member *o = &sa->m[i];
         if (o->survived) {
             if (combine(r, sa->self_sh, sa->self_has, i, 0, secret) < 0)
@@ -877,8 +958,25 @@ static int finalize(rounds *r, int64_t now)
                 goto out;
         }
     }
+    rc = sa->fin_next == sa->n;
+out:
+    if (secret)
+        sodium_free(secret);
+    free(surv);
+    return rc;
+}
+
+/* The unmasked sum: checked, dequantized, FedAvg (strategy gets sum / W
+ * with weight W). */
+static int finalize_sum(rounds *r)
+{
+    sa_server *sa = r->sa;
+    double W = 0;
+    for (unsigned i = 0; i < sa->n; i++)
+        if (sa->m[i].survived)
+            W += sa->m[i].weight;
     if (check_bounds(r, W) < 0)
-        goto out;
+        return -1;
     float *x = r->staging;
     fp_secagg_dequantize_sum(x, sa->sum, sa->n_params, sa->frac_bits);
     if (r->dump_dir)
@@ -886,17 +984,10 @@ static int finalize(rounds *r, int64_t now)
     if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL &&
         fp_dp_add_noise(r->noise, x, sa->n_params, r->cfg->dp_noise_multiplier,
                         r->cfg->dp_clip_norm) < 0)
-        goto out;
+        return -1;
     for (size_t i = 0; i < sa->n_params; i++)
         x[i] = (float)((double)x[i] / W);
-    if (strategy_add(r->strat, x, W) < 0)
-        goto out;
-    rc = 0;
-out:
-    sodium_free(secret);
-    free(surv);
-    (void)now;
-    return rc;
+    return strategy_add(r->strat, x, W);
 }
 
 sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
@@ -915,7 +1006,7 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
             snprintf(reason, cap, "secure aggregation: %s", fp_error_get());
             return SA_FAILED;
         }
-        send_peer_keys(r);
+        send_peer_keys(r, -1);
         clog_info("round %llu: secagg: %u workers advertised keys (U1); %s, %zu holders of "
                   "each secret, t = %u", (unsigned long long)r->round, sa->n_u1,
                   sa->degree + 1 == sa->n_u1 ? "the complete graph" : "a SecAgg+ graph",
@@ -937,15 +1028,22 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
     case SA_UPLOAD:
         return SA_UPLOADING;
     case SA_UNMASK:
-        if (sa->n_resp < sa->n_u3 && !phase_settled(r, responded_or_out, is_survivor) &&
-            now < sa->sub_deadline)
-            return SA_GOING;
-        if (sa->n_resp < sa->t) {
-            snprintf(reason, cap, "secure aggregation: %u survivors sent their shares, below "
-                 "the threshold t = %u", sa->n_resp, sa->t);
-            return SA_FAILED;
+        if (!sa->unmasking) {
+            if (sa->n_resp < sa->n_u3 && !phase_settled(r, responded_or_out, is_survivor) &&
+                now < sa->sub_deadline)
+                return SA_GOING;
+            if (sa->n_resp < sa->t) {
+                snprintf(reason, cap, "secure aggregation: %u survivors sent their shares, "
+                         "below the threshold t = %u", sa->n_resp, sa->t);
+                return SA_FAILED;
+            }
+            sa->unmasking = 1;      /* from now on no share is taken (sa_on_unmask) */
+            sa->fin_next = 0;
         }
-        if (finalize(r, now) < 0) {
+        int st = unmask_some(r, 50);
+        if (st == 0)
+            return SA_GOING;
+        if (st < 0 || finalize_sum(r) < 0) {
             clog_error("round %llu: secure aggregation failed: %s", (unsigned long long)r->round,
                        fp_error_get());
             snprintf(reason, cap, "secure aggregation (%u of %u shares' holders answered): %s",

@@ -40,6 +40,8 @@ void sa_task_fields(const sa_server *sa, int w, Fedpeft__SecAggParams *p, char *
                     size_t *n_peers);
 int sa_phase(const sa_server *sa);
 unsigned sa_t(const sa_server *sa);
+/* Removing the masks (in slices of ~50 ms per tick): call the tick again at once. */
+int sa_busy(const sa_server *sa);
 /* Is w a member of U2 (allowed to upload a masked input)? */
 int sa_in_u2(const sa_server *sa, int w);
 
@@ -51,6 +53,10 @@ void sa_on_unmask(struct rounds *r, int w, const Fedpeft__UnmaskResponse *m);
  * on (a phase no longer waits for it). 1 for the first of its kind from w
  * this round (to log), else 0. */
 int sa_on_refusal(struct rounds *r, int w, int report);
+/* w said Hello again (a new connection) while a member: the phase's message
+ * it may have lost meanwhile (PeerKeys, its routed shares while `training`,
+ * the UnmaskRequest) is sent to it once more, once per phase. */
+void sa_rejoin(struct rounds *r, int w, int training);
 /* Adds a whole staged masked input (n words) of w to the sum. */
 void sa_add_input(sa_server *sa, const uint32_t *y, size_t n);
 

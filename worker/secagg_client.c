@@ -140,6 +140,8 @@ static int is_member(const wk_sa *sa, const char *id)
     return bsearch(id, sa->members, sa->n_members, sizeof *sa->members, cmp_id) != NULL;
 }
 
+int wk_sa_has_shares(const wk_sa *sa) { return sa->shared; }
+
 void wk_sa_graph(const wk_sa *sa, size_t *n_members, unsigned *degree)
 {
     *n_members = sa->n_members;

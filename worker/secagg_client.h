@@ -28,6 +28,8 @@ void wk_sa_free_shares(Fedpeft__ShareKeys **sk_p);
 /* After PeerKeys: the members of U1 and the graph's degree over them (for the
  * [privacy] policy's second look, wk_policy_check_graph). */
 void wk_sa_graph(const wk_sa *sa, size_t *n_members, unsigned *degree);
+/* 1 once the routed shares were taken (a repeat is then ignored). */
+int wk_sa_has_shares(const wk_sa *sa);
 /* The routed shares (their senders + me = U2). -1 on a bad one or |U2| < t. */
 int wk_sa_on_shares(wk_sa *sa, const Fedpeft__ShareKeys *sk) FP_WUR;
 /* Quantizes x (n floats) into q and masks it for U2. */

@@ -53,6 +53,7 @@ typedef struct {
     int has_secagg, has_dp;
     Fedpeft__SecAggParams sap;
     uint8_t graph_commit[32];   /* sap.graph_commit points here */
+    Fedpeft__ShareKeys *sent_sk; /* this round's sealed shares, sent again when PeerKeys is */
     Fedpeft__DpParams dpp;
     wk_sa *sa;                  /* secure aggregation of this round */
     uint32_t *q;                /* the masked input (secagg) */
@@ -182,6 +183,7 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
     t->round = task->round;
     t->params = *task->params;
     wk_sa_destroy(&t->sa);
+    wk_sa_free_shares(&t->sent_sk);
     t->has_secagg = task->secagg != NULL;
     t->has_dp = task->dp != NULL;
     if (task->secagg) {
@@ -463,6 +465,7 @@ static void run_eval(wk_task *t)
 static int start_secagg(wk_task *t)
 {
     wk_sa_destroy(&t->sa);
+    wk_sa_free_shares(&t->sent_sk);
     if (!(t->sa = wk_sa_new(t->cfg->id, wk_conn_run_id(t->conn), t->round, t->task_id, &t->sap))) {
         wk_log("round %llu: %s", (unsigned long long)t->round, fp_error_get());
         return 0;
@@ -484,9 +487,27 @@ static int start_secagg(wk_task *t)
     return 0;
 }
 
+/* The coordinator sends PeerKeys again when this worker reconnected before its
+ * shares arrived (they may be lost with the old connection): the same sealed
+ * shares again, nothing new. */
+static int resend_shares(wk_task *t, const Fedpeft__PeerKeys *pk)
+{
+    if (!t->sa || !t->sent_sk || pk->task_id != t->task_id || pk->round != t->round)
+        return 0;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_SHARE_KEYS;
+    env.share_keys = t->sent_sk;
+    int rc = wk_conn_send(t->conn, &env);
+    wk_log("round %llu: PeerKeys again (after a reconnect): %s", (unsigned long long)t->round,
+           rc == 0 ? "the same sealed shares sent again" : fp_error_get());
+    return 1;
+}
+
 static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
 {
     Fedpeft__ShareKeys *sk = NULL;
+    if (resend_shares(t, pk))
+        return;
     size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers, n_members;
     unsigned degree;
     char why[300];
@@ -524,11 +545,17 @@ static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
     else
         wk_log("round %llu: shares sealed for %zu peers (%u neighbours of %zu members)",
                (unsigned long long)t->round, sk->n_shares, degree, n_members);
-    wk_sa_free_shares(&sk);
+    wk_sa_free_shares(&t->sent_sk);
+    t->sent_sk = sk;            /* kept for a repeated PeerKeys (resend_shares) */
 }
 
 static int on_share_keys(wk_task *t, const Fedpeft__ShareKeys *sk)
 {
+    if (t->sa && wk_sa_has_shares(t->sa) && sk->task_id == t->task_id) {
+        wk_log("round %llu: routed shares again (after a reconnect): already have them",
+               (unsigned long long)t->round);
+        return 0;
+    }
     if (!t->sa || wk_sa_on_shares(t->sa, sk) != 0) {
         wk_log("round %llu: refused the routed shares: %s", (unsigned long long)t->round,
                t->sa ? fp_error_get() : "no secure aggregation in progress");
@@ -754,6 +781,7 @@ out:
     free(t.q);
     free(t.last_sealed);
     wk_sa_destroy(&t.sa);
+    wk_sa_free_shares(&t.sent_sk);
     wk_folds_free(&t.folds);
     wk_scaffold_free(&t.sc);
     if (t.seal_key)
