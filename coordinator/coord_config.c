@@ -121,12 +121,11 @@ const fp_cfg_key coord_config_keys[] = {
     {"secagg", "enabled", FP_CFG_BOOL, 0, 1, "true", F(secagg), 0, NULL,
      "secure aggregation: the coordinator learns only the sum of the round's updates"},
     {"secagg", "threshold", FP_CFG_INT, 0, 65536, "0", F(secagg_threshold), 0, NULL,
-     "Shamir threshold t (share holders needed); 0 = max(2, ceil(2n/3)) of the n sampled on "
-     "the complete graph, the SecAgg+ bound's t on a Harary graph"},
+     "Shamir threshold t; 0 = max(2, ceil(2n/3)) on the complete graph, the SecAgg+ bound's t "
+     "on a Harary graph"},
     {"secagg", "neighbours", FP_CFG_INT, 0, 65536, "0", F(secagg_neighbours), 0, NULL,
-     "SecAgg+: each member masks with and shares among this many graph neighbours (even); "
-     "0 = automatic: the smallest degree that meets corrupt_fraction and dropout_fraction "
-     "(2^-40 security, 2^-30 failure), or every member when none is smaller"},
+     "SecAgg+ degree (even): neighbours each member masks with; 0 = the smallest the bound "
+     "allows for the fractions below, or the complete graph"},
     {"secagg", "corrupt_fraction", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(secagg_corrupt), 0, NULL,
      "hostile members assumed when choosing the graph (colluding with each other)"},
     {"secagg", "dropout_fraction", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(secagg_dropout), 0, NULL,

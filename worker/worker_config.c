@@ -61,13 +61,11 @@ const fp_cfg_key wk_config_keys[] = {
      "refuse a secure round of fewer members (with 2, the other member learns this worker's "
      "update from the published sum)"},
     {"privacy", "min_threshold", FP_CFG_INT, 0, 65536, "0", F(min_threshold), 0, NULL,
-     "the lowest Shamir threshold t accepted; 0 = a majority of the holders of each secret "
-     "(this worker's graph neighbours and itself; all members on the complete graph), "
-     "never below 2"},
+     "the lowest Shamir threshold t accepted; 0 = a majority of each secret's holders (the "
+     "graph neighbours and this worker), never below 2"},
     {"privacy", "max_corrupt", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(max_corrupt), 0, NULL,
-     "the fraction of hostile members this worker assumes: a SecAgg+ graph (degree k, "
-     "threshold t) on which that many reach t of its holders with chance above 2^-40 is "
-     "refused"},
+     "hostile fraction assumed: a SecAgg+ graph on which that many reach t of this "
+     "worker's holders with chance above 2^-40 is refused"},
     {NULL},
 };
 

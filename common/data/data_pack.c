@@ -2,6 +2,7 @@
  * examples with EOS, and the seeded validation split (see data.h). */
 #include "data.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +105,7 @@ static int push_ids(const char *path, const fp_record *r, int vocab, fp_tokbuf *
     const cJSON *e;
     cJSON_ArrayForEach(e, r->ids) {
         double v = cJSON_IsNumber(e) ? e->valuedouble : -1.0;
-        if (!cJSON_IsNumber(e) || v != (double)(long long)v)
+        if (!cJSON_IsNumber(e) || !isfinite(v) || v != floor(v))  /* no cast: 1e38 overflows it */
             return fp_error_set("%s:%d: input_ids[%d] is not an integer", path, r->line, i), 1;
         if (v < 0 || (vocab > 0 && v >= vocab))
             return fp_error_set("%s:%d: input_ids[%d] = %.0f is outside the vocabulary (0..%d); "
