@@ -564,6 +564,29 @@ static void enter_upload(rounds *r, int64_t now)
     (void)now;
 }
 
+/* The round's UnmaskRequest lists, from the flags: survivors (their self-mask
+ * seeds are asked for) and members dropped after sharing (their mask keys),
+ * disjoint by construction. Each array holds sa->n + 1 entries (one spare for
+ * the test hooks). -1 when out of memory. */
+static int unmask_lists(const sa_server *sa, char ***surv, size_t *ns, char ***drop, size_t *nd)
+{
+    *surv = calloc(sa->n + 1, sizeof **surv);
+    *drop = calloc(sa->n + 1, sizeof **drop);
+    *ns = *nd = 0;
+    if (!*surv || !*drop) {
+        free(*surv), free(*drop);
+        *surv = *drop = NULL;
+        return -1;
+    }
+    for (unsigned i = 0; i < sa->n; i++) {
+        if (sa->m[i].survived)
+            (*surv)[(*ns)++] = (char *)sa->m[i].id;
+        else if (sa->m[i].shared)
+            (*drop)[(*nd)++] = (char *)sa->m[i].id;
+    }
+    return 0;
+}
+
 /* Sends UnmaskRequest(survivors, dropped) to every survivor (or only member
  * `only`, when >= 0). */
 static void send_unmask_to(rounds *r, char **surv, size_t ns, char **drop, size_t nd, int only)
@@ -622,21 +645,14 @@ static int evil_hook_set(void)
 #endif
 }
 
-/* The survivor and dropped lists of the round's UnmaskRequest, rebuilt
- * (they follow from the flags) and sent to member i alone. */
+/* The round's UnmaskRequest again, to member i alone. */
 static void resend_unmask(rounds *r, unsigned i)
 {
-    sa_server *sa = r->sa;
-    char **surv = calloc(sa->n + 1, sizeof *surv), **drop = calloc(sa->n + 1, sizeof *drop);
-    size_t ns = 0, nd = 0;
-    for (unsigned j = 0; surv && drop && j < sa->n; j++) {
-        if (sa->m[j].survived)
-            surv[ns++] = sa->m[j].id;
-        else if (sa->m[j].shared)
-            drop[nd++] = sa->m[j].id;
-    }
-    if (surv && drop)
-        send_unmask_to(r, surv, ns, drop, nd, (int)i);
+    char **surv, **drop;
+    size_t ns, nd;
+    if (unmask_lists(r->sa, &surv, &ns, &drop, &nd) < 0)
+        return;
+    send_unmask_to(r, surv, ns, drop, nd, (int)i);
     free(surv);
     free(drop);
 }
@@ -703,21 +719,11 @@ sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason
             return SA_FAILED;
         }
     }
-    char **surv = calloc(sa->n + 1, sizeof *surv), **drop = calloc(sa->n + 1, sizeof *drop);
-    if (!surv || !drop) {
-        free(surv);
-        free(drop);
+    char **surv, **drop;
+    size_t ns, nd;
+    if (unmask_lists(sa, &surv, &ns, &drop, &nd) < 0) {
         snprintf(reason, cap, "out of memory");
         return SA_FAILED;
-    }
-    /* Disjoint by construction: a member is a survivor (its self-mask seed is
-     * asked for) or dropped after sharing (its mask key is), never both. */
-    size_t ns = 0, nd = 0;
-    for (unsigned i = 0; i < sa->n; i++) {
-        if (sa->m[i].survived)
-            surv[ns++] = sa->m[i].id;
-        else if (sa->m[i].shared)
-            drop[nd++] = sa->m[i].id;
     }
     if (evil_hook_set())
         evil_unmask(r, surv, ns, drop, nd);

@@ -508,13 +508,10 @@ static void on_peer_keys(wk_task *t, const Fedpeft__PeerKeys *pk)
     Fedpeft__ShareKeys *sk = NULL;
     if (resend_shares(t, pk))
         return;
-    size_t need = t->cfg->insecure ? 2 : (size_t)t->cfg->min_peers, n_members;
+    size_t n_members;
     unsigned degree;
     char why[300];
-    if (t->sa && pk->n_members < need)
-        snprintf(why, sizeof why, "PeerKeys lists %zu members, below [privacy] min_peers = %zu",
-                 pk->n_members, need);
-    else if (t->sa && wk_sa_on_peer_keys(t->sa, pk, &sk) != 0)
+    if (t->sa && wk_sa_on_peer_keys(t->sa, pk, &sk) != 0)
         snprintf(why, sizeof why, "PeerKeys refused: %s", fp_error_get());
     else if (t->sa && (wk_sa_graph(t->sa, &n_members, &degree),
                        wk_policy_check_graph(t->cfg, n_members, degree, t->sap.threshold, why,
