@@ -617,6 +617,7 @@ void rounds_on_task_msg(void *ctx, int w, const wire_msg *msg)
     case FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK: on_sealed_chunk(r, w, msg->sealed_chunk); break;
     case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS: sa_on_advertise(r, w, msg->advertise_keys); break;
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS: sa_on_shares(r, w, msg->share_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG: sa_on_consistency(r, w, msg->consistency_sig); break;
     case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE: sa_on_unmask(r, w, msg->unmask_response); break;
     case FEDPEFT__ENVELOPE__BODY_REFUSAL: on_refusal(r, w, msg->refusal); break;
     default: break;

@@ -48,7 +48,7 @@ static void upload_done(rounds *r, int64_t now, const char *why)
 {
     if (r->sa) {
         char reason[256];
-        if (sa_start_unmask(r, now, why, reason, sizeof reason) == SA_FAILED) {
+        if (sa_end_upload(r, now, why, reason, sizeof reason) == SA_FAILED) {
             rounds_abandon(r, now, reason);
             rounds_complete_round(r, now);
         }

@@ -14,6 +14,7 @@
 #include "secagg.h"
 #include "secagg_graph.h"
 #include "secagg_recon.h"
+#include "secagg_sign.h"
 #include "vss.h"
 #include "wire_secagg.h"
 
@@ -24,7 +25,9 @@ typedef struct {
     int rank;                       /* in U1 (sorted by id); Shamir x = rank + 1; -1: not in U1 */
     char id[WIRE_MAX_ID];
     uint8_t enc_pk[32], mask_pk[32], self_commit[32];
+    uint8_t sign_pk[32], adv_sig[64], u3_sig[64];
     int keys, shared, survived, responded;
+    int signed_u3;                  /* signed the survivor set (U4, consistency round) */
     int out;                        /* refused (bad keys) or refusing: out of the round */
     int bad_holder;                 /* revealed a share that fails its check: ignored */
     int reported;                   /* sent a report of a peer's bad share */
@@ -51,7 +54,9 @@ struct sa_server {
     uint8_t *self_sh, *key_sh;      /* [owner * slots + slot of holder] revealed shares */
     uint8_t *self_has, *key_has;
     uint32_t *sum;
-    unsigned n_u1, n_u2, n_u3, n_resp;
+    unsigned n_u1, n_u2, n_u3, n_u4, n_resp;
+    char **u3_ids;                  /* U3, sorted: what the survivors sign */
+    uint8_t u3_digest[32];
     int unmasking;                  /* the masks are being removed, fin_next.. to go */
     unsigned fin_next;
     int64_t sub_deadline;
@@ -196,6 +201,7 @@ void sa_destroy(sa_server **sa_p)
     free(sa->m);
     free(sa->peer_ids);
     free(sa->u1_ids);
+    free(sa->u3_ids);
     free(sa->hold_mem);
     free(sa->inbox);
     free(sa->inbox_has);
@@ -276,6 +282,27 @@ static int bad_keys(const sa_server *sa, int i, const Fedpeft__AdvertiseKeys *m,
     return 0;
 }
 
+/* Keys its signing key did not sign: its peers would refuse the round's
+ * PeerKeys, so it is named and left out here instead. */
+static int bad_signature(const rounds *r, int w, const Fedpeft__AdvertiseKeys *m, char *why,
+                         size_t cap)
+{
+    const worker_info *wi = server_worker(r->srv, w);
+    uint8_t d[32];
+    if (!wi->has_sign) {
+        snprintf(why, cap, "it has no signing key (its Hello carried no sign_pk)");
+        return 1;
+    }
+    if (fp_sasign_adv_digest(d, r->run_id, r->round, wi->id, m->enc_pk.data, m->mask_pk.data,
+                             m->self_commit.data) < 0 ||
+        fp_sasign_verify(m->signature.data, m->signature.len, d, wi->sign_pk, 32) < 0) {
+        snprintf(why, cap, "its keys do not carry a valid signature of its %s signing key (%s)",
+                 wi->sign_pinned ? "allowlisted" : "Hello's", fp_error_get());
+        return 1;
+    }
+    return 0;
+}
+
 void sa_on_advertise(rounds *r, int w, const Fedpeft__AdvertiseKeys *m)
 {
     if (!r->sa)
@@ -290,7 +317,7 @@ void sa_on_advertise(rounds *r, int w, const Fedpeft__AdvertiseKeys *m)
         return;
     }
     char why[200];
-    if (bad_keys(r->sa, i, m, why, sizeof why)) {
+    if (bad_keys(r->sa, i, m, why, sizeof why) || bad_signature(r, w, m, why, sizeof why)) {
         me->out = 1;
         clog_info("round %llu: secagg: refused the keys of %s: %s; it is out of this round",
                   (unsigned long long)r->round, me->id, why);
@@ -301,6 +328,8 @@ void sa_on_advertise(rounds *r, int w, const Fedpeft__AdvertiseKeys *m)
     memcpy(me->enc_pk, m->enc_pk.data, 32);
     memcpy(me->mask_pk, m->mask_pk.data, 32);
     memcpy(me->self_commit, m->self_commit.data, 32);
+    memcpy(me->sign_pk, server_worker(r->srv, w)->sign_pk, 32);
+    memcpy(me->adv_sig, m->signature.data, 64);
     me->keys = 1;
     r->sa->n_u1++;
 }
@@ -450,11 +479,16 @@ static void send_peer_keys(rounds *r, int only)
     env.peer_keys = &pk;
     const char *evil = NULL;
 #ifdef FEDPEFT_TEST_HOOKS
-    /* FEDPEFT_TEST_EVIL_GRAPH=nonce|neighbours (test builds only): the first
-     * member gets another nonce, or a non-neighbour in place of a neighbour. */
+    /* FEDPEFT_TEST_EVIL_GRAPH=nonce|neighbours|swapkey|signkey (test builds
+     * only): the first member gets another nonce, a non-neighbour in place of
+     * a neighbour, a neighbour's mask key replaced by one the coordinator
+     * holds (its signature kept), or that key signed by a signing key the
+     * coordinator made up (a key substitution only a [privacy] roster stops). */
     evil = getenv("FEDPEFT_TEST_EVIL_GRAPH");
-    uint8_t other[32];
+    uint8_t other[32], fake_mask[32], fake_mask_sk[32], fake_spk[32], fake_ssk[64], fake_sig[64];
     randombytes_buf(other, sizeof other);
+    crypto_box_keypair(fake_mask, fake_mask_sk);
+    crypto_sign_keypair(fake_spk, fake_ssk);
 #endif
     for (unsigned i = 0; i < sa->n; i++) {
         const sa_member *me = &sa->m[i];
@@ -482,6 +516,23 @@ static void send_peer_keys(rounds *r, int only)
             keys[k].worker_id = (char *)h->id;
             keys[k].enc_pk = (ProtobufCBinaryData){32, (uint8_t *)h->enc_pk};
             keys[k].mask_pk = (ProtobufCBinaryData){32, (uint8_t *)h->mask_pk};
+            keys[k].sign_pk = (ProtobufCBinaryData){32, (uint8_t *)h->sign_pk};
+            keys[k].self_commit = (ProtobufCBinaryData){32, (uint8_t *)h->self_commit};
+            keys[k].signature = (ProtobufCBinaryData){64, (uint8_t *)h->adv_sig};
+#ifdef FEDPEFT_TEST_HOOKS
+            if (lie && j != i && k == (me->hold[0] == i ? 1u : 0u) &&
+                (!strcmp(evil, "swapkey") || !strcmp(evil, "signkey"))) {
+                keys[k].mask_pk.data = fake_mask;
+                uint8_t d[32];
+                if (!strcmp(evil, "signkey") &&
+                    fp_sasign_adv_digest(d, r->run_id, r->round, h->id, h->enc_pk, fake_mask,
+                                         h->self_commit) == 0) {
+                    fp_sasign_sign(fake_sig, d, fake_ssk);
+                    keys[k].sign_pk.data = fake_spk;
+                    keys[k].signature.data = fake_sig;
+                }
+            }
+#endif
             ptrs[k] = &keys[k];
         }
         pk.n_peers = me->n_hold;
@@ -548,6 +599,8 @@ static int has_keys(const sa_member *m) { return m->keys; }
 static int keys_or_out(const sa_member *m) { return m->keys || m->out; }
 static int shared_or_out(const sa_member *m) { return m->shared || m->out; }
 static int is_survivor(const sa_member *m) { return m->survived; }
+static int signed_or_out(const sa_member *m) { return m->signed_u3 || m->out; }
+static int has_signed(const sa_member *m) { return m->signed_u3; }
 static int responded_or_out(const sa_member *m) { return m->responded || m->out; }
 
 static void enter_upload(rounds *r, int64_t now)
@@ -587,11 +640,16 @@ static int unmask_lists(const sa_server *sa, char ***surv, size_t *ns, char ***d
     return 0;
 }
 
-/* Sends UnmaskRequest(survivors, dropped) to every survivor (or only member
- * `only`, when >= 0). */
+/* Sends UnmaskRequest(survivors, dropped) to every member that signed the
+ * survivor set (or only member `only`, when >= 0), each with the consistency
+ * signatures of its own share holders (its neighbours and itself). */
 static void send_unmask_to(rounds *r, char **surv, size_t ns, char **drop, size_t nd, int only)
 {
     sa_server *sa = r->sa;
+    Fedpeft__SurvivorSig *g = calloc(sa->slots, sizeof *g);
+    Fedpeft__SurvivorSig **gp = calloc(sa->slots, sizeof *gp);
+    if (!g || !gp)
+        goto out;
     Fedpeft__UnmaskRequest u = FEDPEFT__UNMASK_REQUEST__INIT;
     u.task_id = rounds_task_id(r, r->round, TASK_TRAIN);
     u.round = r->round;
@@ -599,12 +657,31 @@ static void send_unmask_to(rounds *r, char **surv, size_t ns, char **drop, size_
     u.survivors = surv;
     u.n_dropped = nd;
     u.dropped = drop;
+    u.signatures = gp;
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST;
     env.unmask_request = &u;
-    for (unsigned i = 0; i < sa->n; i++)
-        if (sa->m[i].survived && (only < 0 || (int)i == only))
-            (void)server_send(r->srv, sa->m[i].w, &env);
+    for (unsigned i = 0; i < sa->n; i++) {
+        const sa_member *me = &sa->m[i];
+        if (!me->signed_u3 || (only >= 0 && (int)i != only))
+            continue;
+        size_t k = 0;
+        for (unsigned s = 0; s < me->n_hold; s++) {
+            const sa_member *h = &sa->m[me->hold[s]];
+            if (!h->signed_u3)
+                continue;
+            fedpeft__survivor_sig__init(&g[k]);
+            g[k].worker_id = (char *)h->id;
+            g[k].signature = (ProtobufCBinaryData){64, (uint8_t *)h->u3_sig};
+            gp[k] = &g[k];
+            k++;
+        }
+        u.n_signatures = k;
+        (void)server_send(r->srv, me->w, &env);
+    }
+out:
+    free(g);
+    free(gp);
 }
 
 static void send_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
@@ -636,6 +713,42 @@ static void evil_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t n
 #endif
 }
 
+/* FEDPEFT_TEST_EVIL_CONSIST=split (test builds only): a coordinator that
+ * shows its first survivor a survivor set without the last survivor (in the
+ * ConsistencyCheck and the UnmaskRequest), to get from it the last one's
+ * mask key share while the others reveal that one's self-mask share. */
+static int evil_split(void)
+{
+#ifdef FEDPEFT_TEST_HOOKS
+    const char *e = getenv("FEDPEFT_TEST_EVIL_CONSIST");
+    return e && strcmp(e, "split") == 0;
+#else
+    return 0;
+#endif
+}
+
+static int first_survivor(const sa_server *sa)
+{
+    for (unsigned i = 0; i < sa->n; i++)
+        if (sa->m[i].survived)
+            return (int)i;
+    return -1;
+}
+
+/* The split hook's UnmaskRequests: the honest one to every signer but the
+ * first survivor, which is told the last survivor dropped. */
+static void split_unmask(rounds *r, char **surv, size_t ns, char **drop, size_t nd)
+{
+    int victim = first_survivor(r->sa);
+    clog_info("round %llu: FEDPEFT_TEST_EVIL_CONSIST=split: %s is told %s dropped",
+              (unsigned long long)r->round, surv[0], surv[ns - 1]);
+    for (unsigned i = 0; i < r->sa->n; i++)
+        if ((int)i != victim)
+            send_unmask_to(r, surv, ns, drop, nd, (int)i);
+    drop[nd] = surv[ns - 1];
+    send_unmask_to(r, surv, ns - 1, drop, nd + 1, victim);
+}
+
 static int evil_hook_set(void)
 {
 #ifdef FEDPEFT_TEST_HOOKS
@@ -657,6 +770,8 @@ static void resend_unmask(rounds *r, unsigned i)
     free(drop);
 }
 
+static void send_consistency(rounds *r, int only);
+
 void sa_rejoin(rounds *r, int w, int training)
 {
     sa_server *sa = r->sa;
@@ -673,7 +788,10 @@ void sa_rejoin(rounds *r, int w, int training)
     } else if (sa->phase == SA_UPLOAD && me->shared && training) {
         route_shares(r, i);
         what = "its routed shares";
-    } else if (sa->phase == SA_UNMASK && me->survived && !me->responded && !sa->unmasking) {
+    } else if (sa->phase == SA_CONSIST && me->survived && !me->signed_u3) {
+        send_consistency(r, i);
+        what = "the ConsistencyCheck";
+    } else if (sa->phase == SA_UNMASK && me->signed_u3 && !me->responded && !sa->unmasking) {
         resend_unmask(r, (unsigned)i);
         what = "the UnmaskRequest";
     }
@@ -684,11 +802,60 @@ void sa_rejoin(rounds *r, int w, int training)
               (unsigned long long)r->round, what, me->id);
 }
 
-sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
+/* Every secret to reconstruct needs t holders among those asked: a dropped
+ * member's (its neighbours) and a survivor's (them and itself). `asked`
+ * picks them (the survivors, then the signers). More dropouts than the graph
+ * was built for: say so at once, not after the deadline of the answers. */
+static int enough_holders(const rounds *r, int (*asked)(const sa_member *), const char *who,
+                          char *reason, size_t cap)
+{
+    const sa_server *sa = r->sa;
+    for (unsigned i = 0; i < sa->n; i++) {
+        const sa_member *o = &sa->m[i];
+        if (!o->shared)
+            continue;
+        unsigned alive = 0;
+        for (unsigned s = 0; s < o->n_hold; s++)
+            alive += (unsigned)(asked(&sa->m[o->hold[s]]) != 0);
+        if (alive < sa->t) {
+            snprintf(reason, cap, "secure aggregation: %s %s has %u %s share holders, below "
+                     "the threshold t = %u (%u of %u masked inputs arrived: more dropped than "
+                     "[secagg] dropout_fraction = %g plans for)",
+                     o->survived ? "survivor" : "dropped member", o->id, alive, who, sa->t,
+                     sa->n_u3, sa->n_u2, r->cfg->secagg_dropout);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ConsistencyCheck(U3) to every survivor (or only member `only`, when >= 0). */
+static void send_consistency(rounds *r, int only)
 {
     sa_server *sa = r->sa;
-    if (sa->phase == SA_UNMASK)
-        return SA_GOING;    /* one UnmaskRequest per round, never a second */
+    Fedpeft__ConsistencyCheck c = FEDPEFT__CONSISTENCY_CHECK__INIT;
+    c.task_id = rounds_task_id(r, r->round, TASK_TRAIN);
+    c.round = r->round;
+    c.survivors = sa->u3_ids;
+    c.n_survivors = sa->n_u3;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK;
+    env.consistency_check = &c;
+    int split = evil_split();
+    for (unsigned i = 0; i < sa->n; i++) {
+        if (!sa->m[i].survived || (only >= 0 && (int)i != only))
+            continue;
+        /* the split hook: the first survivor is told the last one dropped */
+        c.n_survivors = split && (int)i == first_survivor(sa) ? sa->n_u3 - 1 : sa->n_u3;
+        (void)server_send(r->srv, sa->m[i].w, &env);
+    }
+}
+
+sa_verdict sa_end_upload(rounds *r, int64_t now, const char *why, char *reason, size_t cap)
+{
+    sa_server *sa = r->sa;
+    if (sa->phase != SA_UPLOAD)
+        return SA_GOING;    /* one survivor set per round, never a second */
     sa->n_u3 = 0;
     for (unsigned i = 0; i < sa->n; i++) {
         sa->m[i].survived = sa->m[i].shared && r->status[sa->m[i].w] == ST_DONE;
@@ -699,33 +866,82 @@ sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason
                  "threshold t = %u", sa->n_u3, sa->t);
         return SA_FAILED;
     }
-    /* Every secret to reconstruct needs t holders among the survivors: a
-     * dropped member's (its neighbours) and a survivor's (them and itself).
-     * More dropouts than the graph was built for: say so now, not after the
-     * deadline of the answers. */
-    for (unsigned i = 0; i < sa->n; i++) {
-        const sa_member *o = &sa->m[i];
-        if (!o->shared)
-            continue;
-        unsigned alive = 0;
-        for (unsigned s = 0; s < o->n_hold; s++)
-            alive += (unsigned)sa->m[o->hold[s]].survived;
-        if (alive < sa->t) {
-            snprintf(reason, cap, "secure aggregation: %s %s has %u surviving share holders, "
-                     "below the threshold t = %u (%u of %u masked inputs arrived: more "
-                     "dropped than [secagg] dropout_fraction = %g plans for)",
-                     o->survived ? "survivor" : "dropped member", o->id, alive, sa->t,
-                     sa->n_u3, sa->n_u2, r->cfg->secagg_dropout);
-            return SA_FAILED;
-        }
+    if (enough_holders(r, is_survivor, "surviving", reason, cap) < 0)
+        return SA_FAILED;
+    free(sa->u3_ids);
+    if (!(sa->u3_ids = calloc(sa->n_u3, sizeof *sa->u3_ids))) {
+        snprintf(reason, cap, "out of memory");
+        return SA_FAILED;
     }
+    unsigned k = 0;
+    for (unsigned i = 0; i < sa->n; i++)        /* members are sorted by id */
+        if (sa->m[i].survived)
+            sa->u3_ids[k++] = sa->m[i].id;
+    if (fp_sasign_u3_digest(sa->u3_digest, r->run_id, r->round, sa->u3_ids, sa->n_u3) < 0) {
+        snprintf(reason, cap, "secure aggregation: %s", fp_error_get());
+        return SA_FAILED;
+    }
+    send_consistency(r, -1);
+    sa->phase = SA_CONSIST;
+    sa->n_u4 = 0;
+    double sub = r->cfg->deadline_s * 0.25;
+    sa->sub_deadline = now + (int64_t)((sub < 2.0 ? 2.0 : sub) * 1000.0);
+    clog_info("round %llu: secagg: %u masked inputs (%s); asking the survivors to sign the "
+              "survivor set", (unsigned long long)r->round, sa->n_u3, why);
+    return SA_GOING;
+}
+
+void sa_on_consistency(rounds *r, int w, const Fedpeft__ConsistencySig *m)
+{
+    sa_server *sa = r->sa;
+    if (!sa)
+        return;
+    int i = check_msg(r, w, m->task_id, m->round, SA_CONSIST, "ConsistencySig");
+    if (i < 0)
+        return;
+    sa_member *me = &sa->m[i];
+    if (!me->survived || me->signed_u3 || me->out) {
+        server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
+                      "ConsistencySig %s", me->signed_u3 ? "sent twice" : "from a non-survivor");
+        return;
+    }
+    /* (the split hook's coordinator takes its victim's signature of the other set) */
+    int victim = evil_split() && i == first_survivor(sa);
+    if (!victim && fp_sasign_verify(m->signature.data, m->signature.len, sa->u3_digest,
+                                    me->sign_pk, 32) < 0) {
+        me->out = 1;
+        clog_info("round %llu: secagg: the consistency signature of %s does not verify; it is "
+                  "out of this round", (unsigned long long)r->round, me->id);
+        server_reject(r->srv, w, NULL, REJ_INVALID, FEDPEFT__REJECT__CODE__BAD_MESSAGE,
+                      "ConsistencySig refused: the signature does not verify over the survivor "
+                      "set sent");
+        return;
+    }
+    memcpy(me->u3_sig, m->signature.data, 64);
+    me->signed_u3 = 1;
+    sa->n_u4++;
+}
+
+/* The consistency round is over: UnmaskRequest to the signers (U4). */
+static sa_verdict start_unmask(rounds *r, int64_t now, char *reason, size_t cap)
+{
+    sa_server *sa = r->sa;
+    if (sa->n_u4 < sa->t) {
+        snprintf(reason, cap, "secure aggregation: %u survivors signed the survivor set, below "
+                 "the threshold t = %u", sa->n_u4, sa->t);
+        return SA_FAILED;
+    }
+    if (enough_holders(r, has_signed, "signing", reason, cap) < 0)
+        return SA_FAILED;
     char **surv, **drop;
     size_t ns, nd;
     if (unmask_lists(sa, &surv, &ns, &drop, &nd) < 0) {
         snprintf(reason, cap, "out of memory");
         return SA_FAILED;
     }
-    if (evil_hook_set())
+    if (evil_split())
+        split_unmask(r, surv, ns, drop, nd);
+    else if (evil_hook_set())
         evil_unmask(r, surv, ns, drop, nd);
     else
         send_unmask(r, surv, ns, drop, nd);
@@ -734,8 +950,9 @@ sa_verdict sa_start_unmask(rounds *r, int64_t now, const char *why, char *reason
     sa->phase = SA_UNMASK;
     sa->n_resp = 0;
     sa->sub_deadline = r->deadline_ms > now + 2000 ? r->deadline_ms : now + 2000;
-    clog_info("round %llu: secagg: %u masked inputs (%s), %zu dropped after sharing; asking "
-              "the survivors for their shares", (unsigned long long)r->round, sa->n_u3, why, nd);
+    clog_info("round %llu: secagg: %u of %u survivors signed the survivor set, %zu dropped "
+              "after sharing; asking the signers for their shares", (unsigned long long)r->round,
+              sa->n_u4, sa->n_u3, nd);
     return SA_GOING;
 }
 
@@ -747,10 +964,11 @@ void sa_on_unmask(rounds *r, int w, const Fedpeft__UnmaskResponse *m)
     int h = check_msg(r, w, m->task_id, m->round, SA_UNMASK, "UnmaskResponse");
     if (h < 0)
         return;
-    if (!sa->m[h].survived || sa->m[h].responded || sa->m[h].out || sa->unmasking) {
+    if (!sa->m[h].signed_u3 || sa->m[h].responded || sa->m[h].out || sa->unmasking) {
         server_reject(r->srv, w, NULL, REJ_DUPLICATE, FEDPEFT__REJECT__CODE__STALE,
                       "UnmaskResponse %s", sa->m[h].responded ? "sent twice"
-                      : sa->unmasking ? "after unmasking began" : "from a non-survivor");
+                      : sa->unmasking ? "after unmasking began"
+                                      : "from a member that did not sign the survivor set");
         return;
     }
     /* Store only what was asked: self shares of survivors, key shares of the dropped. */
@@ -923,7 +1141,7 @@ static void dump_sum(const rounds *r, const float *x, size_t n)
 /* Removes the masks of members fin_next.. for up to budget_ms, so that a
  * round of hundreds of members does not stop the event loop (heartbeats
  * keep being answered): for each member one secret, the self-mask seed of a
- * survivor or the mask key of one dropped after sharing (sa_start_unmask's
+ * survivor or the mask key of one dropped after sharing (sa_end_upload's
  * disjoint lists), derived from the reconstructed scalar as the worker
  * derived it. A dropped member's pairwise masks are with its surviving
  * neighbours. 1 when every member is done, 0 for more, -1 on error. */
@@ -1033,9 +1251,14 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
         return SA_GOING;
     case SA_UPLOAD:
         return SA_UPLOADING;
+    case SA_CONSIST:
+        if (sa->n_u4 < sa->n_u3 && !phase_settled(r, signed_or_out, is_survivor) &&
+            now < sa->sub_deadline)
+            return SA_GOING;
+        return start_unmask(r, now, reason, cap);
     case SA_UNMASK:
         if (!sa->unmasking) {
-            if (sa->n_resp < sa->n_u3 && !phase_settled(r, responded_or_out, is_survivor) &&
+            if (sa->n_resp < sa->n_u4 && !phase_settled(r, responded_or_out, has_signed) &&
                 now < sa->sub_deadline)
                 return SA_GOING;
             if (sa->n_resp < sa->t) {

@@ -7,7 +7,9 @@
  *           and route to each member of U2 the shares addressed to it
  *   UPLOAD  (rounds_msgs.c) masked, sealed uploads are opened and added to a
  *           uint32 running sum mod 2^32                        -> U3
- *   UNMASK  UnmaskRequest(U3, U2 \ U3) to U3; with t responses
+ *   CONSIST ConsistencyCheck(U3) to U3; each signs U3 once     -> U4
+ *   UNMASK  UnmaskRequest(U3, U2 \ U3, the signatures of each recipient's
+ *           share holders) to U4; with t responses
  *           reconstruct the survivors' self-mask seeds and the dropped
  *           workers' mask keys, unmask the sum, dequantize, FedAvg.
  * Fewer than t members at any phase: the round is abandoned cleanly.
@@ -24,7 +26,7 @@
 typedef struct sa_server sa_server;
 struct rounds;
 
-enum { SA_KEYS, SA_SHARES, SA_UPLOAD, SA_UNMASK };
+enum { SA_KEYS, SA_SHARES, SA_UPLOAD, SA_CONSIST, SA_UNMASK };
 
 /* The threshold for n sampled workers: cfg_t when set, else max(2, ceil(2n/3)). */
 unsigned sa_threshold(int cfg_t, unsigned n);
@@ -47,6 +49,7 @@ int sa_in_u2(const sa_server *sa, int w);
 
 void sa_on_advertise(struct rounds *r, int w, const Fedpeft__AdvertiseKeys *m);
 void sa_on_shares(struct rounds *r, int w, const Fedpeft__ShareKeys *m);
+void sa_on_consistency(struct rounds *r, int w, const Fedpeft__ConsistencySig *m);
 void sa_on_unmask(struct rounds *r, int w, const Fedpeft__UnmaskResponse *m);
 /* A Refusal from w: with `report` (a peer's share did not open for w) it is
  * only counted; otherwise w refused its part and is out of the round from now
@@ -71,9 +74,10 @@ typedef enum {
 
 /* Drives KEYS, SHARES and UNMASK (timeouts, transitions). */
 sa_verdict sa_tick(struct rounds *r, int64_t now, char *reason, size_t cap);
-/* The upload phase ended: U3 = the workers whose inputs were accepted.
- * SA_GOING (unmask requests sent) or SA_FAILED. */
-sa_verdict sa_start_unmask(struct rounds *r, int64_t now, const char *why, char *reason,
-                           size_t cap);
+/* The upload phase ended: U3 = the workers whose inputs were accepted; the
+ * consistency round starts (sa_tick then sends the UnmaskRequests).
+ * SA_GOING or SA_FAILED. */
+sa_verdict sa_end_upload(struct rounds *r, int64_t now, const char *why, char *reason,
+                         size_t cap);
 
 #endif

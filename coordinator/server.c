@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
 #include <zmq.h>
 
 #include "clog.h"
@@ -379,6 +380,15 @@ static void handle_hello(server *srv, const char *rid, const char *id, const Fed
                       SERVER_GATE_WINDOW_MS / 1000, wi->id);
         return;
     }
+    fp_allow_policy pol = {0};
+    if (srv->zap)
+        (void)fp_zap_lookup(srv->zap, id, &pol);
+    if (pol.has_sign && (h->sign_pk.len != 32 || sodium_memcmp(h->sign_pk.data, pol.sign_pk, 32))) {
+        server_reject(srv, -1, rid, REJ_IDENTITY, FEDPEFT__REJECT__CODE__IDENTITY,
+                      "worker '%s' says Hello with %s signing key than its allowlist line's "
+                      "sign= key", id, h->sign_pk.len ? "another" : "no");
+        return;
+    }
     if (wi->route[0] && strcmp(wi->route, rid) != 0)
         clog_info("worker %s: a new session replaces the old one", id);
     snprintf(wi->route, sizeof wi->route, "%s", rid);   /* one live session per identity */
@@ -387,6 +397,10 @@ static void handle_hello(server *srv, const char *rid, const char *id, const Fed
     wi->n_tokens = h->n_train_tokens;
     wi->rank = (int)spec.rank;
     wi->n_folds = h->n_folds;
+    wi->has_sign = pol.has_sign || h->sign_pk.len == 32;
+    wi->sign_pinned = pol.has_sign;
+    if (wi->has_sign)
+        memcpy(wi->sign_pk, pol.has_sign ? pol.sign_pk : h->sign_pk.data, 32);
     snprintf(wi->fold_run, sizeof wi->fold_run, "%s", h->n_folds ? h->fold_run_id : "");
     wi->alive = 1;
     wi->last_seen_ms = now;
@@ -531,6 +545,7 @@ static void handle_msg(server *srv, const char *rid, const char *id, const char 
     case FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK:
     case FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS:
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
+    case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG:
     case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE:
     case FEDPEFT__ENVELOPE__BODY_REFUSAL:
         if (srv->hooks.on_task_msg)

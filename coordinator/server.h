@@ -42,6 +42,11 @@ typedef struct {
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
     uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
     char fold_run[WIRE_MAX_ID];
+    /* The Ed25519 key its secure-aggregation messages are signed with: the
+     * allowlist's sign= key, or (a line without one, --insecure) its Hello's. */
+    uint8_t sign_pk[32];
+    int has_sign;
+    int sign_pinned;            /* from the allowlist */
 } worker_info;
 
 typedef struct server server;

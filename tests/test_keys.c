@@ -46,6 +46,21 @@ static void test_generate_save_load(void **state)
     assert_string_equal(back->name, "alice");
     assert_string_equal(back->public_z85, kp->public_z85);
 
+    /* the signing pair is derived from the secret: the same after a load, not
+     * the X25519 key, and it signs (libsodium verifies) */
+    assert_memory_equal(back->sign_pk, kp->sign_pk, FP_KEY_BYTES);
+    assert_memory_not_equal(kp->sign_pk, kp->public_key, FP_KEY_BYTES);
+    uint8_t sig[crypto_sign_BYTES];
+    static const uint8_t msg[] = "round 7";
+    crypto_sign_detached(sig, NULL, msg, sizeof msg, back->sign_sk);
+    assert_int_equal(crypto_sign_verify_detached(sig, msg, sizeof msg, kp->sign_pk), 0);
+    sig[3] ^= 1;
+    assert_int_not_equal(crypto_sign_verify_detached(sig, msg, sizeof msg, kp->sign_pk), 0);
+    fp_keypair *other = fp_keypair_generate("bob");
+    assert_non_null(other);
+    assert_memory_not_equal(other->sign_pk, kp->sign_pk, FP_KEY_BYTES);
+    fp_keypair_free(&other);
+
     /* the .pub file and the bare Z85 text parse to the same key */
     uint8_t a[FP_KEY_BYTES], b[FP_KEY_BYTES];
     assert_int_equal(fp_pubkey_parse(tu_path(dir, "alice.pub"), a), 0);
@@ -147,6 +162,16 @@ static void test_allowlist(void **state)
     assert_int_equal(tu_write_file(path, text, strlen(text)), 0);
     assert_int_equal(fp_allowlist_load(path, &al), -1);
     HAS(fp_error_get(), "twice");
+    /* sign=: a Z85 signing key, or an error that says what it takes */
+    snprintf(text, sizeof text, "%s x sign=%s\n", c->public_z85, c->sign_z85);
+    assert_int_equal(tu_write_file(path, text, strlen(text)), 0);
+    assert_int_equal(fp_allowlist_load(path, &al), 0);
+    assert_true(al.policy[0].has_sign);
+    assert_memory_equal(al.policy[0].sign_pk, c->sign_pk, FP_KEY_BYTES);
+    snprintf(text, sizeof text, "%s x sign=tooshort\n", c->public_z85);
+    assert_int_equal(tu_write_file(path, text, strlen(text)), 0);
+    assert_int_equal(fp_allowlist_load(path, &al), -1);
+    HAS(fp_error_get(), "sign a 40-character Z85 key");
     fp_allowlist_free(&al);
     assert_int_equal(al.n, 0);
     fp_keypair_free(&a);
@@ -163,9 +188,9 @@ static void test_keygen_tool(void **state)
     int rc = tu_run(cmd, &out);
     if (rc != 0)
         fail_msg("%s: exit %d: %s", cmd, rc, out);
-    /* stdout is exactly the allowlist line "<Z85> w1" */
-    assert_int_equal(strlen(out), FP_KEY_Z85_LEN + 4);
-    assert_string_equal(out + FP_KEY_Z85_LEN, " w1\n");
+    /* stdout is exactly the allowlist line "<Z85> w1 sign=<Z85>" */
+    assert_int_equal(strlen(out), 2 * FP_KEY_Z85_LEN + 10);
+    assert_memory_equal(out + FP_KEY_Z85_LEN, " w1 sign=", 9);
     char key_path[1024], pub_path[1024];
     snprintf(key_path, sizeof key_path, "%s/w1.key", dir);
     snprintf(pub_path, sizeof pub_path, "%s/w1.pub", dir);
@@ -183,6 +208,9 @@ static void test_keygen_tool(void **state)
     assert_int_equal(fp_allowlist_load(allow, &al), 0);
     assert_int_equal(fp_allowlist_find(&al, kp->public_key), 0);
     assert_string_equal(al.names[0], "w1");
+    assert_true(al.policy[0].has_sign);
+    assert_memory_equal(al.policy[0].sign_pk, kp->sign_pk, FP_KEY_BYTES);
+    assert_memory_equal(kp->sign_z85, out + FP_KEY_Z85_LEN + 9, FP_KEY_Z85_LEN);
     fp_allowlist_free(&al);
     free(out);
     out = NULL;

@@ -23,7 +23,19 @@
  *    (require_secagg) and says why; no update is computed;
  * g. a coordinator asking for both shares of a member, or naming fewer than t
  *    survivors: every worker refuses and reveals nothing (round abandoned);
- *    two conflicting UnmaskRequests: each worker answers the first only.
+ *    two conflicting UnmaskRequests: each worker answers the first only;
+ * h. one member advertises keys its signing key did not sign: refused and
+ *    named, the round completes with the other 3;
+ * i. a coordinator that changes a member's mask key in the PeerKeys it relays
+ *    (FEDPEFT_TEST_EVIL_GRAPH=swapkey): the signature no longer verifies, the
+ *    lied-to member refuses; one that also signs the key with a signing key of
+ *    its own (signkey): a worker with a [privacy] roster refuses; the round
+ *    completes with the other 3 either way;
+ * j. a coordinator that shows one survivor a different survivor set
+ *    (FEDPEFT_TEST_EVIL_CONSIST=split: "the last survivor dropped", to get
+ *    that one's mask key share from it): the consistency round catches it,
+ *    that survivor refuses the UnmaskRequest and reveals nothing, and the
+ *    round completes with the exact sum of all 4 from the others' shares.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -350,6 +362,72 @@ static void test_bad_unmask_requests_refused(void **state)
     }
 }
 
+/* h. keys without their owner's signature. */
+static void test_bad_signature_refused(void **state)
+{
+    (void)state;
+    const char *env[NW] = {NULL, NULL, NULL, "FEDPEFT_TEST_SECAGG=badsig"};
+    run f;
+    federate(&f, "sa-adv-badsig", NULL, env, NULL);
+    cJSON *m = round1(&f);
+    assert_false(abandoned(m));
+    assert_int_equal((int)fh_metric_number(m, "reported"), NW - 1);
+    cJSON_Delete(m);
+    assert_true(fh_log_has(f.clog, "refused the keys of w3: its keys do not carry a valid "
+                           "signature of its allowlisted signing key"));
+    assert_sum_of(&f, ALL, NW - 1);
+}
+
+/* i. a substituted mask key, relayed with its old signature or re-signed. */
+static void test_key_substitution_refused(void **state)
+{
+    (void)state;
+    static const char *const cases[][3] = {
+        {"FEDPEFT_TEST_EVIL_GRAPH=swapkey", "", "do not carry its signature"},
+        {"FEDPEFT_TEST_EVIL_GRAPH=signkey", "roster", "is not the one in [privacy] roster"},
+    };
+    static const int others[] = {1, 2, 3};
+    for (int i = 0; i < 2; i++) {
+        char extra[4400] = "";
+        if (cases[i][1][0])
+            snprintf(extra, sizeof extra, "[privacy]\nroster = %s/keys/allowlist\n", base_dir);
+        run f;
+        federate(&f, i ? "sa-adv-signkey" : "sa-adv-swapkey", extra, NULL, cases[i][0]);
+        cJSON *m = round1(&f);
+        assert_false(abandoned(m));
+        assert_int_equal((int)fh_metric_number(m, "reported"), NW - 1);
+        cJSON_Delete(m);
+        if (!fh_log_has(wlog(&f, 0), cases[i][2]))
+            fail_msg("%s: w0 did not refuse PeerKeys with '%s'; see %s", cases[i][0],
+                     cases[i][2], f.dir);
+        assert_false(fh_log_has(wlog(&f, 0), "shares sealed"));
+        assert_true(fh_log_has(wlog(&f, 1), "shares sealed for 3 peers"));
+        assert_sum_of(&f, others, NW - 1);
+        printf("# %s%s: w0 refused ('%s')\n", cases[i][0], i ? " with a roster" : "",
+               cases[i][2]);
+    }
+}
+
+/* j. two survivor sets: the consistency round. */
+static void test_split_survivor_sets_refused(void **state)
+{
+    (void)state;
+    run f;
+    federate(&f, "sa-adv-split", NULL, NULL, "FEDPEFT_TEST_EVIL_CONSIST=split");
+    cJSON *m = round1(&f);
+    assert_false(abandoned(m));
+    cJSON_Delete(m);
+    assert_true(fh_log_has(wlog(&f, 0), "signed the survivor set (3 survivors)"));
+    if (!fh_log_has(wlog(&f, 0), "refused the UnmaskRequest, revealed nothing"))
+        fail_msg("w0 answered an UnmaskRequest over a survivor set the others did not sign; "
+                 "see %s", f.dir);
+    assert_true(fh_log_has(wlog(&f, 0), "valid consistency signatures"));
+    assert_false(fh_log_has(wlog(&f, 0), "mask-key shares"));
+    for (int k = 1; k < NW; k++)
+        assert_true(fh_log_has(wlog(&f, k), "signed the survivor set (4 survivors)"));
+    assert_sum_of(&f, ALL, NW);     /* w3's input is in; nothing of w3 was revealed twice */
+}
+
 int main(void)
 {
 #ifndef FEDPEFT_TEST_HOOKS
@@ -364,6 +442,9 @@ int main(void)
         cmocka_unit_test(test_bad_sealed_share_reported),
         cmocka_unit_test(test_task_without_secagg_refused),
         cmocka_unit_test(test_bad_unmask_requests_refused),
+        cmocka_unit_test(test_bad_signature_refused),
+        cmocka_unit_test(test_key_substitution_refused),
+        cmocka_unit_test(test_split_survivor_sets_refused),
     };
     if (getenv("FP_TEST_FILTER"))
         cmocka_set_test_filter(getenv("FP_TEST_FILTER"));

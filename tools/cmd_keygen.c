@@ -14,8 +14,10 @@ static const char usage[] =
     "usage: fedpeft keygen --out DIR [--name NAME] [--force]\n"
     "  Writes DIR/NAME.key (secret key, mode 0600) and DIR/NAME.pub (public key);\n"
     "  DIR is created (mode 0700) when missing. NAME defaults to the host name.\n"
-    "  The same X25519 key serves ZeroMQ CURVE and the sealing of updates.\n"
-    "  Prints the allowlist line \"<Z85 public key> NAME\" on stdout (details on stderr),\n"
+    "  The same X25519 key serves ZeroMQ CURVE and the sealing of updates; the\n"
+    "  Ed25519 key that signs its secure-aggregation messages is derived from it.\n"
+    "  Prints the allowlist line \"<Z85 public key> NAME sign=<Z85 signing key>\" on\n"
+    "  stdout (details on stderr),\n"
     "  so `fedpeft keygen --out keys >> allowlist.txt` registers the key.\n"
     "  --force   overwrite an existing pair (the old secret key is lost)\n";
 
@@ -63,7 +65,7 @@ int cmd_keygen(int argc, char **argv)
     fprintf(stderr, "fedpeft keygen: wrote %s/%s.key (secret, mode 0600) and %s/%s.pub\n"
                     "fedpeft keygen: allowlist line for this key:\n", out, kp->name, out,
             kp->name);
-    printf("%s %s\n", kp->public_z85, kp->name);
+    printf("%s %s sign=%s\n", kp->public_z85, kp->name, kp->sign_z85);
     rc = fflush(stdout) == 0 ? 0 : 1;
 done:
     fp_keypair_free(&kp);

@@ -488,7 +488,8 @@ static void worker_name(const sim_config *c, int w, char *buf, size_t cap)
 }
 
 /* CURVE identities (keys.h): OUT/keys/{coordinator,wNN}.{key,pub} and
- * OUT/keys/allowlist with every worker's public key. Nothing when insecure. */
+ * OUT/keys/allowlist with every worker's public and signing key (it doubles
+ * as the workers' [privacy] roster). Nothing when insecure. */
 static int make_keys(const sim_config *c)
 {
     if (c->insecure)
@@ -510,7 +511,7 @@ static int make_keys(const sim_config *c)
         fp_keypair *kp = fp_keypair_generate(name);
         int ok = kp && fp_keypair_save(kp, dir, 1) == 0;
         if (ok && w >= 0)
-            fprintf(f, "%s %s\n", kp->public_z85, name);
+            fprintf(f, "%s %s sign=%s\n", kp->public_z85, name, kp->sign_z85);
         fp_keypair_free(&kp);
         if (!ok) {
             fclose(f);

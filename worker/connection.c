@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <sodium.h>
 #include <zmq.h>
 
 #include "keys.h"
@@ -31,6 +33,12 @@ struct wk_conn {
     /* CURVE (NULL kp: --insecure) and, while registering, the DEALER's monitor. */
     fp_keypair *kp;
     uint8_t server_pub[FP_KEY_BYTES];
+    /* The signing key of secure aggregation: the identity's (kp), or with
+     * --insecure one made for this process; and [privacy] roster. */
+    uint8_t eph_sign_pk[FP_KEY_BYTES];
+    uint8_t *eph_sign_sk;
+    fp_allowlist roster;
+    int has_roster;
     void *mon;
     unsigned mon_seq;
     int hs;                     /* WK_HS_* of the current attempt */
@@ -41,6 +49,23 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* [privacy] roster: an allowlist whose sign= keys are the only signing keys
+ * this worker accepts for its peers (so a coordinator cannot substitute one). */
+static int load_roster(wk_conn *self)
+{
+    if (fp_allowlist_load(self->cfg->roster, &self->roster) < 0)
+        return fp_error_prefix("[privacy] roster: ");
+    self->has_roster = 1;
+    size_t n_sign = 0;
+    for (size_t i = 0; i < self->roster.n; i++)
+        n_sign += (size_t)(self->roster.policy[i].has_sign != 0);
+    if (n_sign == 0)
+        return fp_error_set("[privacy] roster %s lists no sign= keys: use an allowlist written "
+                            "by `fedpeft keygen` (its lines end in sign=<Z85>)", self->cfg->roster);
+    wk_log("[privacy] roster %s: %zu peers' signing keys", self->cfg->roster, n_sign);
+    return 0;
 }
 
 wk_conn *wk_conn_new(const wk_config *cfg, const char *model_hash, uint64_t n_examples,
@@ -75,7 +100,15 @@ wk_conn *wk_conn_new(const wk_config *cfg, const char *model_hash, uint64_t n_ex
         zmq_z85_encode(z85, self->server_pub, FP_KEY_BYTES);
         wk_log("CURVE on: this worker's public key %s; trusting coordinator key %s",
                self->kp->public_z85, z85);
+    } else {
+        if (!(self->eph_sign_sk = sodium_malloc(crypto_sign_SECRETKEYBYTES))) {
+            fp_error_set("out of memory");
+            goto err;
+        }
+        crypto_sign_keypair(self->eph_sign_pk, self->eph_sign_sk);
     }
+    if (cfg->roster[0] && load_roster(self) < 0)
+        goto err;
     return self;
 err:
     wk_conn_destroy(&self);
@@ -168,8 +201,20 @@ void wk_conn_destroy(wk_conn **self_p)
     close_socket(self);
     zmq_ctx_term(self->zctx);
     fp_keypair_free(&self->kp);
+    if (self->eph_sign_sk)
+        sodium_free(self->eph_sign_sk);
+    if (self->has_roster)
+        fp_allowlist_free(&self->roster);
     free(self);
     *self_p = NULL;
+}
+
+void wk_conn_identity(const wk_conn *self, const uint8_t **sign_pk, const uint8_t **sign_sk,
+                      const fp_allowlist **roster)
+{
+    *sign_pk = self->kp ? self->kp->sign_pk : self->eph_sign_pk;
+    *sign_sk = self->kp ? self->kp->sign_sk : self->eph_sign_sk;
+    *roster = self->has_roster ? &self->roster : NULL;
 }
 
 void *wk_conn_socket(wk_conn *self) { return self->sock; }
@@ -195,6 +240,8 @@ static int send_hello(wk_conn *self)
     h.rank = (uint32_t)self->cfg->rank;      /* 0: the coordinator's */
     h.n_folds = self->n_folds;
     h.fold_run_id = self->fold_run;
+    h.sign_pk = (ProtobufCBinaryData){FP_KEY_BYTES,
+                                      self->kp ? self->kp->sign_pk : self->eph_sign_pk};
     env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;
     env.hello = &h;
     return wire_send(self->sock, NULL, &env);
@@ -413,6 +460,7 @@ int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_m
             case FEDPEFT__ENVELOPE__BODY_PULL:
             case FEDPEFT__ENVELOPE__BODY_PEER_KEYS:
             case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
+            case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK:
             case FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST:
                 *out = m;
                 return WK_MSG;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "fp_error.h"
+#include "keys.h"
 #include "wire.h"
 #include "worker_config.h"
 
@@ -54,6 +55,12 @@ int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_m
 /* Sends a Heartbeat when one is due, nothing else (no receive, no reconnect):
  * for work that cannot poll, such as an evaluation. */
 void wk_conn_heartbeat(wk_conn *self, uint64_t round, int busy);
+
+/* The signing pair of this worker's secure-aggregation messages (its
+ * identity's, keys.h; with --insecure one made at start) and the [privacy]
+ * roster (NULL when none). They live as long as the connection. */
+void wk_conn_identity(const wk_conn *self, const uint8_t **sign_pk, const uint8_t **sign_sk,
+                      const fp_allowlist **roster);
 
 /* Sends env on the socket (not taken). -1 with an error. */
 int wk_conn_send(wk_conn *self, wire_msg *env) FP_WUR;

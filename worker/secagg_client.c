@@ -9,6 +9,7 @@
 #include "seal.h"
 #include "secagg.h"
 #include "secagg_graph.h"
+#include "secagg_sign.h"
 #include "vss.h"
 #include "wire.h"
 #include "wire_secagg.h"
@@ -16,7 +17,7 @@
 /* One holder of this worker's secrets: a graph neighbour, or this worker. */
 typedef struct {
     char id[WIRE_MAX_ID];
-    uint8_t enc_pk[32], mask_pk[32];
+    uint8_t enc_pk[32], mask_pk[32], sign_pk[32];
     uint32_t x;                     /* Shamir x: its rank in U1, 1-based */
     int in_u2;
     int bad_share;                  /* in U2, but its share to me did not open */
@@ -38,6 +39,10 @@ struct wk_sa {
     uint8_t *held_has;
     int shared;
     int unmask_seen;                /* an UnmaskRequest came: any other is refused */
+    wk_sa_ident ident;              /* my signing pair, the roster */
+    uint8_t adv_sig[64];            /* my AdvertiseKeys signature */
+    int u3_signed;                  /* the consistency round: the one U3 I signed */
+    uint8_t u3_digest[32], u3_sig[64];
 };
 
 /* The shared secrets are scalars r_b, r_k (vss.h); the self-mask seed and the
@@ -51,7 +56,7 @@ struct wk_sa {
 #define SEC_BYTES 160
 
 wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t task_id,
-                 const Fedpeft__SecAggParams *p)
+                 const Fedpeft__SecAggParams *p, const wk_sa_ident *ident)
 {
     wk_sa *sa = calloc(1, sizeof *sa);
     if (!sa || !(sa->sec = sodium_malloc(SEC_BYTES))) {
@@ -67,6 +72,7 @@ wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t
     sa->clip = p->clip;
     sa->frac_bits = p->frac_bits;
     sa->degree_plan = p->degree;
+    sa->ident = *ident;
     if (p->graph_commit.len != 32) {
         sodium_free(sa->sec), free(sa);     /* nothing secret in it yet */
         fp_error_set("the Task's secure aggregation has no graph commitment (%zu bytes)",
@@ -84,6 +90,13 @@ wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t
         wk_sa_destroy(&sa);
         return NULL;
     }
+    uint8_t d[32];
+    if (fp_sasign_adv_digest(d, sa->run_id, round, sa->me, sa->enc_pk, sa->mask_pk,
+                             sa->self_commit) < 0) {
+        wk_sa_destroy(&sa);
+        return NULL;
+    }
+    fp_sasign_sign(sa->adv_sig, d, sa->ident.sign_sk);
     return sa;
 }
 
@@ -109,6 +122,7 @@ void wk_sa_advertise(wk_sa *sa, Fedpeft__AdvertiseKeys *out)
     out->enc_pk = (ProtobufCBinaryData){32, sa->enc_pk};
     out->mask_pk = (ProtobufCBinaryData){32, sa->mask_pk};
     out->self_commit = (ProtobufCBinaryData){32, sa->self_commit};
+    out->signature = (ProtobufCBinaryData){64, sa->adv_sig};
 }
 
 void wk_sa_wipe(wk_sa *sa)
@@ -240,8 +254,33 @@ static int take_graph(wk_sa *sa, const Fedpeft__PeerKeys *pk, uint32_t **nb_out)
     return 0;
 }
 
+/* A neighbour's keys as its owner signed them: the signature verifies with
+ * the signing key relayed and, with a [privacy] roster, that key is the one
+ * the roster lists for the id. The coordinator can then neither change a
+ * neighbour's keys nor stand in for it with keys of its own. */
+static int check_signed(const wk_sa *sa, const Fedpeft__PeerKey *k)
+{
+    uint8_t d[32];
+    if (sa->ident.roster) {
+        long e = fp_allowlist_find_id(sa->ident.roster, k->worker_id);
+        if (e < 0 || !sa->ident.roster->policy[e].has_sign)
+            return fp_error_set("PeerKeys: '%s' has no sign= key in [privacy] roster",
+                                k->worker_id);
+        if (sodium_memcmp(sa->ident.roster->policy[e].sign_pk, k->sign_pk.data, 32) != 0)
+            return fp_error_set("PeerKeys: the signing key of '%s' is not the one in [privacy] "
+                                "roster (the coordinator substituted it?)", k->worker_id);
+    }
+    if (fp_sasign_adv_digest(d, sa->run_id, sa->round, k->worker_id, k->enc_pk.data,
+                             k->mask_pk.data, k->self_commit.data) < 0 ||
+        fp_sasign_verify(k->signature.data, k->signature.len, d, k->sign_pk.data,
+                         k->sign_pk.len) < 0)
+        return fp_error_set("PeerKeys: the keys of '%s' do not carry its signature (%s): "
+                            "changed on the way", k->worker_id, fp_error_get());
+    return 0;
+}
+
 /* Records the holders of PeerKeys (my neighbours and me, as take_graph found
- * them), with this worker's own keys unchanged. */
+ * them), with this worker's own keys unchanged and every other's signed. */
 static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk, const uint32_t *nb)
 {
     for (size_t i = 0; i < sa->n_peers; i++) {
@@ -252,10 +291,15 @@ static int take_peers(wk_sa *sa, const Fedpeft__PeerKeys *pk, const uint32_t *nb
         snprintf(sa->peers[i].id, sizeof sa->peers[i].id, "%s", k->worker_id);
         memcpy(sa->peers[i].enc_pk, k->enc_pk.data, 32);
         memcpy(sa->peers[i].mask_pk, k->mask_pk.data, 32);
+        memcpy(sa->peers[i].sign_pk, k->sign_pk.data, 32);
         sa->peers[i].x = nb[i] + 1;
-        if (i == sa->me_slot &&
-            (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32)))
-            return fp_error_set("PeerKeys carries other keys for this worker");
+        if (i == sa->me_slot) {
+            if (memcmp(k->enc_pk.data, sa->enc_pk, 32) || memcmp(k->mask_pk.data, sa->mask_pk, 32) ||
+                memcmp(k->sign_pk.data, sa->ident.sign_pk, 32))
+                return fp_error_set("PeerKeys carries other keys for this worker");
+        } else if (check_signed(sa, k) < 0) {
+            return -1;
+        }
     }
     return check_peer_keys(sa);
 }
@@ -434,6 +478,43 @@ int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q)
     return rc;
 }
 
+int wk_sa_on_consistency(wk_sa *sa, const Fedpeft__ConsistencyCheck *c, size_t min_survivors,
+                         uint8_t sig[64])
+{
+    if (!sa->shared || c->task_id != sa->task_id || c->round != sa->round)
+        return fp_error_set("ConsistencyCheck for another task, or before the shares");
+    if (c->n_survivors < min_survivors)
+        return fp_error_set("it names %zu survivors, below the threshold t = %zu",
+                            c->n_survivors, min_survivors);
+    int me_in = 0;
+    for (size_t i = 0; i < c->n_survivors; i++) {
+        const char *id = c->survivors[i];
+        int p = find_peer(sa, id);
+        if (i > 0 && strcmp(c->survivors[i - 1], id) >= 0)
+            return fp_error_set("its survivors are not sorted or list '%s' twice", id);
+        if (p < 0 ? !is_member(sa, id) : !sa->peers[p].in_u2)
+            return fp_error_set("survivor '%s' is not in U2", id);
+        me_in |= p >= 0 && (size_t)p == sa->me_slot;
+    }
+    if (!me_in)
+        return fp_error_set("it does not list this worker as a survivor");
+    uint8_t d[32];
+    if (fp_sasign_u3_digest(d, sa->run_id, sa->round, c->survivors, c->n_survivors) < 0)
+        return -1;
+    if (sa->u3_signed) {        /* the same set again (a resend): the same signature */
+        if (sodium_memcmp(d, sa->u3_digest, 32) != 0)
+            return fp_error_set("a second, different survivor set for round %llu: refused "
+                                "(this worker signs one set per round)",
+                                (unsigned long long)sa->round);
+    } else {
+        memcpy(sa->u3_digest, d, 32);
+        fp_sasign_sign(sa->u3_sig, d, sa->ident.sign_sk);
+        sa->u3_signed = 1;
+    }
+    memcpy(sig, sa->u3_sig, 64);
+    return 0;
+}
+
 /* The shares this worker holds of ids' secrets (the self-mask part, or the
  * key part); a peer whose share did not open is left out. *k: how many. */
 static Fedpeft__RevealedShare **reveal(const wk_sa *sa, char **ids, size_t n, int key_part,
@@ -469,6 +550,40 @@ static int listed(char **ids, size_t before, const char *id)
  * dropped members of U1 (of U2, for my neighbours: I saw which of them
  * shared), disjoint, no id twice, me a survivor, at least min_survivors
  * survivors. */
+/* At least t of this worker's share holders signed the survivor set it
+ * signed itself: the coordinator showed them all the same U3 (Bonawitz et
+ * al.'s consistency check), so none of them was told a survivor dropped. */
+static int check_consistency(const wk_sa *sa, const Fedpeft__UnmaskRequest *u)
+{
+    uint8_t d[32];
+    if (!sa->u3_signed)
+        return fp_error_set("it came before the consistency round (no signed survivor set)");
+    if (fp_sasign_u3_digest(d, sa->run_id, sa->round, u->survivors, u->n_survivors) < 0 ||
+        sodium_memcmp(d, sa->u3_digest, 32) != 0)
+        return fp_error_set("its survivors are not the set this worker signed");
+    uint8_t *seen = calloc(sa->n_peers ? sa->n_peers : 1, 1);
+    if (!seen)
+        return fp_error_set("out of memory");
+    size_t valid = 0;
+    for (size_t i = 0; i < u->n_signatures; i++) {
+        const Fedpeft__SurvivorSig *g = u->signatures[i];
+        int p = find_peer(sa, g->worker_id);
+        if (p < 0 || seen[p] || !sa->peers[p].in_u2)
+            continue;
+        if (fp_sasign_verify(g->signature.data, g->signature.len, d, sa->peers[p].sign_pk,
+                             32) == 0) {
+            seen[p] = 1;
+            valid++;
+        }
+    }
+    free(seen);
+    if (valid < sa->t)
+        return fp_error_set("it carries %zu valid consistency signatures of this worker's share "
+                            "holders over the survivor set, below t = %u (the coordinator may "
+                            "have shown others a different set)", valid, sa->t);
+    return 0;
+}
+
 static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors)
 {
     if (u->n_survivors < min_survivors)
@@ -496,7 +611,7 @@ static int check_unmask(const wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t
     }
     if (!me_in)
         return fp_error_set("it does not list this worker as a survivor");
-    return 0;
+    return check_consistency(sa, u);
 }
 
 int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors,

@@ -11,12 +11,21 @@
 
 #include "fedpeft.pb-c.h"
 #include "fp_error.h"
+#include "keys.h"
 
 typedef struct wk_sa wk_sa;
 
-/* A round's state: fresh enc and mask key pairs. Caller destroys. */
+/* Who signs this worker's messages and whose signing keys it accepts
+ * (connection.h, wk_conn_identity); borrowed for the round's lifetime. */
+typedef struct {
+    const uint8_t *sign_pk, *sign_sk;   /* Ed25519: 32 and 64 bytes */
+    const fp_allowlist *roster;         /* NULL: the relayed signing keys are taken */
+} wk_sa_ident;
+
+/* A round's state: fresh enc and mask key pairs, the advertisement signed.
+ * Caller destroys. */
 wk_sa *wk_sa_new(const char *my_id, const char *run_id, uint64_t round, uint64_t task_id,
-                 const Fedpeft__SecAggParams *p) FP_WUR;
+                 const Fedpeft__SecAggParams *p, const wk_sa_ident *ident) FP_WUR;
 void wk_sa_destroy(wk_sa **sa_p);
 
 /* AdvertiseKeys body (pointers into sa). */
@@ -37,10 +46,18 @@ int wk_sa_mask(wk_sa *sa, const float *x, size_t n, uint32_t *q) FP_WUR;
 /* Senders in U2 whose share to this worker did not open, one per call
  * (*iter starts at 0); NULL after the last. */
 const char *wk_sa_bad_sender(const wk_sa *sa, size_t *iter);
+/* The consistency round: signs the survivor set U3 (sig, 64 bytes) after
+ * checking it (sorted, of U2 where this worker can tell, itself in it, at
+ * least min_survivors). One set per round: the same one again gets the same
+ * signature, a different one is refused (-1). */
+int wk_sa_on_consistency(wk_sa *sa, const Fedpeft__ConsistencyCheck *c, size_t min_survivors,
+                         uint8_t sig[64]) FP_WUR;
 /* An UnmaskRequest -> the UnmaskResponse (*out; free with wk_sa_free_response;
  * it points into sa: wipe after sending). Refuses (-1, nothing revealed) any
- * request after the round's first, an id in both lists, one not in U2, or
- * fewer than min_survivors survivors. */
+ * request after the round's first, an id in both lists, one not in U2,
+ * fewer than min_survivors survivors, survivors other than the set signed in
+ * the consistency round, or fewer than t valid signatures of that set from
+ * this worker's share holders. */
 int wk_sa_on_unmask(wk_sa *sa, const Fedpeft__UnmaskRequest *u, size_t min_survivors,
                     Fedpeft__UnmaskResponse **out) FP_WUR;
 /* Wipes the round's secrets (after the answer is sent); sa stays to refuse

@@ -78,7 +78,7 @@ static const char *hook(const char *name)
 }
 
 /* FEDPEFT_TEST_SECAGG=WHAT: this worker misbehaves in secure aggregation
- * (test builds only): rehello, zerokeys, badseal, badshare, big. */
+ * (test builds only): rehello, zerokeys, badsig, badseal, badshare, big. */
 static int evil(const char *what)
 {
     const char *v = hook("FEDPEFT_TEST_SECAGG");
@@ -466,15 +466,24 @@ static int start_secagg(wk_task *t)
 {
     wk_sa_destroy(&t->sa);
     wk_sa_free_shares(&t->sent_sk);
-    if (!(t->sa = wk_sa_new(t->cfg->id, wk_conn_run_id(t->conn), t->round, t->task_id, &t->sap))) {
+    wk_sa_ident ident;
+    wk_conn_identity(t->conn, &ident.sign_pk, &ident.sign_sk, &ident.roster);
+    if (!(t->sa = wk_sa_new(t->cfg->id, wk_conn_run_id(t->conn), t->round, t->task_id, &t->sap,
+                            &ident))) {
         wk_log("round %llu: %s", (unsigned long long)t->round, fp_error_get());
         return 0;
     }
     Fedpeft__AdvertiseKeys ak = FEDPEFT__ADVERTISE_KEYS__INIT;
     wk_sa_advertise(t->sa, &ak);
     static const uint8_t zero[32];
+    uint8_t forged[64];
     if (evil("zerokeys"))
         ak.mask_pk = (ProtobufCBinaryData){32, (uint8_t *)zero};
+    if (evil("badsig")) {       /* keys that its signing key did not sign */
+        memcpy(forged, ak.signature.data, 64);
+        forged[7] ^= 0x10;
+        ak.signature.data = forged;
+    }
     wire_msg env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS;
     env.advertise_keys = &ak;
@@ -567,6 +576,34 @@ static int on_share_keys(wk_task *t, const Fedpeft__ShareKeys *sk)
         send_refusal(t, t->task_id, t->round, why, bad);
     }
     return run_train(t);
+}
+
+/* The consistency round: sign the survivor set (once per round). */
+static void on_consistency(wk_task *t, const Fedpeft__ConsistencyCheck *c)
+{
+    uint8_t sig[64];
+    size_t need = wk_policy_min_survivors(t->cfg, t->sap.threshold);
+    if (!t->sa || wk_sa_on_consistency(t->sa, c, need, sig) != 0) {
+        const char *why = t->sa ? fp_error_get() : "no secure aggregation in progress";
+        wk_log("round %llu: refused to sign the survivor set: %s", (unsigned long long)t->round,
+               why);
+        if (t->sa)
+            send_refusal(t, c->task_id, c->round, why, NULL);
+        return;
+    }
+    Fedpeft__ConsistencySig cs = FEDPEFT__CONSISTENCY_SIG__INIT;
+    cs.task_id = c->task_id;
+    cs.round = c->round;
+    cs.signature = (ProtobufCBinaryData){64, sig};
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG;
+    env.consistency_sig = &cs;
+    if (wk_conn_send(t->conn, &env) != 0)
+        wk_log("round %llu: sending the consistency signature failed: %s",
+               (unsigned long long)t->round, fp_error_get());
+    else
+        wk_log("round %llu: signed the survivor set (%zu survivors)",
+               (unsigned long long)t->round, c->n_survivors);
 }
 
 static void on_unmask(wk_task *t, const Fedpeft__UnmaskRequest *u)
@@ -736,6 +773,7 @@ static int dispatch(wk_task *t, wire_msg *m)
     case FEDPEFT__ENVELOPE__BODY_PULL: on_pull(t, m->pull); break;
     case FEDPEFT__ENVELOPE__BODY_PEER_KEYS: on_peer_keys(t, m->peer_keys); break;
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS: rc = on_share_keys(t, m->share_keys); break;
+    case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK: on_consistency(t, m->consistency_check); break;
     case FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST: on_unmask(t, m->unmask_request); break;
     default: break;
     }

@@ -66,6 +66,9 @@ const fp_cfg_key wk_config_keys[] = {
     {"privacy", "max_corrupt", FP_CFG_DOUBLE, 0, 0.49, "0.05", F(max_corrupt), 0, NULL,
      "hostile fraction assumed: a SecAgg+ graph on which that many reach t of this "
      "worker's holders with chance above 2^-40 is refused"},
+    {"privacy", "roster", FP_CFG_STRING, 0, 0, "", F(roster), S(roster), NULL,
+     "the allowlist with sign= keys: a peer's signing key must be the one listed (empty: "
+     "the keys the coordinator relays are taken)"},
     {NULL},
 };
 

@@ -41,6 +41,7 @@ typedef struct {
     int min_peers;              /* members of a secure round, and survivors to unmask */
     int min_threshold;          /* 0: a majority of each secret's holders (and >= 2) */
     double max_corrupt;         /* hostile fraction assumed when checking a SecAgg+ graph */
+    char roster[1024];          /* allowlist-format file: each peer's signing key ("" none) */
 } wk_config;
 
 /* The key table ({NULL}-terminated) and the sections the worker skips. */

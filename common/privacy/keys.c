@@ -62,6 +62,23 @@ static int valid_name(const char *name)
     return 1;
 }
 
+/* The identity's Ed25519 signing pair from its X25519 secret key (a keyed
+ * hash under a label that no other use of the key shares). */
+static int derive_sign(fp_keypair *kp)
+{
+    static const uint8_t label[] = "fedpeft signing key v1";
+    uint8_t seed[crypto_sign_SEEDBYTES];
+    if (!(kp->sign_sk = sodium_malloc(crypto_sign_SECRETKEYBYTES)))
+        return fp_error_set("out of memory for a key pair");
+    crypto_generichash(seed, sizeof seed, kp->secret_key, FP_KEY_BYTES, label, sizeof label - 1);
+    crypto_sign_seed_keypair(kp->sign_pk, kp->sign_sk, seed);
+    sodium_memzero(seed, sizeof seed);
+    sodium_mprotect_readonly(kp->sign_sk);
+    if (!zmq_z85_encode(kp->sign_z85, kp->sign_pk, FP_KEY_BYTES))
+        return fp_error_set("Z85 encoding failed");
+    return 0;
+}
+
 fp_keypair *fp_keypair_generate(const char *name)
 {
     if (sodium_ready() < 0)
@@ -79,6 +96,10 @@ fp_keypair *fp_keypair_generate(const char *name)
     }
     crypto_box_keypair(kp->public_key, kp->secret_key);
     sodium_mprotect_readonly(kp->secret_key);
+    if (derive_sign(kp) < 0) {
+        fp_keypair_free(&kp);
+        return NULL;
+    }
     if (!zmq_z85_encode(kp->public_z85, kp->public_key, FP_KEY_BYTES)) {
         fp_keypair_free(&kp);
         fp_error_set("Z85 encoding failed");
@@ -94,6 +115,8 @@ void fp_keypair_free(fp_keypair **kp_p)
         return;
     fp_keypair *kp = *kp_p;
     sodium_free(kp->secret_key);        /* wipes before freeing */
+    if (kp->sign_sk)
+        sodium_free(kp->sign_sk);
     sodium_memzero(kp, sizeof *kp);
     free(kp);
     *kp_p = NULL;
@@ -164,7 +187,8 @@ int fp_keypair_save(const fp_keypair *kp, const char *dir, int overwrite)
              kp->public_z85);
     if (write_file_mode(key_path, text, 0600, overwrite) < 0)
         goto err;
-    snprintf(text, sizeof text, "# fedpeft public key %s\npublic = %s\n", kp->name, kp->public_z85);
+    snprintf(text, sizeof text, "# fedpeft public key %s\npublic = %s\nsign = %s\n", kp->name,
+             kp->public_z85, kp->sign_z85);
     if (write_file_mode(pub_path, text, 0644, overwrite) < 0)
         goto err;
     rc = 0;
@@ -250,6 +274,13 @@ static int parse_key_text(const char *path, char *text, uint8_t secret[FP_KEY_BY
         char *k = trim(line), *v = trim(eq + 1);
         uint8_t *dst;
         int *flag;
+        if (!strcmp(k, "sign")) {       /* derived from the secret; informative here */
+            uint8_t ignored[FP_KEY_BYTES];
+            if (z85_to_key(v, strlen(v), ignored) < 0)
+                return fp_error_set("%s:%d: 'sign' is not a %d-character Z85 key", path, lineno,
+                                    FP_KEY_Z85_LEN);
+            continue;
+        }
         if (!strcmp(k, "secret") && secret)
             dst = secret, flag = found_secret;
         else if (!strcmp(k, "public"))
@@ -299,6 +330,8 @@ fp_keypair *fp_keypair_load(const char *secret_path)
     }
     memcpy(kp->secret_key, sk, FP_KEY_BYTES);
     sodium_mprotect_readonly(kp->secret_key);
+    if (derive_sign(kp) < 0)
+        goto err;
     memcpy(kp->public_key, pk, FP_KEY_BYTES);
     zmq_z85_encode(kp->public_z85, pk, FP_KEY_BYTES);
     /* name = basename without ".key" */
@@ -366,12 +399,18 @@ static int allow_option(const char *path, int lineno, const char *opt, fp_allow_
             pol->weight = v;
             return 0;
         }
+    } else if (strncmp(opt, "sign=", 5) == 0) {
+        if (z85_to_key(opt + 5, strlen(opt + 5), pol->sign_pk) == 0) {
+            pol->has_sign = 1;
+            return 0;
+        }
     } else {
-        return fp_error_set("%s:%d: unknown option '%.60s' (known: max_examples=N, weight=W)",
-                            path, lineno, opt);
+        return fp_error_set("%s:%d: unknown option '%.60s' (known: max_examples=N, weight=W, "
+                            "sign=<Z85>)", path, lineno, opt);
     }
     return fp_error_set("%s:%d: '%.60s': max_examples takes an integer >= 1, weight a number "
-                        "in (0, 1e12]", path, lineno, opt);
+                        "in (0, 1e12], sign a %d-character Z85 key", path, lineno, opt,
+                        FP_KEY_Z85_LEN);
 }
 
 static int allow_line(const char *path, int lineno, char *line, uint8_t key[FP_KEY_BYTES],

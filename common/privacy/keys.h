@@ -3,17 +3,22 @@
  * shares, differential privacy, and the ZAP handler that checks CURVE keys
  * against the allowlist. Uses base; libsodium and libzmq (ZAP only).
  *
- * keys.h - long-term identities: X25519 key pairs for CURVE and update sealing.
+ * keys.h - long-term identities: X25519 key pairs for CURVE and update sealing,
+ * and the Ed25519 signing key of each identity (secure aggregation's signed
+ * advertisements and consistency round), derived from the X25519 secret key
+ * (BLAKE2b under a fixed label: one secret file holds both, and key files made
+ * before signing existed gain a signing key unchanged).
  *
  * A key pair is two files in a directory (written by `fedpeft keygen`):
  *   NAME.key      the secret key, mode 0600: "# fedpeft secret key\nsecret = <Z85>\npublic = <Z85>\n"
- *   NAME.pub      the public key: "# fedpeft public key NAME\npublic = <Z85>\n"
+ *   NAME.pub      the public key: "# fedpeft public key NAME\npublic = <Z85>\nsign = <Z85>\n"
  * Z85 is ZeroMQ's text encoding of a 32-byte key (40 characters), the form
  * ZMQ_CURVE_*KEY options accept, so a public key can be pasted into an
  * allowlist as is. Curve25519 keys are the same for CURVE and for libsodium's
  * crypto_box / crypto_scalarmult, so one identity serves both.
  *
- * An allowlist file has one entry per line: "<Z85 public key> [name]"; '#'
+ * An allowlist file has one entry per line: "<Z85 public key> [name] [options]"
+ * (options: max_examples=N, weight=W, sign=<Z85 signing key>); '#'
  * at the start of a line or after a blank starts a comment ('#' is itself a Z85
  * character, so it never starts a comment inside a key). A key listed twice is an
  * error. Errors name FILE:LINE.
@@ -38,6 +43,9 @@ typedef struct {
     uint8_t *secret_key;        /* FP_KEY_BYTES in sodium_malloc'd memory */
     char public_z85[FP_KEY_Z85_LEN + 1];
     char name[64];
+    uint8_t sign_pk[FP_KEY_BYTES];  /* Ed25519, derived from secret_key */
+    uint8_t *sign_sk;               /* 64 bytes in sodium_malloc'd memory */
+    char sign_z85[FP_KEY_Z85_LEN + 1];
 } fp_keypair;
 
 /* Generates a fresh pair (crypto_box_keypair; secret in sodium_malloc memory).
@@ -64,6 +72,8 @@ int fp_pubkey_parse(const char *file_or_z85, uint8_t out[FP_KEY_BYTES]) FP_WUR;
 typedef struct {
     uint64_t max_examples;  /* max_examples=N: caps the example count it declares */
     double weight;          /* weight=W: its averaging weight, whatever it declares */
+    int has_sign;           /* sign=<Z85>: the only Ed25519 key its messages may be */
+    uint8_t sign_pk[FP_KEY_BYTES];  /* signed with (Hello.sign_pk must equal it) */
 } fp_allow_policy;
 
 typedef struct {

@@ -81,6 +81,8 @@ static int wire_check_hello(const Fedpeft__Hello *h)
                             WIRE_MAX_FOLDS);
     if (h->n_folds > 0 && wire_check_id("Hello.fold_run_id", h->fold_run_id) < 0)
         return -1;
+    if (h->sign_pk.len != 0 && (h->sign_pk.len != 32 || !h->sign_pk.data))
+        return fp_error_set("Hello.sign_pk is %zu bytes; expected 32 (or none)", h->sign_pk.len);
     return 0;
 }
 

@@ -53,7 +53,10 @@ static int ws_peer_keys(const Fedpeft__PeerKeys *p)
     for (size_t i = 0; i < p->n_peers; i++) {
         const Fedpeft__PeerKey *k = p->peers[i];
         if (!k || ws_id("PeerKeys", k->worker_id) < 0 || ws_bytes("PeerKey.enc_pk", k->enc_pk, 32) < 0 ||
-            ws_bytes("PeerKey.mask_pk", k->mask_pk, 32) < 0)
+            ws_bytes("PeerKey.mask_pk", k->mask_pk, 32) < 0 ||
+            ws_bytes("PeerKey.sign_pk", k->sign_pk, 32) < 0 ||
+            ws_bytes("PeerKey.self_commit", k->self_commit, 32) < 0 ||
+            ws_bytes("PeerKey.signature", k->signature, 64) < 0)
             return k ? -1 : fp_error_set("PeerKeys: empty entry");
     }
     if (ws_ids("PeerKeys.members", p->members, p->n_members) < 0 ||
@@ -71,6 +74,23 @@ static int ws_share_keys(const Fedpeft__ShareKeys *s)
         if (!e || ws_id("ShareKeys", e->worker_id) < 0 ||
             ws_bytes("EncryptedShare.sealed", e->sealed, WIRE_SEALED_SHARE_BYTES) < 0)
             return e ? -1 : fp_error_set("ShareKeys: empty entry");
+    }
+    return 0;
+}
+
+static int ws_unmask_request(const Fedpeft__UnmaskRequest *u)
+{
+    if (ws_ids("UnmaskRequest.survivors", u->survivors, u->n_survivors) < 0 ||
+        ws_ids("UnmaskRequest.dropped", u->dropped, u->n_dropped) < 0)
+        return -1;
+    if (u->n_signatures > WIRE_MAX_PEERS)
+        return fp_error_set("UnmaskRequest carries %zu signatures; at most %d", u->n_signatures,
+                            WIRE_MAX_PEERS);
+    for (size_t i = 0; i < u->n_signatures; i++) {
+        const Fedpeft__SurvivorSig *g = u->signatures[i];
+        if (!g || ws_id("UnmaskRequest.signatures", g->worker_id) < 0 ||
+            ws_bytes("SurvivorSig.signature", g->signature, 64) < 0)
+            return g ? -1 : fp_error_set("UnmaskRequest: empty signature entry");
     }
     return 0;
 }
@@ -97,19 +117,24 @@ int wire_check_secagg_body(const Fedpeft__Envelope *m)
             ws_bytes("AdvertiseKeys.mask_pk", m->advertise_keys->mask_pk, 32) < 0 ||
             ws_bytes("AdvertiseKeys.self_commit", m->advertise_keys->self_commit, 32) < 0)
             return -1;
+        if (m->advertise_keys->signature.len && /* none: refused as unsigned, with a reason */
+            ws_bytes("AdvertiseKeys.signature", m->advertise_keys->signature, 64) < 0)
+            return -1;
         return 0;
+    case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK:
+        if (!m->consistency_check)
+            return -1;
+        return ws_ids("ConsistencyCheck.survivors", m->consistency_check->survivors,
+                      m->consistency_check->n_survivors);
+    case FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG:
+        if (!m->consistency_sig)
+            return -1;
+        return ws_bytes("ConsistencySig.signature", m->consistency_sig->signature, 64);
     case FEDPEFT__ENVELOPE__BODY_PEER_KEYS: return m->peer_keys ? ws_peer_keys(m->peer_keys) : -1;
     case FEDPEFT__ENVELOPE__BODY_SHARE_KEYS:
         return m->share_keys ? ws_share_keys(m->share_keys) : -1;
     case FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST:
-        if (!m->unmask_request)
-            return -1;
-        if (ws_ids("UnmaskRequest.survivors", m->unmask_request->survivors,
-                   m->unmask_request->n_survivors) < 0 ||
-            ws_ids("UnmaskRequest.dropped", m->unmask_request->dropped,
-                   m->unmask_request->n_dropped) < 0)
-            return -1;
-        return 0;
+        return m->unmask_request ? ws_unmask_request(m->unmask_request) : -1;
     case FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE:
         if (!m->unmask_response)
             return -1;

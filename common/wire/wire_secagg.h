@@ -1,9 +1,10 @@
 /* wire_secagg.h - validation of the secure-aggregation and sealed-upload
  * messages (proto/fedpeft.proto: SealedChunk, AdvertiseKeys, PeerKeys,
- * ShareKeys, UnmaskRequest, UnmaskResponse), called by wire.c's validator.
- * Keys must be 32 bytes, ids as wire.h says, lists at most WIRE_MAX_PEERS
- * long (and the message within WIRE_MAX_MSG_BYTES), shares 32 bytes (revealed)
- * or WIRE_SEALED_SHARE_BYTES (sealed), a graph nonce 32 bytes. */
+ * ShareKeys, ConsistencyCheck, ConsistencySig, UnmaskRequest, UnmaskResponse),
+ * called by wire.c's validator. Keys must be 32 bytes, signatures 64, ids as
+ * wire.h says, lists at most WIRE_MAX_PEERS long (and the message within
+ * WIRE_MAX_MSG_BYTES), shares 32 bytes (revealed) or WIRE_SEALED_SHARE_BYTES
+ * (sealed), a graph nonce 32 bytes. */
 #ifndef FP_WIRE_SECAGG_H
 #define FP_WIRE_SECAGG_H
 
