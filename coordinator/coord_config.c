@@ -18,6 +18,7 @@ static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi
                                           NULL};
 static const char *const dp_modes[] = {"central", "distributed", NULL};
 static const char *const weightings[] = {"examples", "equal", NULL};
+static const char *const sampling_modes[] = {"fixed", "poisson", NULL};
 
 const char *const coord_config_ignore[] = {"worker", "simulate", "privacy", NULL};
 
@@ -55,10 +56,13 @@ const fp_cfg_key coord_config_keys[] = {
     {"train", "weight_decay", FP_CFG_FLOAT, 0, 10, "0", F(weight_decay), 0, NULL, "decoupled weight decay"},
     {"train", "max_grad_norm", FP_CFG_FLOAT, 0, 1e9, "1.0", F(max_grad_norm), 0, NULL,
      "clip the gradient norm to this (0 = off)"},
+    {"sampling", "mode", FP_CFG_ENUM, 0, 0, "fixed", F(sampling_mode), 0, sampling_modes,
+     "fixed (round(fraction x live) workers a round) or poisson (each live identity with "
+     "probability fraction, independently; the DP accountant's model)"},
     {"sampling", "fraction", FP_CFG_DOUBLE, 0, 1, "1.0", F(fraction), 0, NULL,
-     "fraction of live workers sampled each round"},
+     "fixed: fraction of live workers sampled each round; poisson: each one's probability q"},
     {"sampling", "min_workers", FP_CFG_INT, 1, 1000000, "1", F(min_workers), 0, NULL,
-     "sample at least this many; a round waits until this many are live"},
+     "a round waits until this many are live; mode = fixed samples at least this many"},
     {"sampling", "max_workers", FP_CFG_INT, 0, 1000000, "0", F(max_workers), 0, NULL,
      "sample at most this many (0 = all)"},
     {"sampling", "weighting", FP_CFG_ENUM, 0, 0, "examples", F(weighting), 0, weightings,
@@ -68,7 +72,8 @@ const fp_cfg_key coord_config_keys[] = {
     {"round", "deadline_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(deadline_s), 0, NULL,
      "seconds a training round waits for updates"},
     {"round", "min_quorum", FP_CFG_INT, 1, 1000000, "1", F(min_quorum), 0, NULL,
-     "updates needed at the deadline; fewer abandons the round"},
+     "updates needed at the deadline; fewer abandons the round (as does a smaller Poisson "
+     "draw)"},
     {"round", "eval_deadline_s", FP_CFG_DOUBLE, 0.1, 1e7, "60", F(eval_deadline_s), 0, NULL,
      "seconds the evaluation phase waits for results"},
     {"round", "start_timeout_s", FP_CFG_DOUBLE, 0.1, 1e7, "120", F(start_timeout_s), 0, NULL,
@@ -137,9 +142,10 @@ const fp_cfg_key coord_config_keys[] = {
     {"dp", "enabled", FP_CFG_BOOL, 0, 1, "false", F(dp), 0, NULL,
      "differential privacy: clip updates, add Gaussian noise, account epsilon"},
     {"dp", "clip_norm", FP_CFG_DOUBLE, 1e-9, 1e9, "1.0", F(dp_clip_norm), 0, NULL,
-     "C: L2 norm bound of each worker's weighted update"},
+     "C: L2 norm bound of each worker's update (every worker weighs 1 with [dp])"},
     {"dp", "noise_multiplier", FP_CFG_DOUBLE, 0, 1e6, "1.0", F(dp_noise_multiplier), 0, NULL,
-     "sigma: noise std on the sum = sigma * C"},
+     "sigma: noise std on the sum of clipped updates = sigma * C (central under secagg: see "
+     "docs/privacy.md)"},
     {"dp", "mode", FP_CFG_ENUM, 0, 0, "central", F(dp_mode), 0, dp_modes,
      "central (coordinator noises the sum) or distributed (each worker adds its share)"},
     {"dp", "delta", FP_CFG_DOUBLE, 1e-300, 0.999999, "1e-5", F(dp_delta), 0, NULL,
@@ -203,6 +209,19 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
         return fp_error_set("%s: strategy flora sends each round's stacked factors, which "
                             "[dp] does not noise: set [dp] enabled = false or use fedavg/ffa",
                             where);
+    if (c->dp && (c->strategy == COORD_STRATEGY_SVD || c->robust != COORD_ROBUST_NONE))
+        return fp_error_set("%s: [dp] bounds one worker's effect on a mean (sensitivity C / "
+                            "the round's fixed denominator); %s is not a mean: use fedavg, ffa, "
+                            "rolora or scaffold with robust = none", where,
+                            c->robust ? coord_robust_names[c->robust] :
+                                        coord_strategy_names[c->strategy]);
+    if (c->sampling_mode == COORD_SAMPLING_POISSON && !(c->fraction > 0))
+        return fp_error_set("%s: [sampling] mode = poisson needs fraction > 0 (each live "
+                            "worker's probability of being sampled)", where);
+    if (c->sampling_mode == COORD_SAMPLING_POISSON && c->max_workers > 0)
+        return fp_error_set("%s: [sampling] max_workers = %d with mode = poisson: a cap on the "
+                            "draw is not Poisson sampling; set max_workers = 0 (the expected "
+                            "size is fraction x registered)", where, c->max_workers);
     if (c->secagg && c->secagg_threshold == 1)
         return fp_error_set("%s: [secagg] threshold = 1 would let anyone unmask: use 0 "
                             "(automatic) or at least 2", where);

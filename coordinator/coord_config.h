@@ -19,6 +19,7 @@ enum { COORD_ROBUST_NONE, COORD_ROBUST_MEDIAN, COORD_ROBUST_TRIMMED, COORD_ROBUS
 extern const char *const coord_strategy_names[];
 extern const char *const coord_robust_names[];
 enum { COORD_DP_CENTRAL, COORD_DP_DISTRIBUTED };
+enum { COORD_SAMPLING_FIXED, COORD_SAMPLING_POISSON };
 
 typedef struct {
     /* [run] */
@@ -44,6 +45,7 @@ typedef struct {
     float prox_mu;              /* FedProx mu on the workers (0 = off) */
     int grad_checkpoint;        /* [train] grad_checkpoint: workers checkpoint activations */
     /* [sampling] */
+    int sampling_mode;          /* COORD_SAMPLING_FIXED / COORD_SAMPLING_POISSON (sampling.h) */
     double fraction;
     int min_workers, max_workers;
     int weighting;              /* COORD_WEIGHT_EXAMPLES / COORD_WEIGHT_EQUAL */

@@ -141,7 +141,7 @@ static int run(const coord_config *cfg)
                         NULL, 0, 0};
     rounds_lora_spec(r, &sc.lora);
     sc.rank_refusal = rounds_rank_refusal(r);
-    sc.weighting_equal = cfg->weighting == COORD_WEIGHT_EQUAL;
+    sc.weighting_equal = cfg->weighting == COORD_WEIGHT_EQUAL || cfg->dp;
     sc.max_examples = cfg->max_examples;
     srv = server_new(&sc);
     fp_keypair_free(&kp);   /* libzmq holds its own copy */
@@ -150,6 +150,13 @@ static int run(const coord_config *cfg)
     clog_info("listening on %s: run %s, %d rounds, adapter of %llu floats, state in %s",
               cfg->endpoint, rounds_run_id(r), cfg->rounds, (unsigned long long)sc.lora.n_params,
               cfg->state_dir);
+    if (cfg->dp)
+        clog_info("[dp] on: every sampled worker weighs 1 (weighting = %s and allowlist weights "
+                  "are not used), and each round's mean is the sum over %s",
+                  cfg->weighting == COORD_WEIGHT_EQUAL ? "equal" : "examples",
+                  cfg->sampling_mode == COORD_SAMPLING_POISSON
+                      ? "fraction x registered workers (mode = poisson)"
+                      : "the number sampled (mode = fixed)");
     if (rounds_attach(r, srv) < 0)
         goto err;
     if (cfg->http_port > 0) {

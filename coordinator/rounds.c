@@ -41,6 +41,8 @@ double rounds_update_bound(const rounds *r, size_t n)
 
 double rounds_weight(const rounds *r, int w, uint64_t declared)
 {
+    if (r->cfg->dp)     /* one worker, one unit: the fixed denominator counts workers */
+        return 1.0;
     double x = server_weight(r->srv, w, declared);
     return r->weight_cap > 0 && x > r->weight_cap ? r->weight_cap : x;
 }

@@ -10,33 +10,49 @@
 #include "finetune.h"
 #include "rounds_agg.h"
 #include "rounds_state.h"
+#include "sampling.h"
 
 
-/* Central DP without secure aggregation: noise N(0, (sigma C)^2) on the sum
- * of the normalized-weight updates, i.e. sigma C / W on the average, where W
- * is the reporters' share of the sampled weight. */
+/* [dp]: the round's fixed denominator D (sampling.h: the number sampled, or
+ * fraction x registered under poisson) in the strategy's weight units: one
+ * per worker in plain mode; under secure aggregation each member's input is
+ * already weighted by 1 / sampled_weight (sa_new), so D / sampled_weight. It
+ * does not depend on who reported: one worker's clipped update moves the mean
+ * by at most C / D. */
+static double dp_denominator(const rounds *r)
+{
+    double d = sampling_dp_denominator(r->cfg->sampling_mode, r->m.sampled,
+                                       (unsigned)server_n_workers(r->srv), r->cfg->fraction);
+    if (r->sa && r->sampled_weight > 0)
+        d /= r->sampled_weight;
+    return d;
+}
+
+/* Central DP without secure aggregation: noise N(0, (sigma C)^2) on the sum of
+ * the (clipped, weight 1) updates, i.e. sigma C / D on the mean. */
 static int plain_central_noise(rounds *r, float *view)
 {
-    double W = r->sampled_weight > 0 ? r->weight_sum / r->sampled_weight : 1.0;
+    double D = r->strat->denominator;
     float *x = r->staging;
     size_t n = r->n_view;
+    if (!(D > 0))
+        return fp_error_set("no fixed denominator for the noise");
     memset(x, 0, n * sizeof *x);
     if (fp_dp_add_noise(r->noise, x, n, r->cfg->dp_noise_multiplier, r->cfg->dp_clip_norm) < 0)
         return -1;
     for (size_t i = 0; i < n; i++)
-        view[i] += (float)((double)x[i] / W);
+        view[i] += (float)((double)x[i] / D);
     return 0;
 }
 
-/* One step of the accountant for this round's release (q = sampled / registered). */
+/* One step of the accountant for this round's release: q = fraction under
+ * poisson, sampled / registered under fixed (sampling_dp_q). */
 static void account(rounds *r)
 {
     if (!r->cfg->dp)
         return;
-    int reg = server_n_workers(r->srv);
-    double q = reg > 0 ? (double)r->m.sampled / (double)reg : 1.0;
-    if (q > 1)
-        q = 1;
+    double q = sampling_dp_q(r->cfg->sampling_mode, r->m.sampled,
+                             (unsigned)server_n_workers(r->srv), r->cfg->fraction);
     if (fp_dp_accountant_add(&r->acct, q, r->cfg->dp_noise_multiplier, 1) < 0 ||
         fp_dp_accountant_epsilon(&r->acct, r->cfg->dp_delta, &r->last_epsilon, NULL) < 0)
         clog_error("round %llu: DP accountant: %s", (unsigned long long)r->round, fp_error_get());
@@ -51,7 +67,8 @@ static const char *server_opt_name(int i)
 /* fedavg/ffa in plain mode: the aggregate is a weighted mean of updates each
  * within the bound, so its change is within it too; a larger one means the
  * bound was bypassed (a bug or an attack) and is never applied. (Robust rules,
- * svd and flora are not means: no such check.) */
+ * svd and flora are not means: no such check.) With [dp]'s fixed denominator D
+ * the sum of n updates over D is within n / D bounds when D < n (poisson). */
 static int impossible_aggregate(const rounds *r, const float *x)
 {
     int s_ = r->cfg->strategy;
@@ -59,6 +76,9 @@ static int impossible_aggregate(const rounds *r, const float *x)
                (s_ == COORD_STRATEGY_FEDAVG || s_ == COORD_STRATEGY_FFA ||
                 s_ == COORD_STRATEGY_ROLORA || s_ == COORD_STRATEGY_SCAFFOLD);
     double bound = rounds_update_bound(r, r->n_view), s = 0;
+    const strategy *st = r->strat;
+    if (st->denominator > 0 && st->weight_sum > st->denominator)
+        bound *= st->weight_sum / st->denominator;
     if (r->sa || !mean || bound <= 0)
         return 0;
     for (size_t i = 0; i < r->n_view; i++) {
@@ -102,6 +122,17 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
     size_t n = r->n_view;
     fp_ft_view_gather(r->global, r->view_kind, r->global->params, x);
     memcpy(r->view_old, x, n * sizeof *x);
+    if (r->cfg->dp) {
+        double D = dp_denominator(r);
+        if (strategy_set_denominator(r->strat, D) < 0)
+            return -1;
+        clog_info("round %llu: DP mean = sum of %u clipped updates / %.6g (%s; %u sampled)",
+                  (unsigned long long)r->round, r->n_reported,
+                  sampling_dp_denominator(r->cfg->sampling_mode, m->sampled,
+                                          (unsigned)server_n_workers(r->srv), r->cfg->fraction),
+                  r->cfg->sampling_mode == COORD_SAMPLING_POISSON
+                      ? "fraction x registered" : "the number sampled", m->sampled);
+    }
     if (strategy_finish(r->strat, x) < 0)
         return -1;
     if (impossible_aggregate(r, x) < 0)

@@ -16,6 +16,7 @@
 #include "rounds_phase.h"
 #include "rounds_report.h"
 #include "rounds_state.h"
+#include "sampling.h"
 
 /* Ends the round without changing the global adapter. */
 static void abandon(rounds *r, int64_t now, const char *fmt, unsigned a, unsigned b)
@@ -262,15 +263,22 @@ static uint64_t sample_seed(const rounds *r)
     return s;
 }
 
-/* Live workers sorted by id; k of them by a partial Fisher-Yates seeded from
- * sample_seed; the chosen ones sorted by id again. Returns k. */
+/* Live workers sorted by id; fixed: k of them by a partial Fisher-Yates
+ * seeded from sample_seed, the chosen ones sorted by id again; poisson: each
+ * one with probability fraction (sampling.h), no minimum or cap. Returns k. */
 static int sample(rounds *r, int *chosen)
 {
     int n = 0;
+    uint64_t seed = sample_seed(r);
+    int poisson = r->cfg->sampling_mode == COORD_SAMPLING_POISSON;
     for (int i = 0; i < server_n_workers(r->srv); i++)
-        if (server_worker(r->srv, i)->alive)
+        if (server_worker(r->srv, i)->alive &&
+            (!poisson || sampling_poisson_in(seed, server_worker(r->srv, i)->id,
+                                             r->cfg->fraction)))
             chosen[n++] = i;
     qsort_r(chosen, (size_t)n, sizeof *chosen, cmp_ids, r->srv);
+    if (poisson)
+        return n;
     long k = lround(r->cfg->fraction * n);
     if (k < r->cfg->min_workers)
         k = r->cfg->min_workers;
@@ -279,7 +287,7 @@ static int sample(rounds *r, int *chosen)
     if (k > n)
         k = n;
     fp_rng rng;
-    fp_rng_seed(&rng, sample_seed(r));
+    fp_rng_seed(&rng, seed);
     for (int i = 0; i < k; i++) {
         int j = i + (int)fp_rng_below(&rng, (uint64_t)(n - i));
         int t = chosen[i];
@@ -325,9 +333,18 @@ static void start_train(rounds *r, int64_t now)
     for (int i = 0; i < k; i++) {
         r->sampled_weight += rounds_weight(r, chosen[i], server_worker(r->srv, chosen[i])->n_examples);
     }
-    clog_info("round %llu: sampled %d of %d workers (%s)", (unsigned long long)r->round, k,
-              server_n_live(r->srv), names);
+    clog_info("round %llu: sampled %d of %d workers (%s)%s", (unsigned long long)r->round, k,
+              server_n_live(r->srv), names,
+              r->cfg->sampling_mode == COORD_SAMPLING_POISSON ? " by Poisson sampling" : "");
     sa_destroy(&r->sa);
+    /* poisson: a draw that can never meet the quorum ends the round now; it is
+     * not topped up (the accountant assumes Poisson sampling). */
+    if (r->cfg->sampling_mode == COORD_SAMPLING_POISSON && k < r->cfg->min_quorum) {
+        abandon(r, now, "the Poisson draw holds %u workers, below min_quorum = %u (not "
+                        "topped up: the accountant assumes Poisson sampling)", (unsigned)k,
+                (unsigned)r->cfg->min_quorum);
+        return;
+    }
     if (r->cfg->secagg && k > 0) {
         r->m.secagg = 1;
         if (!(r->sa = sa_new(r, chosen, k))) {
@@ -526,8 +543,8 @@ void rounds_check_eval(rounds *r, int64_t now)
     rounds_complete_round(r, now);
 }
 
-/* Would one more round keep epsilon within [dp] epsilon_budget? (q estimated
- * from the live workers the round will sample.) */
+/* Would one more round keep epsilon within [dp] epsilon_budget? (fixed: q
+ * estimated from the live workers the round will sample; poisson: q = fraction.) */
 static int budget_allows(rounds *r, int live)
 {
     if (!r->cfg->dp || r->cfg->dp_epsilon_budget <= 0)
@@ -540,9 +557,10 @@ static int budget_allows(rounds *r, int live)
         k = r->cfg->max_workers;
     if (k > live)
         k = live;
-    double q = reg > 0 ? (double)k / (double)reg : 1.0, eps = 0;
+    double q = sampling_dp_q(r->cfg->sampling_mode, (unsigned)k, (unsigned)reg,
+                             r->cfg->fraction), eps = 0;
     fp_dp_accountant next = r->acct;
-    if (fp_dp_accountant_add(&next, q > 1 ? 1 : q, r->cfg->dp_noise_multiplier, 1) < 0 ||
+    if (fp_dp_accountant_add(&next, q, r->cfg->dp_noise_multiplier, 1) < 0 ||
         fp_dp_accountant_epsilon(&next, r->cfg->dp_delta, &eps, NULL) < 0)
         return 1;
     if (eps <= r->cfg->dp_epsilon_budget)

@@ -100,7 +100,9 @@ uint64_t rounds_task_id(const rounds *r, uint64_t round, int kind);
  * ([strategy] max_update_norm, or auto), 0 = unbounded. */
 double rounds_update_bound(const rounds *r, size_t n);
 /* Worker w's averaging weight this round: its server weight for `declared`
- * examples, capped at weight_cap. */
+ * examples, capped at weight_cap; 1 for everyone with [dp] (sensitivity C / D
+ * needs every worker to count the same; weighting and allowlist weights are
+ * not used). */
 double rounds_weight(const rounds *r, int w, uint64_t declared);
 /* rolora (RoLoRA, docs/aggregation.md): this round's factor, B in odd rounds
  * and A in even ones; the other is frozen at the global's values, so the mean

@@ -43,6 +43,8 @@ struct strategy {
     size_t n;               /* floats in the adapter */
     size_t n_added;         /* updates added this round */
     double weight_sum;      /* their total weight */
+    double denominator;     /* > 0: fedavg's finish divides by this, not weight_sum
+                               (DP's fixed denominator, strategy_set_denominator) */
 };
 
 /* FedAvg (strategy_fedavg.c): global += sum_k w_k delta_k / sum_k w_k, with the
@@ -109,6 +111,11 @@ void strategy_destroy(strategy **s_p);
 int strategy_begin(strategy *s, uint64_t round) FP_WUR;
 /* weight > 0 and finite; delta's values finite (the caller validated them). */
 int strategy_add(strategy *s, const float *delta, double weight) FP_WUR;
+/* fedavg and scaffold (the means): this round's finish applies
+ * sum_k w_k delta_k / d instead of / sum_k w_k (d > 0 and finite), so that the
+ * released mean does not depend on who reported ([dp], docs/privacy.md).
+ * strategy_begin forgets it. -1 with an error for another strategy or a bad d. */
+int strategy_set_denominator(strategy *s, double d) FP_WUR;
 /* -1 if nothing was added this round (global untouched). */
 int strategy_finish(strategy *s, float *global) FP_WUR;
 size_t strategy_state_size(const strategy *s);

@@ -33,7 +33,7 @@ static int fedavg_add(strategy *s, const float *delta, double weight)
 static int fedavg_finish(strategy *s, float *global)
 {
     fedavg *f = (fedavg *)s;
-    double inv = 1.0 / s->weight_sum;
+    double inv = 1.0 / (s->denominator > 0 ? s->denominator : s->weight_sum);
     for (size_t i = 0; i < s->n; i++)
         global[i] = (float)((double)global[i] + f->sum[i] * inv);
     return 0;
@@ -115,6 +115,7 @@ int strategy_begin(strategy *s, uint64_t round)
 {
     s->n_added = 0;
     s->weight_sum = 0;
+    s->denominator = 0;
     return s->ops->begin(s, round);
 }
 
@@ -127,6 +128,16 @@ int strategy_add(strategy *s, const float *delta, double weight)
         return -1;
     s->n_added++;
     s->weight_sum += weight;
+    return 0;
+}
+
+int strategy_set_denominator(strategy *s, double d)
+{
+    if (strcmp(s->ops->name, "fedavg") != 0 && strcmp(s->ops->name, "scaffold") != 0)
+        return fp_error_set("%s is not a mean: no fixed denominator", s->ops->name);
+    if (!(d > 0) || !isfinite(d))
+        return fp_error_set("%s: denominator %g must be positive and finite", s->ops->name, d);
+    s->denominator = d;
     return 0;
 }
 

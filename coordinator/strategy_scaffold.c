@@ -30,7 +30,9 @@ static int sc_add(strategy *s, const float *delta, double weight)
 
 static int sc_finish(strategy *s, float *global)
 {
-    return strategy_finish(((scaffold *)s)->avg, global);
+    strategy *avg = ((scaffold *)s)->avg;
+    avg->denominator = s->denominator;     /* the fixed one ([dp]), or 0 */
+    return strategy_finish(avg, global);
 }
 
 static size_t sc_state_size(const strategy *s) { return 12 + s->n * sizeof(float); }

@@ -1,5 +1,7 @@
 /* test_dp.c - differential privacy: L2 clipping, Gaussian noise std (plain and
- * distributed), and the RDP accountant against published reference values. */
+ * distributed), the RDP accountant against published reference values, and
+ * the coordinator's side: the Poisson draw, the accountant's q and the fixed
+ * denominator of the released mean (sampling.c, strategy_fedavg.c). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -11,6 +13,10 @@
 #include <string.h>
 
 #include "dp.h"
+
+/* The coordinator's folder is a program, not a library: compile them in. */
+#include "../coordinator/sampling.c"
+#include "../coordinator/strategy_fedavg.c"
 
 static void test_clip(void **state)
 {
@@ -177,6 +183,113 @@ static void test_accountant(void **state)
     assert_true(isinf(e1));
 }
 
+/* Poisson sampling: each of n identities independently with probability q.
+ * Over R rounds the mean draw is q n, its variance q (1 - q) n (a fixed-size
+ * draw has none), each identity's rate is q; the same (seed, id) always gives
+ * the same answer, and consecutive rounds draw different sets. */
+static void test_poisson_draw(void **state)
+{
+    (void)state;
+    enum { N = 40, R = 4000 };
+    const double q = 0.3;
+    char ids[N][16];
+    for (int i = 0; i < N; i++)
+        snprintf(ids[i], sizeof ids[i], "site-%02d", i);
+    unsigned hits[N] = {0}, both01 = 0, same_as_prev = 0;
+    double sum = 0, sum2 = 0;
+    uint64_t prev = 0;
+    for (int r = 0; r < R; r++) {
+        uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(r + 1);   /* one per round */
+        uint64_t set = 0;
+        int k = 0;
+        for (int i = 0; i < N; i++) {
+            int in = sampling_poisson_in(seed, ids[i], q);
+            assert_int_equal(in, sampling_poisson_in(seed, ids[i], q));   /* deterministic */
+            if (in) {
+                hits[i]++;
+                set |= 1ull << i;
+                k++;
+            }
+        }
+        both01 += (set & 3) == 3;
+        same_as_prev += r > 0 && set == prev;
+        prev = set;
+        sum += k;
+        sum2 += (double)k * k;
+    }
+    double mean = sum / R, var = sum2 / R - mean * mean;
+    double want = q * N, want_var = q * (1 - q) * N;
+    printf("Poisson draw: mean size %.3f (q n = %.1f), variance %.3f (q (1-q) n = %.2f) over "
+           "%d rounds\n", mean, want, var, want_var, R);
+    if (fabs(mean - want) > 5 * sqrt(want_var / R))
+        fail_msg("mean draw %.3f, expected %.1f", mean, want);
+    if (fabs(var / want_var - 1) > 0.15)
+        fail_msg("draw variance %.3f, expected %.2f (independent coins)", var, want_var);
+    for (int i = 0; i < N; i++)
+        if (fabs((double)hits[i] / R - q) > 5 * sqrt(q * (1 - q) / R))
+            fail_msg("%s was drawn in %u of %d rounds, expected q = %g", ids[i], hits[i], R, q);
+    /* two identities together at rate q^2: independent */
+    assert_true(fabs((double)both01 / R - q * q) < 5 * sqrt(q * q * (1 - q * q) / R));
+    assert_true(same_as_prev < 5);          /* P(same set) ~ 1e-7 a round */
+    /* another seed (another run or round) is another draw; one identity's coin does not
+     * depend on who else is live; q = 0 and q = 1 */
+    int differ = 0;
+    for (int i = 0; i < N; i++)
+        differ += sampling_poisson_in(1, ids[i], q) != sampling_poisson_in(2, ids[i], q);
+    assert_true(differ > 0);
+    assert_int_equal(sampling_poisson_in(7, "a", 0.0), 0);
+    assert_int_equal(sampling_poisson_in(7, "a", 1.0), 1);
+}
+
+/* The accountant's q and the fixed denominator: poisson: q = fraction exactly and
+ * D = fraction x registered, whoever was drawn; fixed: q = sampled / registered
+ * and D = sampled. Both count registered identities. */
+static void test_dp_q_and_denominator(void **state)
+{
+    (void)state;
+    assert_true(sampling_dp_q(COORD_SAMPLING_POISSON, 7, 20, 0.25) == 0.25);
+    assert_true(sampling_dp_q(COORD_SAMPLING_POISSON, 0, 20, 0.25) == 0.25);
+    assert_true(sampling_dp_denominator(COORD_SAMPLING_POISSON, 7, 20, 0.25) == 5.0);
+    assert_true(sampling_dp_denominator(COORD_SAMPLING_POISSON, 3, 20, 0.25) == 5.0);
+    assert_true(sampling_dp_q(COORD_SAMPLING_FIXED, 5, 20, 0.25) == 0.25);
+    assert_true(sampling_dp_q(COORD_SAMPLING_FIXED, 6, 20, 0.25) == 0.3);
+    assert_true(sampling_dp_q(COORD_SAMPLING_FIXED, 25, 20, 1.0) == 1.0);     /* at most 1 */
+    assert_true(sampling_dp_q(COORD_SAMPLING_FIXED, 0, 0, 1.0) == 1.0);
+    assert_true(sampling_dp_denominator(COORD_SAMPLING_FIXED, 6, 20, 0.25) == 6.0);
+}
+
+/* The released mean with 3 sampled and 1 dropped: with the fixed denominator it
+ * is (d0 + d1) / 3, not / 2; without one (no DP) FedAvg is unchanged. */
+static void test_fixed_denominator_mean(void **state)
+{
+    (void)state;
+    const float d0[3] = {0.3f, -0.6f, 0.9f}, d1[3] = {0.6f, 0.3f, -0.3f};
+    for (int dp = 0; dp < 2; dp++) {
+        strategy *s = strategy_new("fedavg", 3);
+        assert_non_null(s);
+        float g[3] = {1.0f, 2.0f, 3.0f};
+        assert_int_equal(strategy_begin(s, 1), 0);
+        assert_int_equal(strategy_add(s, d0, 1.0), 0);
+        assert_int_equal(strategy_add(s, d1, 1.0), 0);      /* the third never reports */
+        if (dp)
+            assert_int_equal(strategy_set_denominator(s, 3.0), 0);
+        assert_int_equal(strategy_finish(s, g), 0);
+        double D = dp ? 3.0 : 2.0;
+        for (int i = 0; i < 3; i++) {
+            double want = (double)(i + 1) + ((double)d0[i] + (double)d1[i]) / D;
+            if (fabs(g[i] - want) > 1e-6)
+                fail_msg("%s: coordinate %d is %.7f, expected sum / %g = %.7f",
+                         dp ? "DP" : "plain", i, g[i], D, want);
+        }
+        /* the next round forgets it */
+        assert_int_equal(strategy_begin(s, 2), 0);
+        assert_true(s->denominator == 0);
+        assert_int_equal(strategy_set_denominator(s, 0.0), -1);
+        assert_int_equal(strategy_set_denominator(s, NAN), -1);
+        strategy_destroy(&s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -185,6 +298,9 @@ int main(void)
         cmocka_unit_test(test_rdp_reference),
         cmocka_unit_test(test_conversion_reference),
         cmocka_unit_test(test_accountant),
+        cmocka_unit_test(test_poisson_draw),
+        cmocka_unit_test(test_dp_q_and_denominator),
+        cmocka_unit_test(test_fixed_denominator_mean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,14 @@
  * g. SecAgg+: 8 workers on a Harary graph of degree 4 (each masks with and
  *    shares among 4 neighbours only), 2 drop after masking: the exact sum of
  *    the other 6; a coordinator that lies about the graph (another nonce,
- *    other neighbours) is refused by the worker it lies to.
+ *    other neighbours) is refused by the worker it lies to;
+ * h. DP's fixed denominator: 3 sampled, 1 drops (after masking under secure
+ *    aggregation with distributed DP; a refused upload in plain mode with
+ *    central DP): the released mean is the sum / 3, not / 2;
+ * i. [sampling] mode = poisson with distributed DP under SecAgg+: every round
+ *    runs (or is abandoned for a draw below min_quorum), the adapter moved by
+ *    sum_r (unmasked sum_r) x k_r / (q n), and epsilon is the accountant's at
+ *    q = fraction for the rounds released.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -456,6 +463,168 @@ static void test_lying_graph_refused(void **state)
     }
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* got and want hold the same n values up to order (the adapter file and the
+ * trainable view order tensors differently), each within tol: sorting is
+ * 1-Lipschitz in the max norm, so the sorted vectors are compared. */
+static void assert_same_values(float *got, float *want, size_t n, double tol, const char *what)
+{
+    qsort(got, n, sizeof *got, cmp_float);
+    qsort(want, n, sizeof *want, cmp_float);
+    double worst = 0, norm = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs((double)got[i] - (double)want[i]));
+        norm += (double)want[i] * want[i];
+    }
+    printf("%s: max |diff| %.3g over %zu values (expected norm %.4g)\n", what, worst, n,
+           sqrt(norm));
+    if (!(sqrt(norm) > 1e-4))
+        fail_msg("%s: the expected change is ~0 (norm %g): the test has no power", what,
+                 sqrt(norm));
+    if (worst > tol)
+        fail_msg("%s: max |diff| %.3g > %.3g", what, worst, tol);
+}
+
+/* h. The released mean divides by the number sampled, not by the reporters. */
+static void test_dp_fixed_denominator(void **state)
+{
+    (void)state;
+    const char *dp = "[strategy]\nname = ffa\n"
+                     "[dp]\nenabled = true\nclip_norm = 1.0\nnoise_multiplier = 1e-6\n";
+    char extra[512];
+    /* Secure aggregation, distributed DP: w2 leaves after masking; its mask key is
+     * reconstructed and the unmasked sum S holds w0 and w1, each weighted 1/3. */
+    const char *d = "FEDPEFT_TEST_DROP_AFTER=masking";
+    const char *env[MAXW] = {NULL, NULL, d};
+    run f;
+    snprintf(extra, sizeof extra, "%smode = distributed\n", dp);
+    federate(&f, "sa-dp-denom", 3, 1, extra, env);
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "sampled", NULL), 3);
+    assert_int_equal((int)num(m, "reported", NULL), 2);
+    cJSON_Delete(m);
+    int alive[2] = {0, 1};
+    size_t n, ns, nb;
+    float *want = quantized_sum(&f, alive, 2, 1, &n), *S = coord_sum(&f, 1, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, S, n * sizeof *S);
+    free(want);
+    /* ffa: A frozen, B from 0, so B = S x 3 / 3 (it was S x 3 / 2 by the reporters) */
+    float *B = adapter_values(f.adapter, "lora_B", &nb);
+    assert_int_equal(nb, ns);
+    assert_same_values(B, S, n, 1e-7, "secagg + distributed DP, 1 of 3 dropped: B vs S / (3/3)");
+    free(B);
+    free(S);
+    char *log = file_text(&f, "coordinator.log");
+    assert_non_null(strstr(log, "DP mean = sum of 2 clipped updates / 3 (the number sampled"));
+    free(log);
+
+    /* Plain mode, central DP: w2's upload is refused (tampered); B = (d0 + d1) / 3. */
+    const char *env2[MAXW] = {NULL, NULL, "FEDPEFT_TEST_TAMPER=flip"};
+    run p;
+    snprintf(extra, sizeof extra, "%smode = central\n[secagg]\nenabled = false\n"
+             "[privacy]\nrequire_secagg = false\n", dp);
+    federate(&p, "plain-dp-denom", 3, 1, extra, env2);
+    m = metrics_line(&p, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "reported", NULL), 2);
+    assert_true(num(m, "rejected", "tampered") >= 1);
+    cJSON_Delete(m);
+    float *mean = NULL;
+    for (int k = 0; k < 2; k++) {
+        char path[4500];
+        snprintf(path, sizeof path, "%s/worker-w%d-round-1.f32", p.dump, k);
+        float *x = fh_read_f32(path, &n);       /* the clipped delta (weight 1) */
+        if (!mean)
+            mean = calloc(n, sizeof *mean);
+        for (size_t i = 0; i < n; i++)
+            mean[i] += x[i] / 3.0f;
+        free(x);
+    }
+    B = adapter_values(p.adapter, "lora_B", &nb);
+    assert_int_equal(nb, n);
+    /* noise sigma C / 3 = 3.3e-7 per value */
+    assert_same_values(B, mean, n, 5e-6, "plain + central DP, 1 of 3 refused: B vs (d0+d1)/3");
+    free(B);
+    free(mean);
+}
+
+/* i. Poisson sampling, distributed DP, secure aggregation: 6 workers, q = 0.8. */
+static void test_poisson_dp_secagg(void **state)
+{
+    (void)state;
+    const double q = 0.8, sigma = 1.0, delta = 1e-5;
+    enum { R = 3, N = 6 };
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "[sampling]\nmode = poisson\nfraction = %g\n[round]\nmin_quorum = 3\n"
+             "[strategy]\nname = ffa\n[dp]\nenabled = true\nmode = distributed\n"
+             "clip_norm = 0.05\nnoise_multiplier = %g\ndelta = %g\n", q, sigma, delta);
+    run f;
+    federate(&f, "sa-poisson", N, R, extra, NULL);
+    float *want = NULL;
+    size_t n = 0;
+    int released = 0;
+    for (int r = 1; r <= R; r++) {
+        cJSON *m = metrics_line(&f, r);
+        if (!m)
+            fail_msg("round %d has no metrics line; see %s", r, f.dir);
+        int k = (int)num(m, "sampled", NULL);
+        if (cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned"))) {
+            const cJSON *why = cJSON_GetObjectItem(m, "reason");
+            assert_true(cJSON_IsString(why));
+            if (k >= 3 || !strstr(why->valuestring, "Poisson draw"))
+                fail_msg("round %d (%d drawn) abandoned: %s", r, k, why->valuestring);
+            printf("round %d: a draw of %d, abandoned (below min_quorum)\n", r, k);
+            cJSON_Delete(m);
+            continue;
+        }
+        assert_int_equal((int)num(m, "reported", NULL), k);
+        printf("round %d: a Poisson draw of %d of %d\n", r, k, N);
+        cJSON_Delete(m);
+        size_t ns;
+        float *S = coord_sum(&f, r, &ns);
+        if (!want)
+            want = calloc(n = ns, sizeof *want);
+        assert_int_equal(ns, n);
+        for (size_t i = 0; i < n; i++)      /* S = sum / k: the mean is S k / (q N) */
+            want[i] += (float)((double)S[i] * k / (q * N));
+        free(S);
+        released++;
+    }
+    if (!released)
+        fail_msg("no round was released (P ~ 5e-6); see %s", f.dir);
+    size_t nb;
+    float *B = adapter_values(f.adapter, "lora_B", &nb);
+    assert_int_equal(nb, n);
+    assert_same_values(B, want, n, 1e-6, "poisson + distributed DP: B vs sum S_r k_r / (q n)");
+    free(B);
+    free(want);
+    fp_dp_accountant acc;
+    fp_dp_accountant_init(&acc);
+    double eps;
+    assert_int_equal(fp_dp_accountant_add(&acc, q, sigma, (uint64_t)released), 0);
+    assert_int_equal(fp_dp_accountant_epsilon(&acc, delta, &eps, NULL), 0);
+    cJSON *m = metrics_line(&f, R);
+    double got = num(m, "epsilon", NULL);
+    cJSON_Delete(m);
+    printf("epsilon after %d released rounds at q = %g: %.6f (accountant %.6f)\n", released, q,
+           got, eps);
+    assert_true(fabs(got - eps) < 1e-9 * (1 + eps));
+    char *log = file_text(&f, "coordinator.log");
+    assert_non_null(strstr(log, "by Poisson sampling"));
+    assert_non_null(strstr(log, "/ 4.8 (fraction x registered"));
+    free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -466,6 +635,8 @@ int main(void)
         cmocka_unit_test(test_dp_noise_and_budget),
         cmocka_unit_test(test_harary_graph_drop),
         cmocka_unit_test(test_lying_graph_refused),
+        cmocka_unit_test(test_dp_fixed_denominator),
+        cmocka_unit_test(test_poisson_dp_secagg),
     };
     if (getenv("FP_TEST_FILTER"))
         cmocka_set_test_filter(getenv("FP_TEST_FILTER"));

@@ -316,7 +316,10 @@ static void dump_delta(const wk_task *t, const float *x, size_t n)
 
 /* The trained delta -> what is uploaded: DP clipping (and the worker's noise
  * share), FedAvg weight (secagg), quantization and masks; and the round's
- * ephemeral seal key. 0, or -1 (logged) when there is nothing to send. */
+ * ephemeral seal key. 0, or -1 (logged) when there is nothing to send.
+ * The noise share is added before the weight, so weight w scales the clipped
+ * update and its noise alike: the sum's noise is sigma x (w C), its
+ * sensitivity to this worker w C, whatever w the coordinator chose. */
 static int prepare_update(wk_task *t)
 {
     size_t n = t->n_up;
@@ -325,9 +328,6 @@ static int prepare_update(wk_task *t)
         wk_log("round %llu: DP clipping failed: %s", (unsigned long long)t->round, fp_error_get());
         return -1;
     }
-    if (t->has_secagg)
-        for (size_t i = 0; i < n; i++)
-            x[i] = (float)((double)x[i] * t->sap.weight);
     if (t->has_dp && t->dpp.distributed && t->dpp.noise_multiplier > 0) {
         fp_dp_noise *g = fp_dp_noise_new(NULL);
         int rc = g ? fp_dp_add_noise_distributed(g, x, n, t->dpp.noise_multiplier,
@@ -338,6 +338,9 @@ static int prepare_update(wk_task *t)
             return -1;
         }
     }
+    if (t->has_secagg)
+        for (size_t i = 0; i < n; i++)
+            x[i] = (float)((double)x[i] * t->sap.weight);
     dump_delta(t, x, n);
     if (t->has_secagg && (!t->sa || wk_sa_mask(t->sa, x, n, t->q) != 0)) {
         wk_log("round %llu: masking failed: %s", (unsigned long long)t->round,
