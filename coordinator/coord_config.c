@@ -144,8 +144,8 @@ const fp_cfg_key coord_config_keys[] = {
     {"dp", "clip_norm", FP_CFG_DOUBLE, 1e-9, 1e9, "1.0", F(dp_clip_norm), 0, NULL,
      "C: L2 norm bound of each worker's update (every worker weighs 1 with [dp])"},
     {"dp", "noise_multiplier", FP_CFG_DOUBLE, 0, 1e6, "1.0", F(dp_noise_multiplier), 0, NULL,
-     "sigma: noise std on the sum of clipped updates = sigma * C (central under secagg: see "
-     "docs/privacy.md)"},
+     "sigma: noise std on the sum of clipped updates = sigma * C (on the released mean "
+     "sigma * C / D, D the fixed denominator)"},
     {"dp", "mode", FP_CFG_ENUM, 0, 0, "central", F(dp_mode), 0, dp_modes,
      "central (coordinator noises the sum) or distributed (each worker adds its share)"},
     {"dp", "delta", FP_CFG_DOUBLE, 1e-300, 0.999999, "1e-5", F(dp_delta), 0, NULL,

@@ -1205,9 +1205,13 @@ static int finalize_sum(rounds *r)
     fp_secagg_dequantize_sum(x, sa->sum, sa->n_params, sa->frac_bits);
     if (r->dump_dir)
         dump_sum(r, x, sa->n_params);
+    /* Central DP: under DP every member weighs 1, so x is the clipped sum over
+     * the sampled count and one member moves it by C / sampled_weight; the
+     * noise is sigma times that (the release then divides as x does). */
     if (r->cfg->dp && r->cfg->dp_mode == COORD_DP_CENTRAL &&
         fp_dp_add_noise(r->noise, x, sa->n_params, r->cfg->dp_noise_multiplier,
-                        r->cfg->dp_clip_norm) < 0)
+                        r->cfg->dp_clip_norm / (r->sampled_weight > 0 ? r->sampled_weight
+                                                                       : 1.0)) < 0)
         return -1;
     for (size_t i = 0; i < sa->n_params; i++)
         x[i] = (float)((double)x[i] / W);
