@@ -8,6 +8,7 @@
 
 #include "clog.h"
 #include "rounds_msgs.h"
+#include "rounds_persist.h"
 #include "rounds_state.h"
 #include "seal.h"
 
@@ -386,19 +387,6 @@ static void late_sealed(rounds *r, int w, const Fedpeft__SealedChunk *c)
                       c->index);
 }
 
-static void dump_opened(const rounds *r, const char *id, uint32_t index, const void *buf,
-                        size_t len)
-{
-    char path[1300];
-    snprintf(path, sizeof path, "%s/coord-round-%llu-%s-chunk-%u.bin", r->dump_dir,
-             (unsigned long long)r->round, id, index);
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fwrite(buf, 1, len, f);
-        fclose(f);
-    }
-}
-
 static void refuse_upload(rounds *r, int w, reject_reason why, const char *fmt, uint32_t index,
                           const char *detail)
 {
@@ -493,8 +481,9 @@ static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
     size_t off, cnt, len;
     if (sealed_shape_ok(r, w, c, n, &off, &cnt) < 0 || open_sealed(r, w, s, c, id, &len) < 0)
         return;
-    if (r->dump_dir)
-        dump_opened(r, id, c->index, r->open_buf, len);
+    char name[WIRE_MAX_ID + 32];
+    snprintf(name, sizeof name, "%s-chunk-%u.bin", id, c->index);
+    rounds_dump(r, name, r->open_buf, len);
     if (!r->sa) {
         float *dst = s->buf + off;
         memcpy(dst, r->open_buf, len);

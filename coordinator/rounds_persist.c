@@ -16,6 +16,19 @@
 #include "rounds_persist.h"
 #include "rounds_state.h"
 
+void rounds_dump(const rounds *r, const char *name, const void *data, size_t bytes)
+{
+    if (!r->dump_dir)
+        return;
+    char path[1300];
+    snprintf(path, sizeof path, "%s/coord-round-%llu-%s", r->dump_dir,
+             (unsigned long long)r->round, name);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(data, 1, bytes, f);
+        fclose(f);
+    }
+}
 
 int rounds_mkdir_p(const char *dir)
 {

@@ -307,6 +307,7 @@ static void start_train(rounds *r, int64_t now)
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
     if (strategy_begin(r->strat, r->round) < 0)
         clog_error("round %llu: %s", (unsigned long long)r->round, fp_error_get());
+    rounds_dump(r, "global.f32", r->global->params, r->global->n_params * sizeof(float));
     r->loss_wsum = r->weight_sum = 0;
     static const uint8_t zero[32];
     for (int i = 0; i < server_n_workers(r->srv); i++) {

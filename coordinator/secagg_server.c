@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "clog.h"
+#include "rounds_persist.h"
 #include "rounds_state.h"
 #include "secagg.h"
 #include "secagg_graph.h"
@@ -1126,18 +1127,6 @@ static int check_bounds(const rounds *r, double W)
     return 0;
 }
 
-static void dump_sum(const rounds *r, const float *x, size_t n)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/coord-round-%llu-sum.f32", r->dump_dir,
-             (unsigned long long)r->round);
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fwrite(x, sizeof *x, n, f);
-        fclose(f);
-    }
-}
-
 /* Removes the masks of members fin_next.. for up to budget_ms, so that a
  * round of hundreds of members does not stop the event loop (heartbeats
  * keep being answered): for each member one secret, the self-mask seed of a
@@ -1190,6 +1179,24 @@ out:
     return rc;
 }
 
+/* Test builds: the dequantized sum and who is in it ("W <weight>" then one
+ * survivor id a line), what the soak and the exactness tests recompute. */
+static void dump_members(const rounds *r, const float *x, double W)
+{
+    const sa_server *sa = r->sa;
+    rounds_dump(r, "sum.f32", x, sa->n_params * sizeof *x);
+    size_t cap = 64 + (size_t)sa->n * (WIRE_MAX_ID + 2), len;
+    char *text = malloc(cap);
+    if (!text)
+        return;
+    len = (size_t)snprintf(text, cap, "W %.17g\n", W);
+    for (unsigned i = 0; i < sa->n; i++)
+        if (sa->m[i].survived)
+            len += (size_t)snprintf(text + len, cap - len, "%s\n", sa->m[i].id);
+    rounds_dump(r, "members.txt", text, len);
+    free(text);
+}
+
 /* The unmasked sum: checked, dequantized, FedAvg (strategy gets sum / W
  * with weight W). */
 static int finalize_sum(rounds *r)
@@ -1204,7 +1211,7 @@ static int finalize_sum(rounds *r)
     float *x = r->staging;
     fp_secagg_dequantize_sum(x, sa->sum, sa->n_params, sa->frac_bits);
     if (r->dump_dir)
-        dump_sum(r, x, sa->n_params);
+        dump_members(r, x, W);
     /* Central DP: under DP every member weighs 1, so x is the clipped sum over
      * the sampled count and one member moves it by C / sampled_weight; the
      * noise is sigma times that (the release then divides as x does). */
