@@ -79,6 +79,21 @@ static void secagg_rejoin(rounds *r, int w, uint8_t s)
 {
     if (s == ST_NONE || s == ST_FAILED)
         return;
+    if (server_worker(r->srv, w)->secagg_task != rounds_task_id(r, r->round, TASK_TRAIN)) {
+        /* A new process: its keys and shares are gone, so it can finish no phase.
+         * Out now, as if it had refused (it speaks only for its own key). */
+        if (s == ST_STAGING)
+            rounds_drop_upload(r, w);
+        if (s == ST_READY)
+            queue_remove(r, w);
+        if (s != ST_DONE)
+            r->status[w] = ST_FAILED;
+        sa_on_refusal(r, w, 0);
+        clog_info("round %llu: %s said Hello without this round's secure-aggregation state (it "
+                  "restarted): out of the round", (unsigned long long)r->round,
+                  server_worker(r->srv, w)->id);
+        return;
+    }
     if (s == ST_STAGING) {
         rounds_drop_upload(r, w);
         r->status[w] = ST_READY;

@@ -135,6 +135,12 @@ int sa_in_u2(const sa_server *sa, int w)
     return i >= 0 && sa->m[i].shared;
 }
 
+/* A small-message phase's wait for n members (fp_sagraph_phase_s), in ms. */
+static int64_t phase_ms(const rounds *r, unsigned n)
+{
+    return (int64_t)(fp_sagraph_phase_s(n, r->cfg->deadline_s) * 1000.0);
+}
+
 sa_server *sa_new(rounds *r, const int *chosen, int k)
 {
     const coord_config *c = r->cfg;
@@ -185,8 +191,7 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
     for (int i = 0; i < k; i++)
         sa->m[i].weight /= total;
     sa->phase = SA_KEYS;
-    double sub = r->cfg->deadline_s * 0.25;
-    sa->sub_deadline = clog_now_ms() + (int64_t)((sub < 2.0 ? 2.0 : sub) * 1000.0);
+    sa->sub_deadline = clog_now_ms() + phase_ms(r, k);
     return sa;
 oom:
     sa_destroy(&sa);
@@ -885,8 +890,7 @@ sa_verdict sa_end_upload(rounds *r, int64_t now, const char *why, char *reason, 
     send_consistency(r, -1);
     sa->phase = SA_CONSIST;
     sa->n_u4 = 0;
-    double sub = r->cfg->deadline_s * 0.25;
-    sa->sub_deadline = now + (int64_t)((sub < 2.0 ? 2.0 : sub) * 1000.0);
+    sa->sub_deadline = now + phase_ms(r, sa->n_u3);
     clog_info("round %llu: secagg: %u masked inputs (%s); asking the survivors to sign the "
               "survivor set", (unsigned long long)r->round, sa->n_u3, why);
     return SA_GOING;
@@ -950,7 +954,8 @@ static sa_verdict start_unmask(rounds *r, int64_t now, char *reason, size_t cap)
     free(drop);
     sa->phase = SA_UNMASK;
     sa->n_resp = 0;
-    sa->sub_deadline = r->deadline_ms > now + 2000 ? r->deadline_ms : now + 2000;
+    int64_t least = now + phase_ms(r, sa->n_u4);
+    sa->sub_deadline = r->deadline_ms > least ? r->deadline_ms : least;
     clog_info("round %llu: secagg: %u of %u survivors signed the survivor set, %zu dropped "
               "after sharing; asking the signers for their shares", (unsigned long long)r->round,
               sa->n_u4, sa->n_u3, nd);
@@ -1247,7 +1252,7 @@ sa_verdict sa_tick(rounds *r, int64_t now, char *reason, size_t cap)
                   sa->degree + 1 == sa->n_u1 ? "the complete graph" : "a SecAgg+ graph",
                   sa->slots, sa->t);
         sa->phase = SA_SHARES;
-        sa->sub_deadline = now + (sa->sub_deadline - r->phase_start_ms);
+        sa->sub_deadline = now + phase_ms(r, sa->n_u1);
         return SA_GOING;
     case SA_SHARES:
         if (sa->n_u2 < sa->n_u1 && !phase_settled(r, shared_or_out, has_keys) &&

@@ -397,6 +397,7 @@ static void handle_hello(server *srv, const char *rid, const char *id, const Fed
     wi->n_tokens = h->n_train_tokens;
     wi->rank = (int)spec.rank;
     wi->n_folds = h->n_folds;
+    wi->secagg_task = h->secagg_task_id;
     wi->has_sign = pol.has_sign || h->sign_pk.len == 32;
     wi->sign_pinned = pol.has_sign;
     if (wi->has_sign)

@@ -41,6 +41,7 @@ typedef struct {
     unsigned hellos;
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
     uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
+    uint64_t secagg_task;       /* the task whose secagg state it holds (Hello; 0: none) */
     char fold_run[WIRE_MAX_ID];
     /* The Ed25519 key its secure-aggregation messages are signed with: the
      * allowlist's sign= key, or (a line without one, --insecure) its Hello's. */

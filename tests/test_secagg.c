@@ -6,6 +6,7 @@
  * b. every buffer the coordinator decrypted is unrelated to every worker's
  *    delta, while the unmasked sum equals the exact sum of the quantized deltas;
  * c. 6 workers, 2 drop after masking: the round completes with the exact sum of the other 4;
+ *    one that is started again at once is out of the round at once (not at the deadline);
  * d. 3 drop with threshold 4: the round is abandoned cleanly (adapter unchanged);
  * e. tampered / truncated / round-spliced / replayed chunks are rejected and
  *    counted by reason; the round completes with the honest ones;
@@ -54,6 +55,7 @@
 static char base_dir[4096];
 static const char *g_lr = "5e-3";   /* [train] lr of the next federation */
 static const char *g_coord_env;     /* "NAME=VALUE" for the next coordinator, or NULL */
+static int g_restart = -1;          /* worker started again (without env) when it exits */
 
 static int group_setup(void **state)
 {
@@ -116,6 +118,17 @@ static void federate(run *f, const char *tag, int n, int rounds, const char *ext
     int st = -1, done = 0;
     while (fh_now() < end && !done) {
         done = waitpid(coord, &st, WNOHANG) == coord;
+        if (g_restart >= 0 && waitpid(w[g_restart], NULL, WNOHANG) == w[g_restart]) {
+            char id[64], data[4300], sk[4400];      /* as a supervisor would, at once */
+            snprintf(log, sizeof log, "%s/w%d-restarted.log", f->dir, g_restart);
+            snprintf(id, sizeof id, "--worker.id=w%d", g_restart);
+            snprintf(data, sizeof data, "--worker.data=%s/shard-%d.txt", base_dir, g_restart);
+            snprintf(sk, sizeof sk, "--security.secret_key=%s/keys/w%d.key", base_dir, g_restart);
+            char *wargv[] = {FP_WORKER, "--config", f->cfg, id, data, "--worker.threads=1", sk,
+                             NULL};
+            w[g_restart] = fh_spawn_dump(wargv, log, NULL, f->dump);
+            g_restart = -1;
+        }
         usleep(50000);
     }
     if (!done) {
@@ -285,6 +298,39 @@ static void test_two_drop_after_masking(void **state)
     int alive[4] = {0, 1, 2, 3};
     size_t n, ns;
     float *want = quantized_sum(&f, alive, 4, 1, &n), *got = coord_sum(&f, 1, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);
+    free(want);
+    free(got);
+}
+
+/* c2. A member that crashes after sharing and is started again at once, long
+ * before it misses 3 heartbeats, says Hello without the round's state: it is
+ * out at once, and the round completes with the exact sum of the other 4
+ * instead of waiting for it to the 120 s deadline. */
+static void test_restarted_member_out_at_once(void **state)
+{
+    (void)state;
+    const char *env[MAXW] = {NULL, NULL, NULL, NULL, "FEDPEFT_TEST_DROP_AFTER=masking"};
+    run f;
+    g_restart = 4;
+    double t0 = fh_now();
+    federate(&f, "sa-restart", 5, 1, "[round]\ndeadline_s = 120\n[network]\nheartbeat_ms = 5000\n",
+             env);
+    double took = fh_now() - t0;
+    g_restart = -1;
+    cJSON *m = metrics_line(&f, 1);
+    assert_non_null(m);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(m, "abandoned")));
+    assert_int_equal((int)num(m, "reported", NULL), 4);
+    printf("restarted member: the whole run took %.1f s (deadline 120 s)\n", took);
+    assert_true(took < 60);
+    assert_true(fh_log_has(tu_path(f.dir, "coordinator.log"),
+                           "w4 said Hello without this round's secure-aggregation state"));
+    cJSON_Delete(m);
+    int others[4] = {0, 1, 2, 3};
+    size_t n, ns;
+    float *want = quantized_sum(&f, others, 4, 1, &n), *got = coord_sum(&f, 1, &ns);
     assert_int_equal(n, ns);
     assert_memory_equal(want, got, n * sizeof *got);
     free(want);
@@ -633,6 +679,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_secure_equals_plain_and_inspection),
         cmocka_unit_test(test_two_drop_after_masking),
+        cmocka_unit_test(test_restarted_member_out_at_once),
         cmocka_unit_test(test_three_drop_abandons),
         cmocka_unit_test(test_tampered_chunks),
         cmocka_unit_test(test_dp_noise_and_budget),

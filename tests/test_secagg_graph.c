@@ -1,6 +1,7 @@
 /* test_secagg_graph.c - the SecAgg+ Harary graph: k-regular, symmetric, connected,
  * fixed by its seed and only by it; and k, t from the tail bounds (checked here
- * against a direct recomputation and against SecAgg's complete graph). */
+ * against a direct recomputation and against SecAgg's complete graph); the
+ * phases' waits grow with n. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -156,6 +157,18 @@ static void test_params_meet_bounds(void **state)
     assert_true(k2 < 1000);
 }
 
+/* The small-message phases wait a quarter of the deadline, and longer as the
+ * round grows: 10,000 members get 202 s even under a 60 s deadline. */
+static void test_phase_wait_scales_with_n(void **state)
+{
+    (void)state;
+    assert_true(fabs(fp_sagraph_phase_s(10, 600) - 150.0) < 1e-9);
+    assert_true(fabs(fp_sagraph_phase_s(10, 4) - 2.2) < 1e-9);
+    assert_true(fabs(fp_sagraph_phase_s(10000, 60) - 202.0) < 1e-9);
+    for (size_t n = 2; n < 20000; n += 997)
+        assert_true(fp_sagraph_phase_s(n + 1, 30) >= fp_sagraph_phase_s(n, 30));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -163,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_seed_determines_graph),
         cmocka_unit_test(test_bad_degree),
         cmocka_unit_test(test_params_meet_bounds),
+        cmocka_unit_test(test_phase_wait_scales_with_n),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,6 +25,7 @@ struct wk_conn {
     uint64_t n_examples, n_tokens;
     char run_id[128];
     uint32_t n_folds;           /* flora: folds in the base, of run fold_run */
+    uint64_t secagg_task;       /* the task whose secagg state this process holds */
     char fold_run[128];
     wk_lora_spec spec;
     int hb_ms;
@@ -240,6 +241,7 @@ static int send_hello(wk_conn *self)
     h.rank = (uint32_t)self->cfg->rank;      /* 0: the coordinator's */
     h.n_folds = self->n_folds;
     h.fold_run_id = self->fold_run;
+    h.secagg_task_id = self->secagg_task;
     h.sign_pk = (ProtobufCBinaryData){FP_KEY_BYTES,
                                       self->kp ? self->kp->sign_pk : self->eph_sign_pk};
     env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;
@@ -479,6 +481,8 @@ int wk_conn_poll(wk_conn *self, int timeout_ms, uint64_t round, int busy, wire_m
             return 0;
     }
 }
+
+void wk_conn_set_secagg_task(wk_conn *self, uint64_t task_id) { self->secagg_task = task_id; }
 
 void wk_conn_set_folds(wk_conn *self, uint32_t n_folds, const char *run_id)
 {

@@ -476,6 +476,7 @@ static int start_secagg(wk_task *t)
         wk_log("round %llu: %s", (unsigned long long)t->round, fp_error_get());
         return 0;
     }
+    wk_conn_set_secagg_task(t->conn, t->task_id);
     Fedpeft__AdvertiseKeys ak = FEDPEFT__ADVERTISE_KEYS__INIT;
     wk_sa_advertise(t->sa, &ak);
     static const uint8_t zero[32];

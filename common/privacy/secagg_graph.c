@@ -85,6 +85,12 @@ double fp_sagraph_log2_risk(size_t n, double corrupt, unsigned k, unsigned t)
     return log_hyper_tail((double)(n - 1), K, k, t) / log(2.0);
 }
 
+double fp_sagraph_phase_s(size_t n, double deadline_s)
+{
+    double floor_s = 2.0 + 0.02 * (double)n, quarter = 0.25 * deadline_s;
+    return quarter > floor_s ? quarter : floor_s;
+}
+
 unsigned fp_sagraph_degree_for(size_t n1, unsigned planned)
 {
     if (n1 < 2)

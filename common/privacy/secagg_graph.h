@@ -57,6 +57,12 @@ double fp_sagraph_log2_risk(size_t n, double corrupt, unsigned k, unsigned t);
  * workers compute it alike. */
 unsigned fp_sagraph_degree_for(size_t n1, unsigned planned);
 
+/* Seconds one of the small-message phases (keys, shares, consistency, unmask)
+ * waits for n members: a quarter of the round's deadline_s, but at least 2 s
+ * plus 20 ms per member, as the coordinator takes the members' messages one at
+ * a time (each relaying k shares) from workers that share its CPU or network. */
+double fp_sagraph_phase_s(size_t n, double deadline_s);
+
 /* The graph's seed: BLAKE2b-256("fedpeft/secagg/graph-seed/v1" || u8 len(run_id)
  * || run_id || u64le round || nonce || for each member u8 len(id) || id), over
  * the members in order. The coordinator commits to the nonce before the keys

@@ -3,7 +3,8 @@
  * time inside them rather than on the Envelope around them.
  *
  * Input: one byte choosing the body (SealedChunk, AdvertiseKeys, PeerKeys,
- * ShareKeys, UnmaskRequest, UnmaskResponse, modulo 6), then that message's
+ * ShareKeys, UnmaskRequest, UnmaskResponse, ConsistencyCheck, ConsistencySig,
+ * modulo 8), then that message's
  * protobuf bytes. It is unpacked, put in an Envelope, checked with
  * wire_check_secagg_body, and the Envelope is packed and run through
  * wire_decode, which must agree with the direct check. */
@@ -25,6 +26,8 @@ static const struct {
     {FEDPEFT__ENVELOPE__BODY_SHARE_KEYS, &fedpeft__share_keys__descriptor},
     {FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST, &fedpeft__unmask_request__descriptor},
     {FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE, &fedpeft__unmask_response__descriptor},
+    {FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK, &fedpeft__consistency_check__descriptor},
+    {FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG, &fedpeft__consistency_sig__descriptor},
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)

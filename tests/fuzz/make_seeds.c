@@ -79,8 +79,8 @@ static void chunks(void)
     put("wire_asm", "extra_chunk", out, len);
 }
 
-static void secagg(const char *name, Fedpeft__Envelope__BodyCase body, void *msg,
-                   const ProtobufCMessageDescriptor *desc)
+/* sel: the body's index in fuzz_wire_secagg.c's table. */
+static void secagg(const char *name, uint8_t sel, Fedpeft__Envelope__BodyCase body, void *msg)
 {
     Fedpeft__Envelope env = FEDPEFT__ENVELOPE__INIT;
     env.body_case = body;
@@ -88,9 +88,8 @@ static void secagg(const char *name, Fedpeft__Envelope__BodyCase body, void *msg
     send_env(name, &env);
     /* fuzz_wire_secagg: selector byte (its index in that harness's table) + body. */
     static uint8_t out[1 << 16];
-    out[0] = (uint8_t)(body - FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK);
+    out[0] = sel;
     size_t n = protobuf_c_message_pack(msg, out + 1);
-    (void)desc;
     put("wire_secagg", name, out, n + 1);
 }
 
@@ -158,41 +157,65 @@ int main(int argc, char **argv)
     chunks();
 
     uint8_t k1[32], k2[32], sealed[WIRE_SEALED_SHARE_BYTES], share[32], blob[24 + 16 + 64];
+    uint8_t sig[64], sig2[64];
     memset(k1, 0x11, 32), memset(k2, 0x22, 32), memset(sealed, 0x33, sizeof sealed);
+    memset(sig, 0x66, 64), memset(sig2, 0x77, 64);
     memset(share, 0x44, 32), memset(blob, 0x55, sizeof blob);
     Fedpeft__SealedChunk sc = FEDPEFT__SEALED_CHUNK__INIT;
     sc.task_id = 7, sc.round = 2, sc.index = 0, sc.n_chunks = 1, sc.data = (ProtobufCBinaryData){sizeof blob, blob};
-    secagg("sealed_chunk", FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK, &sc, &fedpeft__sealed_chunk__descriptor);
+    secagg("sealed_chunk", 0, FEDPEFT__ENVELOPE__BODY_SEALED_CHUNK, &sc);
     Fedpeft__AdvertiseKeys ak = FEDPEFT__ADVERTISE_KEYS__INIT;
     ak.task_id = 7, ak.round = 2, ak.enc_pk = (ProtobufCBinaryData){32, k1}, ak.mask_pk = (ProtobufCBinaryData){32, k2};
-    secagg("advertise_keys", FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS, &ak, &fedpeft__advertise_keys__descriptor);
+    ak.signature = (ProtobufCBinaryData){64, sig}, ak.self_commit = (ProtobufCBinaryData){32, k2};
+    secagg("advertise_keys", 1, FEDPEFT__ENVELOPE__BODY_ADVERTISE_KEYS, &ak);
     Fedpeft__PeerKey p1 = FEDPEFT__PEER_KEY__INIT, p2 = FEDPEFT__PEER_KEY__INIT;
     p1.worker_id = "w01", p1.enc_pk = ak.enc_pk, p1.mask_pk = ak.mask_pk;
-    p2 = p1, p2.worker_id = "w02";
+    p1.sign_pk = (ProtobufCBinaryData){32, k1}, p1.self_commit = (ProtobufCBinaryData){32, k2};
+    p1.signature = (ProtobufCBinaryData){64, sig};
+    p2 = p1, p2.worker_id = "w02", p2.signature = (ProtobufCBinaryData){64, sig2};
     Fedpeft__PeerKey *pks[] = {&p1, &p2};
     Fedpeft__PeerKeys pkm = FEDPEFT__PEER_KEYS__INIT;
     char *members[] = {"w01", "w02"};
     pkm.task_id = 7, pkm.round = 2, pkm.n_peers = 2, pkm.peers = pks;
     pkm.n_members = 2, pkm.members = members, pkm.degree = 1;
     pkm.graph_nonce = (ProtobufCBinaryData){32, share};
-    secagg("peer_keys", FEDPEFT__ENVELOPE__BODY_PEER_KEYS, &pkm, &fedpeft__peer_keys__descriptor);
+    secagg("peer_keys", 2, FEDPEFT__ENVELOPE__BODY_PEER_KEYS, &pkm);
     Fedpeft__EncryptedShare e1 = FEDPEFT__ENCRYPTED_SHARE__INIT;
     e1.worker_id = "w02", e1.sealed = (ProtobufCBinaryData){sizeof sealed, sealed};
     Fedpeft__EncryptedShare *es[] = {&e1};
     Fedpeft__ShareKeys sk = FEDPEFT__SHARE_KEYS__INIT;
     sk.task_id = 7, sk.round = 2, sk.n_shares = 1, sk.shares = es;
-    secagg("share_keys", FEDPEFT__ENVELOPE__BODY_SHARE_KEYS, &sk, &fedpeft__share_keys__descriptor);
+    secagg("share_keys", 3, FEDPEFT__ENVELOPE__BODY_SHARE_KEYS, &sk);
     char *surv[] = {"w01", "w02"}, *drop[] = {"w03"};
     Fedpeft__UnmaskRequest uq = FEDPEFT__UNMASK_REQUEST__INIT;
     uq.task_id = 7, uq.round = 2, uq.n_survivors = 2, uq.survivors = surv, uq.n_dropped = 1, uq.dropped = drop;
-    secagg("unmask_request", FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST, &uq, &fedpeft__unmask_request__descriptor);
+    secagg("unmask_request", 4, FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST, &uq);
     Fedpeft__RevealedShare r1 = FEDPEFT__REVEALED_SHARE__INIT, r2 = FEDPEFT__REVEALED_SHARE__INIT;
     r1.worker_id = "w02", r1.share = (ProtobufCBinaryData){32, share};
     r2 = r1, r2.worker_id = "w03";
     Fedpeft__RevealedShare *self[] = {&r1}, *keys[] = {&r2};
     Fedpeft__UnmaskResponse ux = FEDPEFT__UNMASK_RESPONSE__INIT;
     ux.task_id = 7, ux.round = 2, ux.n_self_shares = 1, ux.self_shares = self, ux.n_key_shares = 1, ux.key_shares = keys;
-    secagg("unmask_response", FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE, &ux, &fedpeft__unmask_response__descriptor);
+    secagg("unmask_response", 5, FEDPEFT__ENVELOPE__BODY_UNMASK_RESPONSE, &ux);
+
+    /* The consistency round, and the signatures that prove it. */
+    Fedpeft__ConsistencyCheck cc = FEDPEFT__CONSISTENCY_CHECK__INIT;
+    cc.task_id = 7, cc.round = 2, cc.n_survivors = 2, cc.survivors = surv;
+    secagg("consistency_check", 6, FEDPEFT__ENVELOPE__BODY_CONSISTENCY_CHECK, &cc);
+    Fedpeft__ConsistencySig cs = FEDPEFT__CONSISTENCY_SIG__INIT;
+    cs.task_id = 7, cs.round = 2, cs.signature = (ProtobufCBinaryData){64, sig};
+    secagg("consistency_sig", 7, FEDPEFT__ENVELOPE__BODY_CONSISTENCY_SIG, &cs);
+    Fedpeft__SurvivorSig s1 = FEDPEFT__SURVIVOR_SIG__INIT, s2 = FEDPEFT__SURVIVOR_SIG__INIT;
+    s1.worker_id = "w01", s1.signature = (ProtobufCBinaryData){64, sig};
+    s2.worker_id = "w02", s2.signature = (ProtobufCBinaryData){64, sig2};
+    Fedpeft__SurvivorSig *sigs[] = {&s1, &s2};
+    uq.n_signatures = 2, uq.signatures = sigs;
+    secagg("unmask_request_signed", 4, FEDPEFT__ENVELOPE__BODY_UNMASK_REQUEST, &uq);
+    Fedpeft__Hello hs = FEDPEFT__HELLO__INIT;
+    hs.worker_id = "w01", hs.model_hash = (char *)hash, hs.n_train_examples = 120;
+    hs.n_train_tokens = 4096, hs.sign_pk = (ProtobufCBinaryData){32, k1}, hs.secagg_task_id = 7;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO, env.hello = &hs;
+    send_env("hello_signed", &env);
 
     char *tok = fz_tiny_tokenizer_json();
     put("tokenizer", "bytelevel.json", tok, strlen(tok));
