@@ -123,20 +123,6 @@ static int metrics_count(const soak *s)
     return n;
 }
 
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            v = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return v;
-}
-
 /* Runs the federation with the kills until the coordinator exits; its
  * RSS after each metrics line in samples (*n). */
 static void run_with_kills(soak *s, rss_sample *samples, int cap, int *n)
@@ -168,7 +154,7 @@ static void run_with_kills(soak *s, rss_sample *samples, int cap, int *n)
             seen = m;
             samples[*n].life = life;
             samples[*n].round = m - 1;
-            samples[(*n)++].rss_kib = rss_kib(s->coord);
+            samples[(*n)++].rss_kib = fh_rss_kib(s->coord);
             printf("soak: %.0f s: round %d in metrics.jsonl, coordinator RSS %ld KiB, %d kills\n",
                    fh_now() - t0, m - 1, samples[*n - 1].rss_kib, s->kills);
             fflush(stdout);

@@ -481,9 +481,11 @@ static void on_sealed_chunk(rounds *r, int w, const Fedpeft__SealedChunk *c)
     size_t off, cnt, len;
     if (sealed_shape_ok(r, w, c, n, &off, &cnt) < 0 || open_sealed(r, w, s, c, id, &len) < 0)
         return;
-    char name[WIRE_MAX_ID + 32];
-    snprintf(name, sizeof name, "%s-chunk-%u.bin", id, c->index);
-    rounds_dump(r, name, r->open_buf, len);
+    if (r->dump_dir) {
+        char name[WIRE_MAX_ID + 32];
+        snprintf(name, sizeof name, "%s-chunk-%u.bin", id, c->index);
+        rounds_dump(r, name, r->open_buf, len);
+    }
     if (!r->sa) {
         float *dst = s->buf + off;
         memcpy(dst, r->open_buf, len);

@@ -148,6 +148,20 @@ int fh_wait_exit(pid_t pid, double timeout_s, const char *what)
     return -1;
 }
 
+long fh_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
 void fh_kill(pid_t pid)
 {
     if (pid <= 0)

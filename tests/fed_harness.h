@@ -50,6 +50,8 @@ pid_t fh_spawn_dump(char *const argv[], const char *log, const char *env1, const
 int fh_wait_exit(pid_t pid, double timeout_s, const char *what);
 /* SIGTERM, up to 5 s to exit, then SIGKILL; reaps it. No-op for pid <= 0. */
 void fh_kill(pid_t pid);
+/* VmRSS of pid in KiB (/proc/PID/status), -1 when it is gone. */
+long fh_rss_kib(pid_t pid);
 
 /* ---- logs ------------------------------------------------------------------ */
 

@@ -105,20 +105,6 @@ static double tu_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
 static int count_lines(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");
@@ -288,7 +274,7 @@ static void test_one_key(void **state)
     char clog[4300];
     snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
     assert_true(fh_log_wait(clog, "worker w0 registered", 60));
-    long rss0 = rss_kib(cur.coord);
+    long rss0 = fh_rss_kib(cur.coord);
 
     /* Impostor: w0's id, with the routing id a worker had before ids carried a
      * random part, and with a guessed one. */
@@ -325,7 +311,7 @@ static void test_one_key(void **state)
     assert_int_equal(pthread_create(&th, NULL, liar_main, &l), 0);
 
     sleep(3);
-    long rss1 = rss_kib(cur.coord);   /* after the flood, mid-run */
+    long rss1 = fh_rss_kib(cur.coord);   /* after the flood, mid-run */
     fh_fed_finish(&cur, RUN_TIMEOUT_S);
     l.stop = 1;
     pthread_join(th, NULL);
@@ -506,7 +492,7 @@ static void test_stalling_and_silent_peers(void **state)
     char clog[4300];
     snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
     assert_true(fh_log_wait(clog, "worker h29 registered", 30));
-    long rss0 = rss_kib(cur.coord);
+    long rss0 = fh_rss_kib(cur.coord);
     hostile_crew crew = {h, 0};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, crew_main, &crew), 0);
@@ -514,7 +500,7 @@ static void test_stalling_and_silent_peers(void **state)
         fh_worker_start(&cur, k);
     long rss_max = rss0;
     long v;   /* a zombie has no VmRSS: sampled until the coordinator exits */
-    for (int i = 0; i < 1800 && (v = rss_kib(cur.coord)) > 0; i++) {
+    for (int i = 0; i < 1800 && (v = fh_rss_kib(cur.coord)) > 0; i++) {
         rss_max = v > rss_max ? v : rss_max;
         usleep(100000);
     }

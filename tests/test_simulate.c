@@ -178,6 +178,64 @@ static void test_simulate_bad_override(void **state)
     free(out);
 }
 
+/* A bad [simulate] slow_workers is refused before anything starts, naming the entry. */
+static void test_simulate_bad_slow_workers(void **state)
+{
+    (void)state;
+    const char *bad[][2] = {
+        {"w09:4", "names w09, which is not one of the workers w01 .. w02"},
+        {"w01:0.5", "the factor of \"w01:0.5\" must be a number >= 1"},
+        {"w01", "\"w01\" is not ID:FACTOR"},
+        {"w01:4,w01:2", "w01 is listed twice"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[8192], *out = NULL;
+        snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+                 "--simulate.workers=2 --simulate.slow_workers=%s --simulate.out_dir='%s'",
+                 FP_TOOL, FP_SOURCE_DIR, bad[i][0], tu_tempdir("simulate-badslow"));
+        assert_int_not_equal(tu_run(cmd, &out), 0);
+        assert_contains(out, bad[i][1]);
+        free(out);
+    }
+}
+
+/* The train phase of one round of one worker, alone, at full speed or throttled. */
+static double train_seconds(const char *tag, const char *slow)
+{
+    char cmd[8192], *out = NULL;
+    const char *dir = tu_tempdir(tag);
+    snprintf(cmd, sizeof cmd, "'%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
+             "--simulate.workers=1 --run.rounds=1 --train.local_steps=6 --train.seq=64 "
+             "--secagg.enabled=false --privacy.require_secagg=false --simulate.slow_workers=%s "
+             "--simulate.out_dir='%s'", FP_TOOL, FP_SOURCE_DIR, slow, dir);
+    int rc = tu_run(cmd, &out);
+    printf("%s", out);
+    assert_int_equal(rc, 0);
+    free(out);
+    char *text = tu_read_file(tu_path(dir, "state/metrics.jsonl"), NULL);
+    assert_non_null(text);
+    char *l1 = strchr(text, '\n');
+    assert_non_null(l1);
+    cJSON *row = cJSON_Parse(l1 + 1);
+    assert_non_null(row);
+    double t = cJSON_GetObjectItem(cJSON_GetObjectItem(row, "seconds"), "train")->valuedouble;
+    cJSON_Delete(row);
+    free(text);
+    return t;
+}
+
+/* w01:4 is a real throttle: the same 6 steps take several times as long (4x
+ * expected; asserted >= 2x, room for a loaded machine). */
+static void test_simulate_slow_worker(void **state)
+{
+    (void)state;
+    double fast = train_seconds("simulate-fast", "''");
+    double slow = train_seconds("simulate-slow", "w01:4");
+    printf("slow_workers: train phase %.2f s at full speed, %.2f s at w01:4 (%.1fx)\n", fast,
+           slow, slow / fast);
+    assert_true(slow >= 2 * fast);
+}
+
 /* No coordinator: retries with backoff, then exit 1 naming the endpoint. */
 static void test_worker_no_coordinator(void **state)
 {
@@ -261,6 +319,8 @@ int main(void)
         cmocka_unit_test(test_simulate_model_in_place),
         cmocka_unit_test(test_simulate_all_abandoned),
         cmocka_unit_test(test_simulate_bad_override),
+        cmocka_unit_test(test_simulate_bad_slow_workers),
+        cmocka_unit_test(test_simulate_slow_worker),
         cmocka_unit_test(test_worker_no_coordinator),
         cmocka_unit_test(test_worker_wrong_model),
         cmocka_unit_test(test_simulate_dead_workers),

@@ -39,6 +39,7 @@
 #include "config.h"
 #include "keys.h"
 #include "sim_table.h"
+#include "sim_throttle.h"
 
 #define SIM_MAX_WORKERS 1024
 #define SIM_WORKER_NICE 19   /* workers yield to the coordinator (start_all) */
@@ -51,6 +52,7 @@ typedef struct {
     int port;
     int http_port;              /* the coordinator's status page (0 = off) */
     int insecure;               /* no CURVE keys: plain TCP (--insecure) */
+    char slow_workers[1024];    /* ID:FACTOR,... (sim_throttle.h) */
 } sim_config;
 
 #define F(field) offsetof(sim_config, field)
@@ -77,6 +79,9 @@ static const fp_cfg_key sim_keys[] = {
      "the coordinator's status page on http://127.0.0.1:PORT/ (0 = off)"},
     {"simulate", "insecure", FP_CFG_BOOL, 0, 1, "false", F(insecure), 0, NULL,
      "no CURVE: every program runs --insecure (plain TCP); default: keys in OUT/keys"},
+    {"simulate", "slow_workers", FP_CFG_STRING, 0, 0, "", F(slow_workers), S(slow_workers), NULL,
+     "ID:FACTOR,... e.g. w03:4: those workers run FACTOR times slower (each runs only 1/FACTOR "
+     "of every 100 ms: SIGSTOP/SIGCONT)"},
     {NULL},
 };
 #undef F
@@ -207,6 +212,8 @@ typedef struct {
     char log[1200];
     pid_t pid;
     int status, done;
+    double slow;                /* [simulate] slow_workers factor; 0 or 1: full speed */
+    int stopped;                /* SIGSTOPped by the throttle now */
 } sim_proc;
 
 static double now_s(void)
@@ -293,8 +300,11 @@ static int reap(sim_proc *p, int n)
 static void stop_all(sim_proc *p, int n, double grace_s)
 {
     for (int i = 0; i < n; i++)
-        if (!p[i].done && p[i].pid > 0)
+        if (!p[i].done && p[i].pid > 0) {
+            kill(p[i].pid, SIGCONT);        /* a throttled one must be running to exit */
+            p[i].slow = p[i].stopped = 0;
             kill(p[i].pid, SIGTERM);
+        }
     double end = now_s() + grace_s;
     for (;;) {
         int alive = 0;
@@ -534,7 +544,49 @@ typedef struct {
     char endpoint[64];
     sim_proc procs[SIM_MAX_WORKERS + 1];    /* [0] is the coordinator */
     int n_procs;
+    sim_slow slow[SIM_MAX_WORKERS];
+    int n_slow;
 } sim_state;
+
+/* [simulate] slow_workers: parsed, and every id one of the workers. */
+static int load_slow(sim_state *s)
+{
+    if (sim_throttle_parse(s->cfg.slow_workers, s->slow, SIM_MAX_WORKERS, &s->n_slow) < 0)
+        return cli_fail_lib("simulate"), -1;
+    for (int i = 0; i < s->n_slow; i++) {
+        int found = 0;
+        char name[32], first[32], last[32];
+        for (int w = 0; w < s->cfg.workers && !found; w++) {
+            worker_name(&s->cfg, w, name, sizeof name);
+            found = !strcmp(name, s->slow[i].id);
+        }
+        if (!found) {
+            worker_name(&s->cfg, 0, first, sizeof first);
+            worker_name(&s->cfg, s->cfg.workers - 1, last, sizeof last);
+            return cli_fail("simulate", "[simulate] slow_workers names %s, which is not one of "
+                            "the workers %s .. %s", s->slow[i].id, first, last), -1;
+        }
+        printf("simulate: %s runs %gx slower (only 1/%g of every 100 ms)\n", s->slow[i].id,
+               s->slow[i].factor, s->slow[i].factor);
+    }
+    return 0;
+}
+
+/* Waits secs, stopping and continuing the slow workers on their schedule. */
+static void wait_throttled(sim_state *s, double secs)
+{
+    if (s->n_slow == 0) {
+        usleep((useconds_t)(secs * 1e6));
+        return;
+    }
+    double end = now_s() + secs;
+    for (double t = now_s(); t < end; t = now_s()) {
+        for (int i = 1; i < s->n_procs; i++)
+            if (s->procs[i].slow > 1 && !s->procs[i].done)
+                sim_throttle_apply(s->procs[i].pid, s->procs[i].slow, t, &s->procs[i].stopped);
+        usleep(5000);
+    }
+}
 
 /* Starts the coordinator (procs[0]) and the workers. */
 static int start_all(sim_state *s)
@@ -623,6 +675,9 @@ static int start_all(sim_state *s)
          * reconnected mid-round). Nice 19 gives it the CPU when it needs it. */
         if ((p->pid = spawn_nice(argv, p->log, SIM_WORKER_NICE)) < 0)
             return cli_fail("simulate", "fork: %s", strerror(errno)), -1;
+        for (int i = 0; i < s->n_slow; i++)
+            if (!strcmp(s->slow[i].id, name))
+                p->slow = s->slow[i].factor;
     }
     return 0;
 }
@@ -673,7 +728,7 @@ static int follow(sim_state *s, sim_table *table)
                      "stopping (logs in %s/logs)", s->cfg.out_dir);
             return 1;
         }
-        usleep(200000);
+        wait_throttled(s, 0.2);
     }
 }
 
@@ -699,7 +754,7 @@ int cmd_simulate(int argc, char **argv)
         goto out;
     }
     s->cfg.insecure |= s->args.insecure;
-    if (find_bins(&s->bins) != 0 || prepare_out(s->cfg.out_dir) != 0)
+    if (load_slow(s) != 0 || find_bins(&s->bins) != 0 || prepare_out(s->cfg.out_dir) != 0)
         goto out;
     double t0 = now_s();
     if (prepare_inputs(&s->bins, &s->cfg, &s->run) != 0 || make_keys(&s->cfg) != 0)
@@ -728,6 +783,9 @@ int cmd_simulate(int argc, char **argv)
         goto out;
     }
     rc = follow(s, table);
+    for (int i = 1; i < s->n_procs; i++)       /* full speed to leave */
+        if (s->procs[i].stopped && !s->procs[i].done)
+            kill(s->procs[i].pid, SIGCONT);
     /* Workers leave by themselves on the coordinator's SHUTDOWN; give them a moment. */
     double end = now_s() + (rc == 0 ? 10.0 : 0.0);
     while (now_s() < end) {

@@ -78,7 +78,7 @@ const char *wk_conn_run_id(const wk_conn *self);
  * later Hello (docs/protocol.md, "Folds"). */
 void wk_conn_set_folds(wk_conn *self, uint32_t n_folds, const char *run_id);
 /* The training task whose secure-aggregation state this process holds, told
- * in every later Hello (a restart says 0: docs/protocol.md, "Reconnects"). */
+ * in every later Hello (a restart says 0: docs/protocol.md, "Membership is fixed"). */
 void wk_conn_set_secagg_task(wk_conn *self, uint64_t task_id);
 
 #endif
