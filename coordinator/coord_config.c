@@ -95,9 +95,10 @@ const fp_cfg_key coord_config_keys[] = {
     {"strategy", "server_opt", FP_CFG_ENUM, 0, 0, "none", F(server_opt), 0, server_opts,
      "server optimizer on the aggregated delta: none, fedavgm, fedadam, fedyogi, fedadagrad"},
     {"strategy", "server_lr", FP_CFG_DOUBLE, 0, 1e6, "0", F(server_lr), 0, NULL,
-     "server learning rate (0 = default: 1.0 for fedavgm, 1e-2 for the adaptive ones)"},
-    {"strategy", "beta1", FP_CFG_DOUBLE, 0, 0.999999, "0.9", F(server_beta1), 0, NULL,
-     "server momentum beta1"},
+     "server learning rate (0 = default: 1.0 for fedavgm, 3e-2 for fedadam, 1e-2 for fedyogi "
+     "and fedadagrad)"},
+    {"strategy", "beta1", FP_CFG_DOUBLE, 0, 0.999999, "0", F(server_beta1), 0, NULL,
+     "server momentum beta1 (0 = default: 0.6 for fedavgm, 0.9 for the adaptive ones)"},
     {"strategy", "beta2", FP_CFG_DOUBLE, 0, 0.999999, "0.99", F(server_beta2), 0, NULL,
      "server second-moment beta2 (fedadam, fedyogi)"},
     {"strategy", "tau", FP_CFG_DOUBLE, 1e-12, 1e6, "1e-3", F(server_tau), 0, NULL,

@@ -127,7 +127,8 @@ static int make_strategy(rounds *r)
         fp_sopt_config_default(&oc, kinds[c->server_opt]);
         if (c->server_lr > 0)
             oc.lr = (float)c->server_lr;
-        oc.beta1 = (float)c->server_beta1;
+        if (c->server_beta1 > 0)
+            oc.beta1 = (float)c->server_beta1;
         oc.beta2 = (float)c->server_beta2;
         oc.tau = (float)c->server_tau;
         if (!(r->sopt = fp_sopt_new(&oc, r->n_view)))
