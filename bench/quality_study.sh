@@ -3,7 +3,8 @@
 # secure aggregation on (the default) in every federated run. Compares, at the same total
 # token budget (R rounds x 8 workers x S local steps), the held-out loss of
 #   - each federated method (fedpeft simulate): FedAvg, FedAvg with 3x more rounds of a
-#     third of the steps, FedProx, FedAdam, SCAFFOLD, RoLoRA, FFA-LoRA;
+#     third of the steps, FedProx, FedAdam, FedAvgM (both round lengths), SCAFFOLD,
+#     RoLoRA, FFA-LoRA;
 #   - centralized LoRA (fedpeft finetune on the pooled training text, R*8*S steps);
 #   - local-only (each worker alone on its shard for R*S steps; mean over workers).
 # Every method is evaluated on the same text no worker holds: the last 4,000 lines of
@@ -24,6 +25,8 @@ methods=("fedavg|FedAvg, $R rounds x $S local steps|$RS"
          "fedavg-short|FedAvg, $((3 * R)) rounds x $((S / 3)) local steps|--run.rounds=$((3 * R)) --train.local_steps=$((S / 3))"
          "fedprox|FedProx (mu 0.01)|$RS --train.prox_mu=0.01"
          "fedadam|FedAdam (server lr ${FEDADAM_LR:-default})|$RS --strategy.server_opt=fedadam ${FEDADAM_LR:+--strategy.server_lr=$FEDADAM_LR}"
+         "fedavgm|FedAvgM (server lr 1, momentum 0.6: the defaults)|$RS --strategy.server_opt=fedavgm"
+         "fedavgm-short|FedAvgM, $((3 * R)) rounds x $((S / 3)) local steps|--run.rounds=$((3 * R)) --train.local_steps=$((S / 3)) --strategy.server_opt=fedavgm"
          "scaffold|SCAFFOLD|$RS --strategy.name=scaffold"
          "rolora|RoLoRA (A and B in turn)|$RS --strategy.name=rolora"
          "ffa|FFA-LoRA (A frozen)|$RS --strategy.name=ffa")
