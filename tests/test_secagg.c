@@ -228,6 +228,18 @@ static float *coord_sum(const run *f, int round, size_t *n)
     return fh_read_f32(path, n);
 }
 
+/* The coordinator's unmasked sum of `round` is, word for word, the sum of the
+ * quantized dumps of workers ids[0..k). */
+static void assert_exact_sum(const run *f, const int *ids, int k, int round)
+{
+    size_t n, ns;
+    float *want = quantized_sum(f, ids, k, round, &n), *got = coord_sum(f, round, &ns);
+    assert_int_equal(n, ns);
+    assert_memory_equal(want, got, n * sizeof *got);
+    free(want);
+    free(got);
+}
+
 /* a + b: secure aggregate == plain aggregate; the coordinator's decrypted buffers. */
 static void test_secure_equals_plain_and_inspection(void **state)
 {
@@ -296,12 +308,7 @@ static void test_two_drop_after_masking(void **state)
     assert_int_equal((int)num(m, "reported", NULL), 4);
     cJSON_Delete(m);
     int alive[4] = {0, 1, 2, 3};
-    size_t n, ns;
-    float *want = quantized_sum(&f, alive, 4, 1, &n), *got = coord_sum(&f, 1, &ns);
-    assert_int_equal(n, ns);
-    assert_memory_equal(want, got, n * sizeof *got);
-    free(want);
-    free(got);
+    assert_exact_sum(&f, alive, 4, 1);
 }
 
 /* c2. A member that crashes after sharing and is started again at once, long
@@ -329,12 +336,7 @@ static void test_restarted_member_out_at_once(void **state)
                            "w4 said Hello without this round's secure-aggregation state"));
     cJSON_Delete(m);
     int others[4] = {0, 1, 2, 3};
-    size_t n, ns;
-    float *want = quantized_sum(&f, others, 4, 1, &n), *got = coord_sum(&f, 1, &ns);
-    assert_int_equal(n, ns);
-    assert_memory_equal(want, got, n * sizeof *got);
-    free(want);
-    free(got);
+    assert_exact_sum(&f, others, 4, 1);
 }
 
 /* d. 3 drop with threshold 4: abandoned cleanly, adapter unchanged, next round runs. */
@@ -384,12 +386,7 @@ static void test_tampered_chunks(void **state)
     assert_true(num(m, "rejected", "replayed") >= 1);
     cJSON_Delete(m);
     int honest[3] = {0, 1, 5};
-    size_t n, ns;
-    float *want = quantized_sum(&f, honest, 3, 2, &n), *got = coord_sum(&f, 2, &ns);
-    assert_int_equal(n, ns);
-    assert_memory_equal(want, got, n * sizeof *got);
-    free(want);
-    free(got);
+    assert_exact_sum(&f, honest, 3, 2);
 }
 
 /* f. central DP noise std = sigma * C (lr = 1e-12: the quantized deltas are exactly 0, so
@@ -478,12 +475,7 @@ static void test_harary_graph_drop(void **state)
         free(log);
     }
     int alive[6] = {0, 1, 2, 3, 4, 5};
-    size_t n, ns;
-    float *want = quantized_sum(&f, alive, 6, 1, &n), *got = coord_sum(&f, 1, &ns);
-    assert_int_equal(n, ns);
-    assert_memory_equal(want, got, n * sizeof *got);
-    free(want);
-    free(got);
+    assert_exact_sum(&f, alive, 6, 1);
 }
 
 /* g. A coordinator that lies about the graph to its first member: refused. */
