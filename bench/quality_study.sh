@@ -3,8 +3,8 @@
 # secure aggregation on (the default) in every federated run. Compares, at the same total
 # token budget (R rounds x 8 workers x S local steps), the held-out loss of
 #   - each federated method (fedpeft simulate): FedAvg, FedAvg with 3x more rounds of a
-#     third of the steps, FedProx, FedAdam, FedAvgM (both round lengths), SCAFFOLD,
-#     RoLoRA, FFA-LoRA;
+#     third of the steps, FedProx, FedAdam, FedAvgM (three round lengths), SCAFFOLD
+#     (alone and with FedAvgM), RoLoRA, FFA-LoRA;
 #   - centralized LoRA (fedpeft finetune on the pooled training text, R*8*S steps);
 #   - local-only (each worker alone on its shard for R*S steps; mean over workers).
 # Every method is evaluated on the same text no worker holds: the last 4,000 lines of
@@ -27,7 +27,10 @@ methods=("fedavg|FedAvg, $R rounds x $S local steps|$RS"
          "fedadam|FedAdam (server lr ${FEDADAM_LR:-default})|$RS --strategy.server_opt=fedadam ${FEDADAM_LR:+--strategy.server_lr=$FEDADAM_LR}"
          "fedavgm|FedAvgM (server lr 1, momentum 0.6: the defaults)|$RS --strategy.server_opt=fedavgm"
          "fedavgm-short|FedAvgM, $((3 * R)) rounds x $((S / 3)) local steps|--run.rounds=$((3 * R)) --train.local_steps=$((S / 3)) --strategy.server_opt=fedavgm"
+         "fedavgm-60x5|FedAvgM, $((6 * R)) rounds x $((S / 6)) local steps|--run.rounds=$((6 * R)) --train.local_steps=$((S / 6)) --strategy.server_opt=fedavgm"
          "scaffold|SCAFFOLD|$RS --strategy.name=scaffold"
+         "scaffold-fedavgm-short|SCAFFOLD + FedAvgM, $((3 * R)) rounds x $((S / 3)) local steps|--run.rounds=$((3 * R)) --train.local_steps=$((S / 3)) --strategy.name=scaffold --strategy.server_opt=fedavgm"
+         "scaffold-fedavgm-60x5|SCAFFOLD + FedAvgM, $((6 * R)) rounds x $((S / 6)) local steps|--run.rounds=$((6 * R)) --train.local_steps=$((S / 6)) --strategy.name=scaffold --strategy.server_opt=fedavgm"
          "rolora|RoLoRA (A and B in turn)|$RS --strategy.name=rolora"
          "ffa|FFA-LoRA (A frozen)|$RS --strategy.name=ffa")
 
