@@ -25,10 +25,13 @@ done
 [ "$(id -u)" = 0 ] || fail "needs root (slurmd starts job tasks as their user; the daemons run as root here)"
 rm -rf "$T" && mkdir -p "$T/sl/state" "$T/sl/spool" "$T/sl/log" "$T/sl/munge"
 
-# Ports nobody listens on: a Slurm already here keeps 6817/6818, a stale run its own.
-port_free() { [ -z "$(ss -Htln "sport = :$1")" ]; }
+# Ports no socket holds: a Slurm already here keeps 6817/6818, a stale run its own.
+# Below the kernel's ephemeral range (32768-60999 on Debian), so that no outgoing
+# connection of a test running beside this one takes it between the check and
+# slurmd's bind (seen: "Unable to bind listen port (46818)" while test_docker ran).
+port_free() { [ -z "$(ss -Htan "sport = :$1")" ]; }
 free_port() { local p=$1; while ! port_free "$p" || ! port_free $((p + 1)); do p=$((p + 2)); done; echo "$p"; }
-CTLD_PORT=$(free_port 46817)
+CTLD_PORT=$(free_port 26817)
 COORD_PORT=$(free_port $((CTLD_PORT + 2)))
 
 cleanup() {
