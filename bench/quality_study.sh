@@ -38,6 +38,7 @@ head -n 36000 "$here/data/tinyshakespeare/input.txt" > "$out/train.txt"
 tail -n +36001 "$here/data/tinyshakespeare/input.txt" > "$out/test.txt"
 loss() { sed -E 's/.*"loss": ([0-9.]+).*/\1/'; }
 
+model="$out/fedavg/model"     # the first run converts it; every evaluation uses it
 rows=() files=() labels=()
 for m in "${methods[@]}"; do
     IFS='|' read -r name label args <<<"$m"
@@ -50,7 +51,6 @@ for m in "${methods[@]}"; do
         > "$out/$name.log" 2>&1 \
         || { echo "run failed: see $out/$name.log"; tail -5 "$out/$name.log"; exit 1; }
     secs=$(($(date +%s) - t0))
-    model="$out/fedavg/model"
     held=$("$fp" eval --model "$model" --adapter "$out/$name/adapter" --data "$out/test.txt" --seq $T | loss)
     val=$(tail -n 1 "$out/$name/state/metrics.jsonl" | sed -E 's/.*"val_loss": ?([0-9.]+).*/\1/')
     rows+=("| $label | $held | $val | $secs s |")

@@ -69,6 +69,15 @@ static void hello_folds(rounds *r, int w)
               "restores the original base", wi->id, wi->n_folds, wi->fold_run, F);
 }
 
+/* Its upload in flight dropped, or its place in the pull queue given up. */
+static void drop_in_flight(rounds *r, int w, uint8_t s)
+{
+    if (s == ST_STAGING)
+        rounds_drop_upload(r, w);
+    if (s == ST_READY)
+        queue_remove(r, w);
+}
+
 /* Fixed membership under secure aggregation: a member that says Hello again
  * (a reconnect, or an attacker replaying its identity) keeps its place and
  * its phase; it is dropped only by missing a phase. Its task is not resent:
@@ -82,10 +91,7 @@ static void secagg_rejoin(rounds *r, int w, uint8_t s)
     if (server_worker(r->srv, w)->secagg_task != rounds_task_id(r, r->round, TASK_TRAIN)) {
         /* A new process: its keys and shares are gone, so it can finish no phase.
          * Out now, as if it had refused (it speaks only for its own key). */
-        if (s == ST_STAGING)
-            rounds_drop_upload(r, w);
-        if (s == ST_READY)
-            queue_remove(r, w);
+        drop_in_flight(r, w, s);
         if (s != ST_DONE)
             r->status[w] = ST_FAILED;
         sa_on_refusal(r, w, 0);
@@ -124,10 +130,7 @@ static void on_hello(void *ctx, int w)
         secagg_rejoin(r, w, s);
         return;
     }
-    if (s == ST_STAGING)
-        rounds_drop_upload(r, w);
-    if (s == ST_READY)
-        queue_remove(r, w);
+    drop_in_flight(r, w, s);
     if ((s == ST_PENDING || s == ST_READY || s == ST_STAGING) && r->resent[w]) {
         r->status[w] = ST_FAILED;
         clog_info("round %llu: %s said Hello again after its task was resent once: out of "

@@ -296,13 +296,20 @@ static int reap(sim_proc *p, int n)
     return -1;
 }
 
+/* Back to full speed: a process the throttle stopped must run to exit. */
+static void unthrottle(sim_proc *p)
+{
+    if (p->stopped && !p->done && p->pid > 0)
+        kill(p->pid, SIGCONT);
+    p->slow = p->stopped = 0;
+}
+
 /* SIGTERM to everyone still running, then SIGKILL after grace_s. */
 static void stop_all(sim_proc *p, int n, double grace_s)
 {
     for (int i = 0; i < n; i++)
         if (!p[i].done && p[i].pid > 0) {
-            kill(p[i].pid, SIGCONT);        /* a throttled one must be running to exit */
-            p[i].slow = p[i].stopped = 0;
+            unthrottle(&p[i]);
             kill(p[i].pid, SIGTERM);
         }
     double end = now_s() + grace_s;
@@ -784,8 +791,7 @@ int cmd_simulate(int argc, char **argv)
     }
     rc = follow(s, table);
     for (int i = 1; i < s->n_procs; i++)       /* full speed to leave */
-        if (s->procs[i].stopped && !s->procs[i].done)
-            kill(s->procs[i].pid, SIGCONT);
+        unthrottle(&s->procs[i]);
     /* Workers leave by themselves on the coordinator's SHUTDOWN; give them a moment. */
     double end = now_s() + (rc == 0 ? 10.0 : 0.0);
     while (now_s() < end) {
