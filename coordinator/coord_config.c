@@ -19,6 +19,8 @@ static const char *const server_opts[] = {"none", "fedavgm", "fedadam", "fedyogi
 static const char *const dp_modes[] = {"central", "distributed", NULL};
 static const char *const weightings[] = {"examples", "equal", NULL};
 static const char *const sampling_modes[] = {"fixed", "poisson", NULL};
+static const char *const round_modes[] = {"sync", "async", NULL};
+static const char *const staleness_kinds[] = {"poly", "const", "hinge", NULL};  /* fp_stale_kind */
 
 const char *const coord_config_ignore[] = {"worker", "simulate", "privacy", NULL};
 
@@ -80,6 +82,22 @@ const fp_cfg_key coord_config_keys[] = {
      "seconds to wait for min_workers before starting with fewer (at least min_quorum)"},
     {"round", "upload_slots", FP_CFG_INT, 1, 256, "4", F(upload_slots), 0, NULL,
      "updates received at once (each holds one adapter of memory)"},
+    {"round", "mode", FP_CFG_ENUM, 0, 0, "sync", F(round_mode), 0, round_modes,
+     "sync (a round waits for its sampled workers) or async (FedBuff: every live worker trains; "
+     "each buffer of K updates is one version)"},
+    {"round", "buffer", FP_CFG_INT, 2, 1000000, "4", F(buffer), 0, NULL,
+     "async: K, the updates aggregated into each global version (with secagg: one secure sum "
+     "of K)"},
+    {"round", "staleness", FP_CFG_ENUM, 0, 0, "poly", F(staleness), 0, staleness_kinds,
+     "async: weight of an update s versions old: poly (1+s)^-a, const 1, hinge 1 up to b then "
+     "1/(a(s-b)+1)"},
+    {"round", "staleness_a", FP_CFG_DOUBLE, 0, 100, "0.5", F(staleness_a), 0, NULL,
+     "async: poly exponent or hinge slope a"},
+    {"round", "staleness_b", FP_CFG_DOUBLE, 0, 1e6, "4", F(staleness_b), 0, NULL,
+     "async: hinge start b (versions)"},
+    {"round", "max_staleness", FP_CFG_INT, 0, 1000000, "0", F(max_staleness), 0, NULL,
+     "async: an update more versions old than this is dropped and its worker retrains (0 = "
+     "no limit)"},
     {"network", "endpoint", FP_CFG_STRING, 0, 0, "tcp://127.0.0.1:5555", F(endpoint),
      S(endpoint), NULL, "ZeroMQ address the coordinator binds"},
     {"network", "heartbeat_ms", FP_CFG_INT, 10, 3600000, "1000", F(heartbeat_ms), 0, NULL,
@@ -216,6 +234,26 @@ int coord_config_load(coord_config *c, const char *file, int argc, char **argv, 
                             "rolora or scaffold with robust = none", where,
                             c->robust ? coord_robust_names[c->robust] :
                                         coord_strategy_names[c->strategy]);
+    if (c->round_mode == COORD_MODE_ASYNC &&
+        (c->strategy != COORD_STRATEGY_FEDAVG && c->strategy != COORD_STRATEGY_FFA))
+        return fp_error_set("%s: [round] mode = async mixes updates trained from different "
+                            "versions; strategy %s needs every update of a round from the same "
+                            "one: use fedavg or ffa (any server_opt)", where,
+                            coord_strategy_names[c->strategy]);
+    if (c->round_mode == COORD_MODE_ASYNC && (c->robust != COORD_ROBUST_NONE || c->dp))
+        return fp_error_set("%s: [round] mode = async with %s is not supported (its per-round "
+                            "accounting assumes sampled rounds): set it off or mode = sync",
+                            where, c->dp ? "[dp]" : "[strategy] robust");
+    if (c->round_mode == COORD_MODE_ASYNC && c->sampling_mode == COORD_SAMPLING_POISSON)
+        return fp_error_set("%s: [round] mode = async does not sample (every live worker "
+                            "trains): set [sampling] mode = fixed", where);
+    if (c->round_mode == COORD_MODE_ASYNC && c->min_quorum > c->buffer)
+        return fp_error_set("%s: [round] min_quorum = %d can never be met: a buffer holds "
+                            "buffer = %d updates", where, c->min_quorum, c->buffer);
+    if (c->round_mode == COORD_MODE_ASYNC && c->min_workers < c->buffer)
+        return fp_error_set("%s: [round] buffer = %d needs [sampling] min_workers >= %d (the "
+                            "run waits for that many live workers)", where, c->buffer,
+                            c->buffer);
     if (c->sampling_mode == COORD_SAMPLING_POISSON && !(c->fraction > 0))
         return fp_error_set("%s: [sampling] mode = poisson needs fraction > 0 (each live "
                             "worker's probability of being sampled)", where);

@@ -20,6 +20,7 @@ extern const char *const coord_strategy_names[];
 extern const char *const coord_robust_names[];
 enum { COORD_DP_CENTRAL, COORD_DP_DISTRIBUTED };
 enum { COORD_SAMPLING_FIXED, COORD_SAMPLING_POISSON };
+enum { COORD_MODE_SYNC, COORD_MODE_ASYNC };
 
 typedef struct {
     /* [run] */
@@ -55,6 +56,11 @@ typedef struct {
     int min_quorum;
     double eval_deadline_s, start_timeout_s;
     int upload_slots;           /* uploads received at once (uploads.h) */
+    int round_mode;             /* COORD_MODE_SYNC / COORD_MODE_ASYNC (FedBuff, rounds_async.h) */
+    int buffer;                 /* async: updates per buffer = per global version (K) */
+    int staleness;              /* async: fp_stale_kind (agg_fedbuff.h) */
+    double staleness_a, staleness_b;
+    int max_staleness;          /* async: older updates are dropped (0 = no limit) */
     /* [network] */
     char endpoint[256];
     int heartbeat_ms;

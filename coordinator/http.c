@@ -150,6 +150,13 @@ static cJSON *status_json(const http_snapshot *s)
     cJSON_AddNumberToObject(o, "rounds", s->rounds);
     cJSON_AddStringToObject(o, "phase", s->phase ? s->phase : "starting");
     cJSON_AddNumberToObject(o, "completed_rounds", (double)s->n_hist);
+    cJSON_AddStringToObject(o, "mode", s->async ? "async" : "sync");
+    cJSON *bu = s->async ? cJSON_AddObjectToObject(o, "buffer") : NULL;
+    if (bu) {
+        cJSON_AddNumberToObject(bu, "size", s->buffer);
+        cJSON_AddNumberToObject(bu, "held", s->held);
+        cJSON_AddNumberToObject(bu, "training", s->training);
+    }
     cJSON *ws = cJSON_AddArrayToObject(o, "workers");
     for (int i = 0; ws && i < s->n_workers; i++) {
         const http_worker *w = &s->workers[i];
@@ -160,6 +167,8 @@ static cJSON *status_json(const http_snapshot *s)
         cJSON_AddStringToObject(x, "state", w->alive ? "live" : "dead");
         cJSON_AddNumberToObject(x, "last_seen_s", round(w->last_seen_s * 10) / 10);
         cJSON_AddNumberToObject(x, "examples", (double)w->n_examples);
+        if (w->task)
+            cJSON_AddStringToObject(x, "task", w->task);
         cJSON_AddItemToArray(ws, x);
         live += w->alive;
     }

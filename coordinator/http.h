@@ -35,6 +35,7 @@ typedef struct {
     int alive;
     double last_seen_s;         /* seconds since its last message */
     uint64_t n_examples;
+    const char *task;           /* async: its part (rounds_async_state_name), else NULL */
 } http_worker;
 
 typedef struct {
@@ -57,6 +58,8 @@ typedef struct {
     size_t n_hist, cap_hist;
     uint64_t rejected[REJ_COUNT];   /* since the run started (completed rounds + current) */
     uint64_t bytes_up, bytes_down;
+    int async;                      /* [round] mode = async: the buffer below */
+    unsigned buffer, held, training;
 } http_snapshot;
 
 /* ---- the server ------------------------------------------------------------ */

@@ -8,6 +8,7 @@
 
 #include "clog.h"
 #include "http_internal.h"
+#include "rounds_async.h"
 #include "rounds_state.h"
 
 #define PUBLISH_EVERY_MS 200
@@ -72,7 +73,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-static void copy_workers(http_snapshot *s, const server *srv, int64_t now)
+static void copy_workers(http_snapshot *s, const server *srv, const rounds *r, int64_t now)
 {
     int n = server_n_workers(srv);
     size_t cap = (size_t)s->cap_workers;
@@ -86,6 +87,7 @@ static void copy_workers(http_snapshot *s, const server *srv, int64_t now)
         w->alive = wi->alive;
         w->last_seen_s = (double)(now - wi->last_seen_ms) / 1000.0;
         w->n_examples = wi->n_examples;
+        w->task = rounds_async(r) ? rounds_async_state_name(r, i) : NULL;
     }
     s->n_workers = n;
 }
@@ -120,7 +122,11 @@ void http_publish(http_server *h, const server *srv, const rounds *r, int force)
     s->rounds = r->cfg->rounds;
     s->phase = (unsigned)r->ph < sizeof phase_names / sizeof phase_names[0] ? phase_names[r->ph]
                                                                              : "?";
-    copy_workers(s, srv, now);
+    copy_workers(s, srv, r, now);
+    s->async = rounds_async(r);
+    s->buffer = (unsigned)r->cfg->buffer;
+    if (s->async)
+        rounds_async_counts(r, &s->training, &s->held);
     copy_history(h, s, r);
     for (int i = 0; i < REJ_COUNT; i++)
         s->rejected[i] = h->hist_rejected[i] + rej[i];

@@ -69,6 +69,16 @@ char *metrics_render(const round_metrics *m)
             cJSON_AddNumberToObject(r, reason_names[i], (double)m->rejected[i]);
     cJSON_AddBoolToObject(o, "secagg", m->secagg);
     add_real(o, "epsilon", m->epsilon);
+    if (m->unix_s > 0)
+        cJSON_AddNumberToObject(o, "unix_s", round(m->unix_s * 1000.0) / 1000.0);
+    if (m->async) {
+        cJSON_AddBoolToObject(o, "async", 1);
+        cJSON *st = cJSON_AddObjectToObject(o, "staleness");
+        if (st) {
+            cJSON_AddNumberToObject(st, "mean", m->staleness_mean);
+            cJSON_AddNumberToObject(st, "max", m->staleness_max);
+        }
+    }
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return text;

@@ -6,7 +6,9 @@
  *    "seconds": {"train": 1.2, "aggregate": 0.01, "eval": 0.3, "checkpoint": 0.002},
  *    "rejected": {"late": 0, "duplicate": 0, ...}, "secagg": true, "epsilon": 1.3}
  *
- * "epsilon" is null when [dp] is off.
+ * "epsilon" is null when [dp] is off. "unix_s" is when the round ended (wall
+ * clock). [round] mode = async adds "async": true and the buffer's staleness,
+ * {"staleness": {"mean": 0.5, "max": 2}} (versions behind the global).
  *
  * Losses not measured (an abandoned round, no eval answer) are null. An
  * abandoned round adds "reason". The lines also live in the checkpoint, and a
@@ -59,6 +61,10 @@ typedef struct {
     uint64_t rejected[REJ_COUNT];
     double epsilon;                  /* DP spent so far at [dp] delta; NAN: DP off */
     int secagg;                      /* the round used secure aggregation */
+    double unix_s;                   /* wall clock when the round ended */
+    int async;                       /* [round] mode = async: the round is one buffer */
+    double staleness_mean;           /* async: of the buffer's updates (versions) */
+    unsigned staleness_max;
 } round_metrics;
 
 /* Zeroes m and sets its losses to NAN. */

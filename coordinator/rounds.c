@@ -193,6 +193,18 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->stalls = calloc(SERVER_MAX_WORKERS, sizeof *r->stalls);
     r->open_buf = malloc(WIRE_CHUNK_FLOATS * 4 + FP_SEAL_OVERHEAD);
     r->noise = fp_dp_noise_new(NULL);
+    r->as_state = calloc(SERVER_MAX_WORKERS, 1);
+    r->as_task = calloc(SERVER_MAX_WORKERS, sizeof *r->as_task);
+    r->as_base = calloc(SERVER_MAX_WORKERS, sizeof *r->as_base);
+    r->as_seq = calloc(SERVER_MAX_WORKERS, sizeof *r->as_seq);
+    r->as_sent_ms = calloc(SERVER_MAX_WORKERS, sizeof *r->as_sent_ms);
+    r->stale_w = malloc(SERVER_MAX_WORKERS * sizeof *r->stale_w);
+    for (int i = 0; r->stale_w && i < SERVER_MAX_WORKERS; i++)
+        r->stale_w[i] = 1.0;
+    fp_stale_config_default(&r->stale);
+    r->stale.kind = (fp_stale_kind)cfg->staleness;
+    r->stale.a = cfg->staleness_a;
+    r->stale.b = cfg->staleness_b;
     fp_dp_accountant_init(&r->acct);
     r->last_epsilon = 0;
 #ifdef FEDPEFT_TEST_HOOKS   /* a test build only (CMakeLists.txt) */
@@ -203,7 +215,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->dump_dir = NULL;
 #endif
     if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stalls || !r->open_buf ||
-        !r->noise || !r->fold_have || !r->fold_reset || !r->resent) {
+        !r->noise || !r->fold_have || !r->fold_reset || !r->resent || !r->as_state ||
+        !r->as_task || !r->as_base || !r->as_seq || !r->as_sent_ms || !r->stale_w) {
         fp_error_set("out of memory");
         goto err;
     }
@@ -262,6 +275,12 @@ void rounds_destroy(rounds **r_p)
     free(r->fold_reset);
     free(r->resent);
     free(r->stalls);
+    free(r->as_state);
+    free(r->as_task);
+    free(r->as_base);
+    free(r->as_seq);
+    free(r->as_sent_ms);
+    free(r->stale_w);
     uploads_free(&r->up);
     free(r->open_buf);
     sa_destroy(&r->sa);

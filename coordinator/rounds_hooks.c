@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "clog.h"
+#include "rounds_async.h"
 #include "rounds_msgs.h"
 #include "rounds_phase.h"
 #include "rounds_state.h"
@@ -15,6 +16,7 @@
 static int tick(void *ctx, int64_t now, int *done)
 {
     rounds *r = ctx;
+    rounds_async_tick(r, now);
     switch (r->ph) {
     case PH_WAIT: rounds_check_wait(r, now); break;
     case PH_TRAIN: rounds_check_train(r, now); break;
@@ -119,6 +121,7 @@ static void on_hello(void *ctx, int w)
 {
     rounds *r = ctx;
     hello_folds(r, w);
+    rounds_async_on_hello(r, w);
     if (r->ph == PH_FINISHING || r->ph == PH_DONE) {
         server_shutdown_workers(r->srv, "run complete");
         return;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "clog.h"
+#include "rounds_async.h"
 #include "rounds_msgs.h"
 #include "rounds_persist.h"
 #include "rounds_state.h"
@@ -69,6 +70,10 @@ static int folds_match(rounds *r, int w, uint32_t n_folds, const char *what)
 static void on_update_ready(rounds *r, int w, const Fedpeft__UpdateReady *u)
 {
     const char *id = server_worker(r->srv, w)->id;
+    if (rounds_async_is_hold(r, u->task_id)) {
+        rounds_async_on_held(r, w, u);
+        return;
+    }
     if (!current(r, PH_TRAIN, u->task_id, TASK_TRAIN)) {
         reject_stale(r, w, u->task_id, u->round, TASK_TRAIN, "UpdateReady");
         return;
@@ -256,6 +261,9 @@ static void accept_update(rounds *r, int w, upload_slot *s)
         rounds_drop_upload(r, w);
         return;
     }
+    if (!r->sa && r->stale_w[w] != 1.0)    /* async: sum p w Delta / sum p */
+        for (size_t i = 0; i < n; i++)
+            s->buf[i] = (float)((double)s->buf[i] * r->stale_w[w]);
     if (r->sa) {
         sa_add_input(r->sa, (const uint32_t *)(void *)s->buf, r->n_view);
     } else if ((strategy_staged_set_rank(r->strat, server_worker(r->srv, w)->rank ==
@@ -577,6 +585,8 @@ static void on_eval_result(rounds *r, int w, const Fedpeft__EvalResult *e)
 static void on_refusal(rounds *r, int w, const Fedpeft__Refusal *f)
 {
     int kind = r->ph == PH_TRAIN ? TASK_TRAIN : TASK_EVAL;
+    if (rounds_async_on_refusal(r, w, f->task_id, f->reason))
+        return;
     if ((r->ph != PH_TRAIN && r->ph != PH_EVAL) || !current(r, r->ph, f->task_id, kind))
         return;     /* about an old task: nothing to act on */
     int report = f->about && f->about[0], first = r->sa ? sa_on_refusal(r, w, report) : 0;

@@ -11,6 +11,7 @@
 #include "finetune.h"
 #include "rng.h"
 #include "rounds_agg.h"
+#include "rounds_async.h"
 #include "rounds_msgs.h"
 #include "rounds_persist.h"
 #include "rounds_phase.h"
@@ -172,28 +173,70 @@ static int scaffold_fields(const rounds *r, const fp_lora *a, Fedpeft__Task *t, 
     return 0;
 }
 
+/* What a Task is: the phase's (round, kind), or async's hold task (trains
+ * from version `round`, keeps the update) or upload task (from_update). */
+typedef struct {
+    int kind;
+    uint64_t round, task_id;
+    int hold;
+    uint64_t from_update;
+    int64_t deadline_ms;
+} task_spec;
+
+static void send_spec(rounds *r, int w, const task_spec *ts);
+
 /* Task + the global adapter to worker w for the current phase. */
 void rounds_send_task(rounds *r, int w)
 {
     int kind = r->ph == PH_TRAIN ? TASK_TRAIN : TASK_EVAL;
+    task_spec ts = {kind, r->round, rounds_task_id(r, r->round, kind), 0, 0, r->deadline_ms};
+    if (kind == TASK_TRAIN && rounds_async(r))
+        ts.from_update = r->as_task[w];     /* a buffer's member uploads what it holds */
+    send_spec(r, w, &ts);
+}
+
+void rounds_send_hold_task(rounds *r, int w, uint64_t version, uint64_t task_id,
+                           int64_t deadline_ms)
+{
+    task_spec ts = {TASK_TRAIN, version, task_id, 1, 0, deadline_ms};
+    send_spec(r, w, &ts);
+}
+
+static void send_spec(rounds *r, int w, const task_spec *ts)
+{
+    int kind = ts->kind;
     Fedpeft__TrainParams params = FEDPEFT__TRAIN_PARAMS__INIT;
     fill_params(r, &params);
     Fedpeft__Task t = FEDPEFT__TASK__INIT;
     t.kind = kind == TASK_TRAIN ? FEDPEFT__TASK__KIND__TRAIN : FEDPEFT__TASK__KIND__EVAL;
-    t.round = r->round;
-    t.task_id = rounds_task_id(r, r->round, kind);
+    t.round = ts->round;
+    t.task_id = ts->task_id;
+    t.hold = ts->hold;
+    t.from_update = ts->from_update;
     t.params = &params;
     t.n_chunks = wire_n_chunks(r->global->n_params);
-    t.deadline_unix_ms = (uint64_t)(clog_wall_ms() + (r->deadline_ms - clog_now_ms()));
+    t.deadline_unix_ms = (uint64_t)(clog_wall_ms() + (ts->deadline_ms - clog_now_ms()));
     Fedpeft__SecAggParams sap = FEDPEFT__SEC_AGG_PARAMS__INIT;
     Fedpeft__DpParams dpp = FEDPEFT__DP_PARAMS__INIT;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
+    env.task = &t;
     if (kind == TASK_TRAIN) {
         t.coordinator_pk = (ProtobufCBinaryData){FP_KEY_BYTES, r->seal_kp->public_key};
-        if (r->sa) {
+        if (ts->from_update) {  /* no adapter: the worker holds its update */
+            if (r->sa) {
+                sa_task_fields(r->sa, w, &sap, &t.peers, &t.n_peers);
+                t.secagg = &sap;
+            }
+            t.n_chunks = 0;
+            (void)server_send(r->srv, w, &env);
+            return;
+        }
+        if (r->sa && !ts->hold) {
             sa_task_fields(r->sa, w, &sap, &t.peers, &t.n_peers);
             t.secagg = &sap;
         }
-        if (r->cfg->dp) {
+        if (r->cfg->dp && !ts->hold) {
             dpp.clip_norm = (float)r->cfg->dp_clip_norm;
             dpp.noise_multiplier = (float)r->cfg->dp_noise_multiplier;
             dpp.distributed = r->cfg->dp_mode == COORD_DP_DISTRIBUTED;
@@ -201,9 +244,6 @@ void rounds_send_task(rounds *r, int w)
             t.dp = &dpp;
         }
     }
-    wire_msg env = FEDPEFT__ENVELOPE__INIT;
-    env.body_case = FEDPEFT__ENVELOPE__BODY_TASK;
-    env.task = &t;
     int rk = server_worker(r->srv, w)->rank;
     fp_lora *small = NULL;
     if (rk > 0 && rk < r->global->cfg.rank) {
@@ -226,7 +266,7 @@ void rounds_send_task(rounds *r, int w)
     if (fold_fields(r, w, a, &t, &ranks, &slab, &n) < 0) {
         clog_error("round %llu: cannot send the folds to %s: %s", (unsigned long long)r->round,
                    server_worker(r->srv, w)->id, fp_error_get());
-    } else if (kind == TASK_TRAIN && scaffold_fields(r, a, &t, &slab, &n) < 0) {
+    } else if (kind == TASK_TRAIN && !ts->hold && scaffold_fields(r, a, &t, &slab, &n) < 0) {
         clog_error("round %llu: cannot send the control variate to %s: %s",
                    (unsigned long long)r->round, server_worker(r->srv, w)->id, fp_error_get());
     } else {
@@ -301,6 +341,12 @@ static int sample(rounds *r, int *chosen)
 static void start_train(rounds *r, int64_t now)
 {
     static int chosen[SERVER_MAX_WORKERS];
+    int k = sample(r, chosen);
+    rounds_begin_train(r, now, chosen, k);
+}
+
+void rounds_begin_train(rounds *r, int64_t now, const int *chosen, int k)
+{
     reset_phase(r, PH_TRAIN, now, r->cfg->deadline_s);
     metrics_reset(&r->m, r->round);
     if (rounds_set_view(r) < 0)
@@ -315,7 +361,6 @@ static void start_train(rounds *r, int64_t now)
         r->prev_task[i] = r->round ? rounds_task_id(r, r->round - 1, TASK_TRAIN) : 0;
         memcpy(r->seal_pk[i], zero, 32);
     }
-    int k = sample(r, chosen);
     char names[1024] = "";
     for (int i = 0; i < k; i++) {
         size_t len = strlen(names);
@@ -334,9 +379,13 @@ static void start_train(rounds *r, int64_t now)
     for (int i = 0; i < k; i++) {
         r->sampled_weight += rounds_weight(r, chosen[i], server_worker(r->srv, chosen[i])->n_examples);
     }
-    clog_info("round %llu: sampled %d of %d workers (%s)%s", (unsigned long long)r->round, k,
-              server_n_live(r->srv), names,
-              r->cfg->sampling_mode == COORD_SAMPLING_POISSON ? " by Poisson sampling" : "");
+    if (rounds_async(r))
+        clog_info("round %llu: buffer of %d held updates (%s) of %d live workers",
+                  (unsigned long long)r->round, k, names, server_n_live(r->srv));
+    else
+        clog_info("round %llu: sampled %d of %d workers (%s)%s", (unsigned long long)r->round,
+                  k, server_n_live(r->srv), names,
+                  r->cfg->sampling_mode == COORD_SAMPLING_POISSON ? " by Poisson sampling" : "");
     sa_destroy(&r->sa);
     /* poisson: a draw that can never meet the quorum ends the round now; it is
      * not topped up (the accountant assumes Poisson sampling). */
@@ -366,8 +415,9 @@ void rounds_start_eval(rounds *r, int64_t now)
     reset_phase(r, PH_EVAL, now, r->cfg->eval_deadline_s);
     r->val_sum = 0;
     r->val_tokens = 0;
+    int members = rounds_async(r) && r->round > 0;  /* the others are training */
     for (int i = 0; i < server_n_workers(r->srv); i++)
-        if (server_worker(r->srv, i)->alive) {
+        if (server_worker(r->srv, i)->alive && (!members || r->as_state[i] == AS_MEMBER)) {
             r->status[i] = ST_PENDING;
             r->n_targets++;
         }
@@ -426,6 +476,8 @@ static double stop_statistic(const rounds *r)
 void rounds_complete_round(rounds *r, int64_t now)
 {
     round_metrics *m = &r->m;
+    m->unix_s = (double)clog_wall_ms() / 1000.0;
+    rounds_async_round_over(r);
     if (r->ph == PH_EVAL) {
         m->t_eval = secs(now - r->phase_start_ms);
         if (r->val_tokens > 0) {
@@ -602,6 +654,10 @@ static void log_wait(const rounds *r, int64_t now, int live, int need)
 
 void rounds_check_wait(rounds *r, int64_t now)
 {
+    if (rounds_async(r) && r->round > 0) {
+        server_set_round(r->srv, r->round);
+        return;     /* rounds_async_tick starts the round when the buffer is full */
+    }
     int live = server_n_live(r->srv);
     int need = r->cfg->min_workers;
     int64_t waited = now - r->phase_start_ms;

@@ -14,6 +14,7 @@
 #include "strategy.h"
 #include "dp.h"
 #include "agg_serveropt.h"
+#include "agg_fedbuff.h"
 #include "keys.h"
 #include "seal.h"
 #include "secagg_server.h"
@@ -86,6 +87,15 @@ struct rounds {
     uint8_t *fold_reset;
     uint8_t *open_buf;              /* one opened chunk */
     sa_server *sa;                  /* secure aggregation of this round, or NULL */
+    /* [round] mode = async (rounds_async.h), per worker: its AS_* part, its
+     * hold task and the version it trains from, when that went out, and the
+     * order held updates arrived in; this round's staleness weight (1 in sync). */
+    uint8_t *as_state;
+    uint64_t *as_task, *as_base, *as_seq;
+    int64_t *as_sent_ms;
+    uint64_t as_next_seq;
+    double *stale_w;
+    fp_stale_config stale;
     fp_dp_accountant acct;
     double last_epsilon;
     fp_dp_noise *noise;

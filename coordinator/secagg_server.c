@@ -188,8 +188,8 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
         sa->m[i].weight = rounds_weight(r, sa->m[i].w, wi->n_examples);
         total += sa->m[i].weight;
     }
-    for (int i = 0; i < k; i++)
-        sa->m[i].weight /= total;
+    for (int i = 0; i < k; i++)     /* async: x its staleness weight (rounds_async.h) */
+        sa->m[i].weight = sa->m[i].weight / total * r->stale_w[sa->m[i].w];
     sa->phase = SA_KEYS;
     sa->sub_deadline = clog_now_ms() + phase_ms(r, k);
     return sa;

@@ -83,6 +83,8 @@ int wk_policy_check_task(const wk_config *cfg, const Fedpeft__Task *task, char *
     const Fedpeft__SecAggParams *p = task->secagg;
     if (task->kind != FEDPEFT__TASK__KIND__TRAIN)
         return 0;
+    if (task->hold && !p)
+        return 0;   /* async: nothing leaves; the upload task (from_update) is checked */
     if (!p && !cfg->insecure && cfg->require_secagg) {
         snprintf(why, cap, "the task has no secure aggregation and [privacy] require_secagg = "
                  "true: the coordinator would see this worker's update");

@@ -42,6 +42,12 @@ typedef struct {
     /* The update waiting for Pull. */
     int have_update;
     uint64_t update_task;
+    /* [round] mode = async (proto Task.hold / from_update): this task keeps its
+     * update (hold), or uploads the one kept (from_held); the kept update. */
+    int hold, from_held;
+    int have_held;
+    uint64_t held_task, held_tokens;
+    float held_loss;
     /* Training in progress. */
     wire_msg *stash;            /* the message that interrupted training */
     int abort_rc;               /* WK_SHUTDOWN or -1 when the callback stopped for that */
@@ -153,11 +159,44 @@ static int shape_adapters(wk_task *t)
     return 0;
 }
 
+static int start_secagg(wk_task *t);
+static int finish_held(wk_task *t);
+
+/* A TRAIN task's seal key and the [privacy] policy: 0, or -1 (logged; a
+ * policy refusal is also answered with a Refusal). Sets coord_pk. */
+static int check_train_task(wk_task *t, const Fedpeft__Task *task)
+{
+    uint8_t want[32];
+    memset(t->coord_pk, 0, sizeof t->coord_pk);
+    if (task->coordinator_pk.len != 32) {
+        wk_log("ignored task %llu: no coordinator key to seal the update to",
+               (unsigned long long)task->task_id);
+        return -1;
+    }
+    if (!t->cfg->insecure && fp_pubkey_parse(t->cfg->coordinator_key, want) == 0 &&
+        sodium_memcmp(want, task->coordinator_pk.data, 32) != 0) {
+        wk_log("ignored task %llu: it asks to seal the update to a key that is not "
+               "[security] coordinator_key", (unsigned long long)task->task_id);
+        return -1;
+    }
+    memcpy(t->coord_pk, task->coordinator_pk.data, 32);
+    char why[400];
+    if (wk_policy_check_task(t->cfg, task, why, sizeof why) != 0) {
+        wk_log("round %llu: refused task %llu: %s", (unsigned long long)task->round,
+               (unsigned long long)task->task_id, why);
+        send_refusal(t, task->task_id, task->round, why, NULL);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_task(wk_task *t, const Fedpeft__Task *task)
 {
     size_t n = t->global->n_params, total;
     float *dst;
     t->have_update = 0;     /* a new task supersedes any update not pulled yet */
+    t->have_held = 0;
+    t->from_held = 0;
     t->receiving = 0;
     if (wk_folds_begin(&t->folds, task, wk_conn_run_id(t->conn),
                        n / (size_t)t->global->cfg.rank, n, t->global->params, &dst,
@@ -194,33 +233,49 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
     }
     if (task->dp)
         t->dpp = *task->dp;
-    memset(t->coord_pk, 0, sizeof t->coord_pk);
-    if (task->kind == FEDPEFT__TASK__KIND__TRAIN) {
-        uint8_t want[32];
-        if (task->coordinator_pk.len != 32) {
-            wk_log("ignored task %llu: no coordinator key to seal the update to",
-                   (unsigned long long)task->task_id);
-            t->receiving = 0;
-            return;
-        }
-        if (!t->cfg->insecure && fp_pubkey_parse(t->cfg->coordinator_key, want) == 0 &&
-            sodium_memcmp(want, task->coordinator_pk.data, 32) != 0) {
-            wk_log("ignored task %llu: it asks to seal the update to a key that is not "
-                   "[security] coordinator_key", (unsigned long long)task->task_id);
-            t->receiving = 0;
-            return;
-        }
-        memcpy(t->coord_pk, task->coordinator_pk.data, 32);
-        char why[400];
-        if (wk_policy_check_task(t->cfg, task, why, sizeof why) != 0) {
-            wk_log("round %llu: refused task %llu: %s", (unsigned long long)task->round,
-                   (unsigned long long)task->task_id, why);
-            send_refusal(t, task->task_id, task->round, why, NULL);
-            t->receiving = 0;
-            return;
-        }
+    t->hold = task->hold;
+    if (task->kind == FEDPEFT__TASK__KIND__TRAIN && check_train_task(t, task) != 0) {
+        t->receiving = 0;
+        return;
     }
     wire_asm_begin(&t->as, dst, total, task->n_chunks, task->task_id);
+}
+
+/* async: the task that uploads the update held for task->from_update, as a
+ * member of this task's round (one buffer) and its secure aggregation. */
+static int on_upload_task(wk_task *t, const Fedpeft__Task *task)
+{
+    if (!t->have_held || task->from_update != t->held_task) {
+        char why[160];
+        snprintf(why, sizeof why, "no update held for task %llu (this worker restarted, or "
+                 "trained another task since)", (unsigned long long)task->from_update);
+        wk_log("round %llu: refused task %llu: %s", (unsigned long long)task->round,
+               (unsigned long long)task->task_id, why);
+        send_refusal(t, task->task_id, task->round, why, NULL);
+        return 0;
+    }
+    t->receiving = 0;
+    t->have_update = 0;
+    if (check_train_task(t, task) != 0)
+        return 0;
+    t->kind = task->kind;
+    t->task_id = task->task_id;
+    t->round = task->round;
+    t->params = *task->params;
+    t->hold = 0;
+    t->from_held = 1;
+    wk_sa_destroy(&t->sa);
+    wk_sa_free_shares(&t->sent_sk);
+    t->has_secagg = task->secagg != NULL;
+    t->has_dp = 0;      /* async runs without [dp] (the coordinator refuses the pair) */
+    if (task->secagg) {
+        t->sap = *task->secagg;
+        size_t gl = t->sap.graph_commit.len == 32 ? 32 : 0;
+        memcpy(t->graph_commit, t->sap.graph_commit.data, gl);
+        t->sap.graph_commit = (ProtobufCBinaryData){gl, t->graph_commit};
+        return start_secagg(t);
+    }
+    return finish_held(t);
 }
 
 /* Training's progress callback: heartbeats, and stops for a new Task,
@@ -407,10 +462,25 @@ static int run_train(wk_task *t)
         for (size_t i = 0; i < t->n_up; i++)
             t->delta[i] *= f;
     }
-    if (prepare_update(t) != 0)
-        return 0;
     float loss = t->loss_n ? (float)(t->loss_sum / t->loss_n) : 0.0f;
     uint64_t n_tokens = (uint64_t)ft.steps * (uint64_t)ft.batch * (uint64_t)ft.seq;
+    if (t->hold) {      /* async: kept until a buffer takes it (on_upload_task) */
+        memset(t->seal_pk, 0, sizeof t->seal_pk);
+        if (send_update_ready(t, n_tokens, loss) != 0) {
+            wk_log("round %llu: sending UpdateReady failed: %s", (unsigned long long)t->round,
+                   fp_error_get());
+            return 0;
+        }
+        t->have_held = 1;
+        t->held_task = t->task_id;
+        t->held_tokens = n_tokens;
+        t->held_loss = loss;
+        wk_log("version %llu: trained, mean loss %.4f; update held for the next buffer (%zu "
+               "floats)", (unsigned long long)t->round, (double)loss, t->n_up);
+        return 0;
+    }
+    if (prepare_update(t) != 0)
+        return 0;
     if (send_update_ready(t, n_tokens, loss) != 0) {
         wk_log("round %llu: sending UpdateReady failed: %s", (unsigned long long)t->round,
                fp_error_get());
@@ -420,6 +490,26 @@ static int run_train(wk_task *t)
     t->update_task = t->task_id;
     wk_log("round %llu: trained, mean loss %.4f; update ready (%zu floats)",
            (unsigned long long)t->round, (double)loss, t->n_up);
+    return 0;
+}
+
+/* async: the held update, weighted and masked for this task's buffer, then
+ * UpdateReady as after training. 0 (failures are logged). */
+static int finish_held(wk_task *t)
+{
+    t->have_held = 0;   /* weighted and masked in place: used once */
+    t->from_held = 0;
+    if (prepare_update(t) != 0)
+        return 0;
+    if (send_update_ready(t, t->held_tokens, t->held_loss) != 0) {
+        wk_log("round %llu: sending UpdateReady failed: %s", (unsigned long long)t->round,
+               fp_error_get());
+        return 0;
+    }
+    t->have_update = 1;
+    t->update_task = t->task_id;
+    wk_log("round %llu: held update of task %llu ready for the buffer (%zu floats)",
+           (unsigned long long)t->round, (unsigned long long)t->held_task, t->n_up);
     return 0;
 }
 
@@ -579,7 +669,7 @@ static int on_share_keys(wk_task *t, const Fedpeft__ShareKeys *sk)
         wk_log("round %llu: %s: reported; masking goes on", (unsigned long long)t->round, why);
         send_refusal(t, t->task_id, t->round, why, bad);
     }
-    return run_train(t);
+    return t->from_held ? finish_held(t) : run_train(t);
 }
 
 /* The consistency round: sign the survivor set (once per round). */
@@ -766,13 +856,19 @@ static int dispatch(wk_task *t, wire_msg *m)
         t->receiving = 0;
         if (!t->sa)     /* a secure round survives a reconnect: its update may be pulled */
             t->have_update = 0;
+        t->have_held = 0;   /* the coordinator hands out a new task after the Hello */
         if (shape_adapters(t) != 0) {
             wire_msg_free(&m);
             return -1;
         }
     }
     switch (m->body_case) {
-    case FEDPEFT__ENVELOPE__BODY_TASK: on_task(t, m->task); break;
+    case FEDPEFT__ENVELOPE__BODY_TASK:
+        if (m->task->from_update)
+            rc = on_upload_task(t, m->task);
+        else
+            on_task(t, m->task);
+        break;
     case FEDPEFT__ENVELOPE__BODY_CHUNK: rc = on_chunk(t, m->chunk); break;
     case FEDPEFT__ENVELOPE__BODY_PULL: on_pull(t, m->pull); break;
     case FEDPEFT__ENVELOPE__BODY_PEER_KEYS: on_peer_keys(t, m->peer_keys); break;

@@ -190,6 +190,13 @@ static int wire_check_task(const Fedpeft__Task *t)
     if (t->fold_reset && t->fold_base != 0)
         return fp_error_set("Task.fold_reset with fold_base %" PRIu32 " (expected 0)",
                             t->fold_base);
+    if ((t->hold || t->from_update) && t->kind != FEDPEFT__TASK__KIND__TRAIN)
+        return fp_error_set("EVAL Task %" PRIu64 " with hold or from_update (TRAIN only)",
+                            t->task_id);
+    if (t->from_update && (t->hold || t->n_chunks != 0 || t->scaffold || t->n_fold_ranks))
+        return fp_error_set("Task %" PRIu64 " uploads held update %" PRIu64 " but also carries "
+                            "an adapter, hold, folds or a control variate", t->task_id,
+                            t->from_update);
     return wire_check_n_chunks("Task", t->n_chunks);
 }
 
