@@ -105,6 +105,11 @@ static void start_round(rounds *r, int64_t now, const int *chosen, int k)
         if (s > smax)
             smax = (unsigned)s;
     }
+    for (int i = 0; i < k; i++)
+        clog_info("round %llu: %s trained from version %llu: staleness %llu, weight w = %.6f",
+                  (unsigned long long)r->round, server_worker(r->srv, chosen[i])->id,
+                  (unsigned long long)r->as_base[chosen[i]],
+                  (unsigned long long)(v - r->as_base[chosen[i]]), r->stale_w[chosen[i]]);
     rounds_begin_train(r, now, chosen, k);     /* resets r->m */
     r->m.async = 1;
     r->m.staleness_mean = k ? sum / k : 0;

@@ -33,7 +33,8 @@ typedef struct {
     int bad_holder;                 /* revealed a share that fails its check: ignored */
     int reported;                   /* sent a report of a peer's bad share */
     int resent;                     /* phase + 1 of the last resend after a re-Hello */
-    double weight;
+    double weight;                  /* what its input is scaled by: share x staleness weight */
+    double share;                   /* its averaging weight p / sum p (the divisor's part) */
     const uint32_t *hold;           /* its secrets' holders: graph neighbours and itself */
     unsigned n_hold;                /* (member indices, ascending = by id) */
 } sa_member;
@@ -188,8 +189,10 @@ sa_server *sa_new(rounds *r, const int *chosen, int k)
         sa->m[i].weight = rounds_weight(r, sa->m[i].w, wi->n_examples);
         total += sa->m[i].weight;
     }
-    for (int i = 0; i < k; i++)     /* async: x its staleness weight (rounds_async.h) */
-        sa->m[i].weight = sa->m[i].weight / total * r->stale_w[sa->m[i].w];
+    for (int i = 0; i < k; i++) {   /* async: x its staleness weight (rounds_async.h) */
+        sa->m[i].share = sa->m[i].weight / total;
+        sa->m[i].weight = sa->m[i].share * r->stale_w[sa->m[i].w];
+    }
     sa->phase = SA_KEYS;
     sa->sub_deadline = clog_now_ms() + phase_ms(r, k);
     return sa;
@@ -1208,9 +1211,9 @@ static int finalize_sum(rounds *r)
 {
     sa_server *sa = r->sa;
     double W = 0;
-    for (unsigned i = 0; i < sa->n; i++)
+    for (unsigned i = 0; i < sa->n; i++)   /* sum p w Delta / sum p (agg_fedbuff.h) */
         if (sa->m[i].survived)
-            W += sa->m[i].weight;
+            W += sa->m[i].share;
     if (check_bounds(r, W) < 0)
         return -1;
     float *x = r->staging;

@@ -508,8 +508,9 @@ static int finish_held(wk_task *t)
     }
     t->have_update = 1;
     t->update_task = t->task_id;
-    wk_log("round %llu: held update of task %llu ready for the buffer (%zu floats)",
-           (unsigned long long)t->round, (unsigned long long)t->held_task, t->n_up);
+    wk_log("round %llu: held update of task %llu ready for the buffer (%zu floats, weight "
+           "%.9g)", (unsigned long long)t->round, (unsigned long long)t->held_task, t->n_up,
+           t->has_secagg ? t->sap.weight : 1.0);
     return 0;
 }
 
