@@ -323,7 +323,9 @@ void fh_coordinator_start(fh_fed *f)
     snprintf(al, sizeof al, "--security.allowlist=%s/keys/allowlist", f->dir);
     char *argv[] = {FP_COORDINATOR, "--config", f->cfg, f->curve ? sk : "--insecure",
                     f->curve ? al : NULL, NULL};
-    f->coord = fh_spawn(argv, log, NULL);
+    /* fh_fed_use_dump: the coordinator's test dumps too (rounds_dump) */
+    f->coord = access(f->dump, F_OK) == 0 ? fh_spawn_dump(argv, log, NULL, f->dump)
+                                          : fh_spawn(argv, log, NULL);
 }
 
 void fh_worker_start(fh_fed *f, int k)
@@ -426,4 +428,48 @@ cJSON **fh_fed_metrics(const fh_fed *f, int R, int *n)
     for (int i = 0; i <= R; i++)
         assert_int_equal((int)fh_metric_number(rows[i], "round"), i);
     return rows;
+}
+
+/* ---- the status page -------------------------------------------------------- */
+
+int fh_http_get(int port, const char *path, char **body)
+{
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t len = 0, cap = 1 << 16;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    ssize_t got;
+    while ((got = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)got;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    int code = -1;
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1 || !sep) {
+        free(buf);
+        return -1;
+    }
+    *body = strdup(sep + 4);
+    free(buf);
+    return code;
 }

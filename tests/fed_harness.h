@@ -109,7 +109,7 @@ void fh_fed_init(fh_fed *f, const char *tag, const char *base, int n_workers);
  * (sections the test adds or overrides; may be NULL). */
 void fh_fed_write_ini(const fh_fed *f, const char *run_section, int rank, int local_steps,
                       const char *extra);
-/* Makes DIR/dump: the workers get FEDPEFT_TEST_DUMP_DIR=DIR/dump. */
+/* Makes DIR/dump: the coordinator and workers get FEDPEFT_TEST_DUMP_DIR=DIR/dump. */
 void fh_fed_use_dump(fh_fed *f);
 /* Starts the coordinator (again): DIR/coordinator-N.log. */
 void fh_coordinator_start(fh_fed *f);
@@ -127,5 +127,11 @@ void fh_fed_reap(fh_fed *f);
 void fh_fed_wait_round(fh_fed *f, int r, double timeout_s);
 /* The metrics lines, after checking rounds 0..R appear once each, in order. */
 cJSON **fh_fed_metrics(const fh_fed *f, int R, int *n);
+
+/* ---- the status page -------------------------------------------------------- */
+
+/* GET path from 127.0.0.1:port (HTTP/1.0): the status code (-1: no connection)
+ * and the body (malloc'd, NUL-terminated) in *body. */
+int fh_http_get(int port, const char *path, char **body);
 
 #endif

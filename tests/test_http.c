@@ -35,54 +35,10 @@ static char dir[4096], ini[4200], coord_log[4200];
 static int http_port;
 static pid_t coord, workers[N_WORKERS];
 
-/* GET path from 127.0.0.1:http_port: the status code (-1: no connection) and
- * the body (malloc'd) in *body. */
-static int http_get(const char *path, char **body)
-{
-    *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t len = 0, cap = 1 << 16;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t got;
-    while ((got = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)got;
-        if (cap - len < 4096) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    close(fd);
-    buf[len] = '\0';
-    int code = -1;
-    char *sep = strstr(buf, "\r\n\r\n");
-    if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1 || !sep) {
-        free(buf);
-        return -1;
-    }
-    *body = strdup(sep + 4);
-    free(buf);
-    return code;
-}
-
 static cJSON *get_status(void)
 {
     char *body;
-    int code = http_get("/status", &body);
+    int code = fh_http_get(http_port, "/status", &body);
     if (code != 200)
         fail_msg("/status answered %d", code);
     cJSON *o = cJSON_Parse(body);
@@ -178,7 +134,7 @@ static void wait_rounds(int rounds)
     double end = fh_now() + 240;
     while (fh_now() < end) {
         char *body = NULL;
-        if (http_get("/status", &body) == 200) {
+        if (fh_http_get(http_port, "/status", &body) == 200) {
             cJSON *st = cJSON_Parse(body);
             int n = st ? evaluated_rounds(st) : 0;
             cJSON_Delete(st);
@@ -212,13 +168,13 @@ static void test_endpoints(void **state)
     (void)state;
     wait_rounds(3);
     char *body;
-    assert_int_equal(http_get("/healthz", &body), 200);
+    assert_int_equal(fh_http_get(http_port, "/healthz", &body), 200);
     assert_string_equal(body, "ok\n");
     free(body);
-    assert_int_equal(http_get("/nope", &body), 404);
+    assert_int_equal(fh_http_get(http_port, "/nope", &body), 404);
     free(body);
 
-    assert_int_equal(http_get("/metrics", &body), 200);
+    assert_int_equal(fh_http_get(http_port, "/metrics", &body), 200);
     const char *typed[] = {"fedpeft_round gauge", "fedpeft_workers gauge",
                            "fedpeft_bytes_total counter", "fedpeft_val_loss gauge",
                            "fedpeft_train_loss gauge", "fedpeft_rejections_total counter"};
@@ -361,7 +317,7 @@ static void test_sigterm(void **state)
         fail_msg("no 'stopping: state saved at round N' in:\n%s", log);
     free(log);
     char *body;
-    assert_int_equal(http_get("/healthz", &body), -1);  /* the server went with it */
+    assert_int_equal(fh_http_get(http_port, "/healthz", &body), -1);  /* the server went with it */
     free(body);
     for (int k = 0; k < N_WORKERS; k++) {
         kill(workers[k], SIGTERM);
