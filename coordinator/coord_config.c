@@ -36,6 +36,9 @@ const fp_cfg_key coord_config_keys[] = {
      "checkpoint.bin and metrics.jsonl live here; a restart resumes from it"},
     {"run", "out_dir", FP_CFG_STRING, 0, 0, "", F(out_dir), S(out_dir), NULL,
      "final adapter (PEFT directory); empty = STATE_DIR/adapter"},
+    {"run", "save_every", FP_CFG_INT, 0, 1000000, "0", F(save_every), 0, NULL,
+     "also write the global adapter every N completed rounds to STATE_DIR/adapters/round-N "
+     "(0 = only the final one)"},
     {"model", "path", FP_CFG_STRING, 0, 0, "", F(model_path), S(model_path), NULL,
      "base model: Hugging Face directory (required; workers must use the same model)"},
     /* Accepted so that one file serves coordinator and workers: the workers' format

@@ -29,6 +29,7 @@ typedef struct {
     double target_loss;
     char state_dir[1024];
     char out_dir[1024];
+    int save_every;             /* [run] save_every: STATE_DIR/adapters/round-N (0 = off) */
     /* [model] */
     char model_path[1024];
     int workers_dtype;          /* [model] dtype: the workers' base format (unused here: the

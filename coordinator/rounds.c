@@ -198,6 +198,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
     r->as_base = calloc(SERVER_MAX_WORKERS, sizeof *r->as_base);
     r->as_seq = calloc(SERVER_MAX_WORKERS, sizeof *r->as_seq);
     r->as_sent_ms = calloc(SERVER_MAX_WORKERS, sizeof *r->as_sent_ms);
+    r->as_silent = calloc(SERVER_MAX_WORKERS, sizeof *r->as_silent);
+    r->as_bench_until = calloc(SERVER_MAX_WORKERS, sizeof *r->as_bench_until);
     r->stale_w = malloc(SERVER_MAX_WORKERS * sizeof *r->stale_w);
     for (int i = 0; r->stale_w && i < SERVER_MAX_WORKERS; i++)
         r->stale_w[i] = 1.0;
@@ -216,7 +218,8 @@ rounds *rounds_new(const coord_config *cfg, const fp_model_config *model, const 
 #endif
     if (!r->seal_pk || !r->prev_seal_pk || !r->prev_task || !r->stalls || !r->open_buf ||
         !r->noise || !r->fold_have || !r->fold_reset || !r->resent || !r->as_state ||
-        !r->as_task || !r->as_base || !r->as_seq || !r->as_sent_ms || !r->stale_w) {
+        !r->as_task || !r->as_base || !r->as_seq || !r->as_sent_ms || !r->stale_w ||
+        !r->as_silent || !r->as_bench_until) {
         fp_error_set("out of memory");
         goto err;
     }
@@ -280,6 +283,8 @@ void rounds_destroy(rounds **r_p)
     free(r->as_base);
     free(r->as_seq);
     free(r->as_sent_ms);
+    free(r->as_silent);
+    free(r->as_bench_until);
     free(r->stale_w);
     uploads_free(&r->up);
     free(r->open_buf);

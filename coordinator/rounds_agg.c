@@ -9,6 +9,7 @@
 #include "clog.h"
 #include "finetune.h"
 #include "rounds_agg.h"
+#include "rounds_async.h"
 #include "rounds_state.h"
 #include "sampling.h"
 
@@ -112,6 +113,7 @@ static void scaffold_update(rounds *r, const float *x)
 int rounds_aggregate(rounds *r, int64_t now, const char *why)
 {
     round_metrics *m = &r->m;
+    rounds_async_blame(r);
     m->t_train = secs(now - r->phase_start_ms);
     m->reported = r->n_reported;
     m->dropped = m->sampled - r->n_reported;
@@ -164,6 +166,7 @@ int rounds_aggregate(rounds *r, int64_t now, const char *why)
 void rounds_abandon(rounds *r, int64_t now, const char *reason)
 {
     round_metrics *m = &r->m;
+    rounds_async_blame(r);
     m->abandoned = 1;
     if (r->n_refused)   /* what the operator must change is usually in the refusal */
         snprintf(m->reason, sizeof m->reason, "%s (%u sampled worker%s refused the task; %s)",

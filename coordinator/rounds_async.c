@@ -8,6 +8,7 @@
 #include "rounds_async.h"
 #include "rounds_phase.h"
 #include "rounds_state.h"
+#include "secagg_server.h"
 
 #define STALE FEDPEFT__REJECT__CODE__STALE
 #define BAD FEDPEFT__REJECT__CODE__BAD_MESSAGE
@@ -55,7 +56,8 @@ static int take_buffer(rounds *r, int *chosen)
     uint64_t v = rounds_async_version(r);
     unsigned K = (unsigned)r->cfg->buffer;
     for (int i = 0; i < n; i++) {
-        if (r->as_state[i] != AS_HELD || !server_worker(r->srv, i)->alive)
+        if (r->as_state[i] != AS_HELD || !server_worker(r->srv, i)->alive ||
+            r->round < r->as_bench_until[i])
             continue;
         if (r->cfg->max_staleness > 0 && v - r->as_base[i] > (uint64_t)r->cfg->max_staleness) {
             clog_info("round %llu: the update %s trained from version %llu is %llu versions old, "
@@ -207,6 +209,25 @@ void rounds_async_on_hello(rounds *r, int w)
     uint8_t s = r->as_state[w];
     if (s == AS_TRAINING || s == AS_HELD || s == AS_OUT)
         r->as_state[w] = AS_IDLE;   /* the tick hands out a new task */
+}
+
+void rounds_async_blame(rounds *r)
+{
+    if (!rounds_async(r) || r->ph != PH_TRAIN || r->round == 0)
+        return;
+    for (int i = 0; i < server_n_workers(r->srv); i++) {
+        if (r->as_state[i] != AS_MEMBER || r->status[i] != ST_PENDING)
+            continue;
+        if (r->cfg->secagg && (!r->sa || !sa_missed_phase(r->sa, i)))
+            continue;   /* (no sa: it could not start, nobody's fault) */
+        uint32_t d = ++r->as_silent[i];
+        uint64_t wait = d > 7 ? 64 : (uint64_t)1 << (d - 1);
+        r->as_bench_until[i] = r->round + 1 + wait;
+        clog_info("round %llu: %s went silent in its buffer (no upload, no refusal; %u time%s): "
+                  "its updates wait %llu round%s", (unsigned long long)r->round,
+                  server_worker(r->srv, i)->id, d, d == 1 ? "" : "s", (unsigned long long)wait,
+                  wait == 1 ? "" : "s");
+    }
 }
 
 void rounds_async_round_over(rounds *r)

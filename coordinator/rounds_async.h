@@ -43,6 +43,12 @@ void rounds_async_on_held(rounds *r, int w, const Fedpeft__UpdateReady *u);
 int rounds_async_on_refusal(rounds *r, int w, uint64_t task_id, const char *why);
 /* w said Hello again: a task or held update it had is gone. */
 void rounds_async_on_hello(rounds *r, int w);
+/* The round's upload phase is over (aggregated or abandoned): a member that
+ * went silent - no upload, no Refusal, a phase missed - has its held updates
+ * passed over for the next 2^(d-1) rounds after its d-th time (at most 64),
+ * so one key that answers hold tasks at once and then drops out cannot sit in
+ * every buffer and abandon each one. */
+void rounds_async_blame(rounds *r);
 /* The round ended (completed or abandoned): its members train again. */
 void rounds_async_round_over(rounds *r);
 /* "idle", "training", "held", "in the buffer", "refused" (status page). */

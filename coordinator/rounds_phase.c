@@ -428,6 +428,34 @@ void rounds_start_eval(rounds *r, int64_t now)
             rounds_send_task(r, i);
 }
 
+/* The global adapter as a PEFT directory (flora: every fold merged). 0, or
+ * -1 with fp_error; *merged_p says whether folds were merged. */
+static int save_adapter(const rounds *r, const char *out, int *merged_p)
+{
+    fp_lora *merged = NULL;
+    if (strategy_flora_n_folds(r->strat) > 0 && !(merged = strategy_flora_merged(r->strat)))
+        clog_error("flora: %s; writing the (restarted) global adapter instead", fp_error_get());
+    int rc = fp_lora_save(merged ? merged : r->global, out);
+    *merged_p = merged != NULL;
+    fp_lora_free(&merged);
+    return rc;
+}
+
+/* [run] save_every: STATE_DIR/adapters/round-N after round N (a snapshot
+ * for evaluating the run's progress; losing one loses nothing else). */
+static void save_snapshot(const rounds *r)
+{
+    int every = r->cfg->save_every, merged;
+    if (every <= 0 || r->round == 0 || r->round % (uint64_t)every != 0 || r->m.abandoned)
+        return;
+    char dir[1100], out[1200];
+    snprintf(dir, sizeof dir, "%s/adapters", r->cfg->state_dir);
+    snprintf(out, sizeof out, "%s/round-%llu", dir, (unsigned long long)r->round);
+    if (rounds_mkdir_p(dir) < 0 || save_adapter(r, out, &merged) < 0)
+        clog_error("round %llu: cannot write the snapshot %s ([run] save_every): %s",
+                   (unsigned long long)r->round, out, fp_error_get());
+}
+
 void rounds_finish_run(rounds *r)
 {
     char out[1100];
@@ -435,10 +463,8 @@ void rounds_finish_run(rounds *r)
         snprintf(out, sizeof out, "%s", r->cfg->out_dir);
     else
         snprintf(out, sizeof out, "%s/adapter", r->cfg->state_dir);
-    fp_lora *merged = NULL;
-    if (strategy_flora_n_folds(r->strat) > 0 && !(merged = strategy_flora_merged(r->strat)))
-        clog_error("flora: %s; writing the (restarted) global adapter instead", fp_error_get());
-    if (fp_lora_save(merged ? merged : r->global, out) < 0) {
+    int merged;
+    if (save_adapter(r, out, &merged) < 0) {
         clog_error("cannot write the final adapter: %s", fp_error_get());
         r->exit_code = 1;
     } else {
@@ -446,7 +472,6 @@ void rounds_finish_run(rounds *r)
                   merged ? " (every flora fold, merged)" : "");
         r->exit_code = 0;
     }
-    fp_lora_free(&merged);
     server_shutdown_workers(r->srv, "run complete");
     r->ph = PH_DONE;
 }
@@ -505,6 +530,7 @@ void rounds_complete_round(rounds *r, int64_t now)
             clog_error("%s", fp_error_get());
     }
     rounds_log_round(r, m);
+    save_snapshot(r);
     if (finished) {
         if (r->cfg->target_loss > 0 && r->round < (uint64_t)r->cfg->rounds)
             clog_info("median validation loss %.4f of %u workers <= target_loss %g: stopping "

@@ -94,6 +94,8 @@ struct rounds {
     uint64_t *as_task, *as_base, *as_seq;
     int64_t *as_sent_ms;
     uint64_t as_next_seq;
+    uint32_t *as_silent;            /* rounds it went silent in (rounds_async_blame) */
+    uint64_t *as_bench_until;       /* its held updates wait until this round */
     double *stale_w;
     fp_stale_config stale;
     fp_dp_accountant acct;

@@ -136,6 +136,15 @@ int sa_in_u2(const sa_server *sa, int w)
     return i >= 0 && sa->m[i].shared;
 }
 
+int sa_missed_phase(const sa_server *sa, int w)
+{
+    int i = member_of(sa, w);
+    if (i < 0 || sa->m[i].out)
+        return 0;   /* not a member, or out by its own refusal */
+    return !sa->m[i].keys || (sa->phase >= SA_SHARES && !sa->m[i].shared) ||
+           sa->phase >= SA_UPLOAD;
+}
+
 /* A small-message phase's wait for n members (fp_sagraph_phase_s), in ms. */
 static int64_t phase_ms(const rounds *r, unsigned n)
 {

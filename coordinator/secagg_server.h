@@ -60,6 +60,10 @@ int sa_on_refusal(struct rounds *r, int w, int report);
  * it may have lost meanwhile (PeerKeys, its routed shares while `training`,
  * the UnmaskRequest) is sent to it once more, once per phase. */
 void sa_rejoin(struct rounds *r, int w, int training);
+/* Whether member w (still without its upload) missed a phase the round has
+ * reached - keys, then shares, then the masked input - without refusing
+ * (async's backoff, rounds_async.h). */
+int sa_missed_phase(const sa_server *sa, int w);
 /* Adds a whole staged masked input (n words) of w to the sum. */
 void sa_add_input(sa_server *sa, const uint32_t *y, size_t n);
 

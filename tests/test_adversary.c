@@ -23,6 +23,10 @@
  *    [run] seed, from which the sample used to be drawn; with CURVE it comes
  *    from the coordinator's secret key, and the seed-based prediction of who
  *    is sampled fails in some of 8 rounds (chance of a false alarm 3^-8).
+ * 5. [round] mode = async: mallory claims every hold task at once (a bad shape,
+ *    a NaN loss, duplicates, a task it was never given: each refused) and then
+ *    goes silent in each buffer it gets into; the backoff keeps it out of all
+ *    but 3 of 7 buffers, and the honest workers' rounds complete.
  */
 #include <math.h>
 #include <pthread.h>
@@ -583,6 +587,143 @@ static void test_sample_unpredictable(void **state)
     assert_true(hits < ROUNDS);
 }
 
+/* ---- 5. async: a key that claims to be done at once, then goes silent ---------- */
+
+/* In [round] mode = async, mallory answers every hold task at once, as if it
+ * had trained: first with a shape of its own, then with the right shape twice
+ * (a duplicate), once for a hold task it was never given and once with a NaN
+ * loss; it never uploads a held update (silent in every buffer it gets into). */
+typedef struct {
+    void *s;
+    volatile int stop;
+    int holds, uploads_asked;
+} claimer;
+
+static void claim(void *s, const Fedpeft__Task *t, uint64_t task_id, uint32_t n_chunks,
+                  float loss)
+{
+    Fedpeft__UpdateReady u = FEDPEFT__UPDATE_READY__INIT;
+    u.task_id = task_id;
+    u.round = t->round;
+    u.n_examples = 1000;
+    u.n_tokens = 1000;
+    u.train_loss = loss;
+    u.n_chunks = n_chunks;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_UPDATE_READY;
+    env.update_ready = &u;
+    if (isfinite(loss)) {
+        if (wire_send(s, NULL, &env) != 0)
+            printf("# claimer: UpdateReady not sent: %s\n", fp_error_get());
+        return;
+    }
+    /* wire_send refuses a NaN loss: packed by hand, as a hostile client can */
+    env.version = WIRE_PROTOCOL_VERSION;
+    size_t len = fedpeft__envelope__get_packed_size(&env);
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    fedpeft__envelope__pack(&env, buf);
+    if (zmq_send(s, buf, len, 0) != (int)len)
+        printf("# claimer: raw UpdateReady not sent\n");
+    free(buf);
+}
+
+static void *claimer_main(void *arg)
+{
+    claimer *c = arg;
+    double hb = 0;
+    while (!c->stop) {
+        if (tu_now() - hb > 0.3) {
+            send_heartbeat(c->s);
+            hb = tu_now();
+        }
+        zmq_pollitem_t it = {c->s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        wire_msg *msg = NULL;
+        if (wire_recv(c->s, ZMQ_DONTWAIT, NULL, 0, &msg, NULL) != 1)
+            continue;
+        const Fedpeft__Task *t = msg->body_case == FEDPEFT__ENVELOPE__BODY_TASK ? msg->task : NULL;
+        if (t && t->hold) {
+            int k = c->holds++;
+            if (k == 0) {
+                claim(c->s, t, t->task_id, t->n_chunks + 1, 3.0f);
+            } else {
+                claim(c->s, t, t->task_id, t->n_chunks, 3.0f);
+                claim(c->s, t, t->task_id, t->n_chunks, 3.0f);
+                claim(c->s, t, t->task_id ^ ((uint64_t)1 << 40), t->n_chunks, 3.0f);
+                if (k == 1)
+                    claim(c->s, t, t->task_id, t->n_chunks, NAN);
+            }
+        }
+        if (t && t->from_update)
+            c->uploads_asked++;     /* and says nothing */
+        if (msg->body_case == FEDPEFT__ENVELOPE__BODY_REJECT &&
+            msg->reject->code == FEDPEFT__REJECT__CODE__SHUTDOWN)
+            c->stop = 1;
+        wire_msg_free(&msg);
+    }
+    return NULL;
+}
+
+static void test_async_claimer(void **state)
+{
+    (void)state;
+    enum { R = 7 };
+    fh_fed_init(&cur, "adv-async", base_dir, N_WORKERS);
+    fh_fed_write_ini(&cur, "rounds = 7\nseed = 5", 4, 8,
+                     "[sampling]\nmin_workers = 4\n[round]\nmode = async\nbuffer = 3\n"
+                     "start_timeout_s = 60\ndeadline_s = 5\neval_deadline_s = 5\n");
+    use_curve(&cur);
+    fh_coordinator_start(&cur);
+    mallory m;
+    mallory_init(&m, &cur);
+    claimer c = {m_socket(&m, "mallory#00000000000000aa"), 0, 0, 0};
+    m_hello(&m, c.s, "mallory", 1000);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, claimer_main, &c), 0);
+    for (int k = 0; k < N_WORKERS; k++)
+        fh_worker_start(&cur, k);
+    fh_fed_finish(&cur, RUN_TIMEOUT_S);
+    c.stop = 1;
+    pthread_join(th, NULL);
+    zmq_close(c.s);
+    mallory_free(&m);
+
+    int n, done = 0;
+    double last = NAN;
+    cJSON **rows = fh_fed_metrics(&cur, R, &n);
+    uint64_t rej[4] = {0};
+    static const char *const kinds[] = {"shape", "invalid", "duplicate", "wrong_round"};
+    for (int r = 0; r <= R; r++) {
+        done += r > 0 && !cJSON_IsTrue(cJSON_GetObjectItem(rows[r], "abandoned"));
+        cJSON *rj = cJSON_GetObjectItem(rows[r], "rejected");
+        for (int i = 0; i < 4; i++)
+            rej[i] += (uint64_t)fh_metric_number(rj, kinds[i]);
+        rej[1] += (uint64_t)fh_metric_number(rj, "nonfinite");
+        cJSON *v = cJSON_GetObjectItem(rows[r], "val_loss");
+        if (cJSON_IsNumber(v))
+            last = v->valuedouble;
+        printf("# round %d: %s\n", r, cJSON_IsNumber(v) ? "complete" :
+               cJSON_GetStringValue(cJSON_GetObjectItem(rows[r], "reason")));
+    }
+    char clog[4300];
+    snprintf(clog, sizeof clog, "%s/coordinator-1.log", cur.dir);
+    int silent = count_lines(clog, "mallory went silent in its buffer");
+    printf("# claimer: %d hold tasks, in %d buffers, silent %d times; %d of %d rounds complete; "
+           "refused: shape %llu, invalid/nonfinite %llu, duplicate %llu, unknown task %llu\n",
+           c.holds, c.uploads_asked, silent, done, R, (unsigned long long)rej[0],
+           (unsigned long long)rej[1], (unsigned long long)rej[2], (unsigned long long)rej[3]);
+    /* in buffers 1, 3 and 6 at most (it waits 1, 2, then 4 rounds) */
+    assert_true(c.uploads_asked >= 1 && c.uploads_asked <= 3);
+    assert_int_equal(silent, c.uploads_asked);
+    assert_true(done >= R - 3);
+    assert_true(rej[0] >= 1 && rej[1] >= 1 && rej[2] >= 1 && rej[3] >= 1);
+    printf("# validation loss %.4f -> %.4f\n", fh_metric_number(rows[0], "val_loss"), last);
+    assert_true(last < fh_metric_number(rows[0], "val_loss"));
+    fh_metrics_free(rows, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -590,6 +731,7 @@ int main(void)
         cmocka_unit_test_teardown(test_huge_plain_update, teardown),
         cmocka_unit_test_teardown(test_stalling_and_silent_peers, teardown),
         cmocka_unit_test_teardown(test_sample_unpredictable, teardown),
+        cmocka_unit_test_teardown(test_async_claimer, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
