@@ -46,7 +46,8 @@ static void test_simulate_small(void **state)
      * the project root (the config file's parent directory). */
     snprintf(cmd, sizeof cmd, "cd '%s' && '%s' simulate --config '%s/configs/simulate-shakespeare.ini' "
              "--simulate.workers=3 --run.rounds=2 --train.local_steps=10 --train.seq=64 "
-             "--simulate.out_dir='%s'", FP_BINARY_DIR, FP_TOOL, FP_SOURCE_DIR, sim_dir);
+             "--run.save_every=1 --run.seed 77 --simulate.out_dir='%s'", FP_BINARY_DIR, FP_TOOL,
+             FP_SOURCE_DIR, sim_dir);
     int rc = tu_run(cmd, &out);
     printf("%s", out);
     if (rc != 0)
@@ -81,7 +82,29 @@ static void test_simulate_small(void **state)
     for (int i = 0; i < 3; i++)
         cJSON_Delete(rows[i]);
 
+    /* the shards are `fedpeft partition --seed [run] seed` (77, not a default: every
+     * [run] key, save_every too, leaves the seed alone) */
+    char *mine = tu_read_file(tu_path(sim_dir, "shards/shard-000.txt"), NULL);
+    assert_non_null(mine);
+    for (int seed = 77; seed >= 0; seed -= 77) {
+        char part[4200];
+        snprintf(part, sizeof part, "%s/part-%d", sim_dir, seed);
+        snprintf(cmd, sizeof cmd, "'%s' partition --data '%s/data/tinyshakespeare/input.txt' "
+                 "--workers 3 --by speaker --out '%s' --seed %d > /dev/null", FP_TOOL,
+                 FP_SOURCE_DIR, part, seed);
+        assert_int_equal(tu_run(cmd, NULL), 0);
+        char *ref = tu_read_file(tu_path(part, "shard-000.txt"), NULL);
+        assert_non_null(ref);
+        printf("shard-000 %s `fedpeft partition --seed %d`\n",
+               strcmp(ref, mine) == 0 ? "==" : "!=", seed);
+        assert_int_equal(strcmp(ref, mine) == 0, seed == 77);
+        free(ref);
+    }
+    free(mine);
+
     const char *files[] = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                           "state/adapters/round-1/adapter_model.safetensors",
+                           "state/adapters/round-2/adapter_config.json",
                            "logs/coordinator.log", "logs/w01.log", "logs/w03.log",
                            "model/config.json", "shards/shard-000.txt", "shards/shard-002.txt"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {

@@ -95,6 +95,7 @@ typedef struct {
     uint64_t seed;
     double target_loss;
     char state_dir[1024], out_dir[1024];
+    int save_every;
 } sim_run_view;
 #define F(field) offsetof(sim_run_view, field)
 #define S(field) sizeof(((sim_run_view *)0)->field)
@@ -104,6 +105,7 @@ static const fp_cfg_key run_keys[] = {
     {"run", "target_loss", FP_CFG_DOUBLE, 0, 1e9, "0", F(target_loss), 0, NULL, ""},
     {"run", "state_dir", FP_CFG_STRING, 0, 0, "", F(state_dir), S(state_dir), NULL, ""},
     {"run", "out_dir", FP_CFG_STRING, 0, 0, "", F(out_dir), S(out_dir), NULL, ""},
+    {"run", "save_every", FP_CFG_INT, 0, 1000000, "0", F(save_every), 0, NULL, ""},
     {NULL},
 };
 #undef F
@@ -408,11 +410,20 @@ static int load_configs(const sim_args *a, sim_config *c, sim_run_view *rv)
         fp_cfg_load_file(sim_keys, c, a->config, not_simulate) != 0 ||
         fp_cfg_apply_args(sim_keys, c, a->n_own + 1, own) != 0)
         return -1;
+    /* The coordinator validates [run] itself; here a key this view lacks must not
+     * cost the others (the seed picks the partition): one argument at a time. */
     if (fp_cfg_defaults(run_keys, rv) != 0 ||
-        fp_cfg_load_file(run_keys, rv, a->config, not_run) != 0 ||
-        fp_cfg_apply_args(run_keys, rv, a->n_run + 1, run) != 0) {
-        rv->rounds = 0;     /* display only: the coordinator validates [run] itself */
-        rv->seed = 0;
+        fp_cfg_load_file(run_keys, rv, a->config, not_run) != 0) {
+        fprintf(stderr, "fedpeft simulate: %s: [run]: %s (the partition uses seed %llu)\n",
+                a->config, fp_error_get(), (unsigned long long)rv->seed);
+        rv->rounds = 0;     /* display only */
+    }
+    for (int i = 0; i < a->n_run; i++) {
+        int two = !strchr(a->run[i], '=') && i + 1 < a->n_run;     /* --run.key value */
+        char *one[3] = {run[0], a->run[i], two ? a->run[i + 1] : NULL};
+        if (fp_cfg_apply_args(run_keys, rv, 2 + two, one) != 0 && !strstr(fp_error_get(), "unknown"))
+            fprintf(stderr, "fedpeft simulate: %s\n", fp_error_get());
+        i += two;
     }
     resolve(c->data, sizeof c->data, a->config);
     resolve(c->llama2c, sizeof c->llama2c, a->config);

@@ -144,6 +144,17 @@ int main(int argc, char **argv)
     te.kind = FEDPEFT__TASK__KIND__EVAL, te.round = 2, te.task_id = 8, te.n_chunks = 1;
     env.task = &te;
     send_env("task_eval", &env);
+    Fedpeft__Task th = FEDPEFT__TASK__INIT;     /* async: a hold task, then its upload */
+    th.kind = FEDPEFT__TASK__KIND__TRAIN, th.round = 3, th.task_id = 9, th.params = &tp;
+    th.n_chunks = 1, th.coordinator_pk = (ProtobufCBinaryData){32, pk}, th.hold = 1;
+    env.task = &th;
+    send_env("task_hold", &env);
+    Fedpeft__Task tu = FEDPEFT__TASK__INIT;
+    tu.kind = FEDPEFT__TASK__KIND__TRAIN, tu.round = 4, tu.task_id = 10, tu.params = &tp;
+    tu.coordinator_pk = (ProtobufCBinaryData){32, pk}, tu.from_update = 9;
+    tu.secagg = &sp, tu.n_peers = 3, tu.peers = peers;
+    env.task = &tu;
+    send_env("task_from_update", &env);
 
     Fedpeft__UpdateReady ur = FEDPEFT__UPDATE_READY__INIT;
     ur.task_id = 7, ur.round = 2, ur.train_loss = 2.5f, ur.n_chunks = 1;
