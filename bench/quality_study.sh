@@ -4,7 +4,7 @@
 # token budget (R rounds x 8 workers x S local steps), the held-out loss of
 #   - each federated method (fedpeft simulate): FedAvg, FedAvg with 3x more rounds of a
 #     third of the steps, FedProx, FedAdam, FedAvgM (three round lengths), SCAFFOLD
-#     (alone and with FedAvgM), RoLoRA, FFA-LoRA;
+#     (alone and with FedAvgM), RoLoRA, FFA-LoRA, async FedBuff (K = 4, as many updates);
 #   - centralized LoRA (fedpeft finetune on the pooled training text, R*8*S steps);
 #   - local-only (each worker alone on its shard for R*S steps; mean over workers).
 # Every method is evaluated on the same text no worker holds: the last 4,000 lines of
@@ -32,7 +32,8 @@ methods=("fedavg|FedAvg, $R rounds x $S local steps|$RS"
          "scaffold-fedavgm-short|SCAFFOLD + FedAvgM, $((3 * R)) rounds x $((S / 3)) local steps|--run.rounds=$((3 * R)) --train.local_steps=$((S / 3)) --strategy.name=scaffold --strategy.server_opt=fedavgm"
          "scaffold-fedavgm-60x5|SCAFFOLD + FedAvgM, $((6 * R)) rounds x $((S / 6)) local steps|--run.rounds=$((6 * R)) --train.local_steps=$((S / 6)) --strategy.name=scaffold --strategy.server_opt=fedavgm"
          "rolora|RoLoRA (A and B in turn)|$RS --strategy.name=rolora"
-         "ffa|FFA-LoRA (A frozen)|$RS --strategy.name=ffa")
+         "ffa|FFA-LoRA (A frozen)|$RS --strategy.name=ffa"
+         "async|async FedBuff, K = 4, $((R * W / 4)) versions x $S local steps (the same updates)|--run.rounds=$((R * W / 4)) --train.local_steps=$S --round.mode=async --round.buffer=4")
 
 head -n 36000 "$here/data/tinyshakespeare/input.txt" > "$out/train.txt"
 tail -n +36001 "$here/data/tinyshakespeare/input.txt" > "$out/test.txt"
