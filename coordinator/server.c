@@ -389,8 +389,19 @@ static void handle_hello(server *srv, const char *rid, const char *id, const Fed
                       "sign= key", id, h->sign_pk.len ? "another" : "no");
         return;
     }
+    if (wi->route[0] && strcmp(wi->route, rid) != 0 && h->session && h->session == wi->session &&
+        h->attempt < wi->attempt) {
+        /* the same process's abandoned socket, its Hello delivered late: the
+         * live session (a later attempt) stays */
+        server_reject(srv, -1, rid, REJ_LATE, FEDPEFT__REJECT__CODE__STALE,
+                      "Hello of connection attempt %u after attempt %u of the same worker "
+                      "process: ignored", h->attempt, wi->attempt);
+        return;
+    }
     if (wi->route[0] && strcmp(wi->route, rid) != 0)
         clog_info("worker %s: a new session replaces the old one", id);
+    wi->session = h->session;
+    wi->attempt = h->attempt;
     snprintf(wi->route, sizeof wi->route, "%s", rid);   /* one live session per identity */
     wi->n_examples = h->n_train_examples;
     wi->weight = server_weight(srv, w, h->n_train_examples);

@@ -42,6 +42,8 @@ typedef struct {
     int rank;                   /* the LoRA rank it trains (Hello rank, 0 there = global) */
     uint32_t n_folds;           /* flora: folds its base holds (Hello), of run fold_run */
     uint64_t secagg_task;       /* the task whose secagg state it holds (Hello; 0: none) */
+    uint64_t session;           /* its process (Hello.session) and connection attempt */
+    uint32_t attempt;
     char fold_run[WIRE_MAX_ID];
     /* The Ed25519 key its secure-aggregation messages are signed with: the
      * allowlist's sign= key, or (a line without one, --insecure) its Hello's. */

@@ -27,6 +27,9 @@
  *    a NaN loss, duplicates, a task it was never given: each refused) and then
  *    goes silent in each buffer it gets into; the backoff keeps it out of all
  *    but 3 of 7 buffers, and the honest workers' rounds complete.
+ * 6. The Hello of a socket the same worker process abandoned (connection
+ *    attempt 1) arriving after its live socket's (attempt 2) is refused as
+ *    stale and the live session stays; attempt 3 replaces it as usual.
  */
 #include <math.h>
 #include <pthread.h>
@@ -587,6 +590,70 @@ static void test_sample_unpredictable(void **state)
     assert_true(hits < ROUNDS);
 }
 
+/* ---- 6. a late Hello of the same process's abandoned socket --------------------- */
+
+static void hello_attempt(mallory *m, void *s, uint64_t session, uint32_t attempt)
+{
+    Fedpeft__Hello h = FEDPEFT__HELLO__INIT;
+    h.worker_id = "mallory";
+    h.model_hash = m->model_hash;
+    h.n_train_examples = 100;
+    h.n_train_tokens = 1000;
+    h.session = session;
+    h.attempt = attempt;
+    wire_msg env = FEDPEFT__ENVELOPE__INIT;
+    env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;
+    env.hello = &h;
+    assert_int_equal(wire_send(s, NULL, &env), 0);
+}
+
+/* A worker that timed out on its first socket opens another; the first one's
+ * Hello can still reach the coordinator after the second's. It must not take
+ * the session from the live socket (seen: a worker told "replaced" exited). */
+static void test_stale_hello(void **state)
+{
+    (void)state;
+    fh_fed_init(&cur, "adv-stale", base_dir, 1);
+    fh_fed_write_ini(&cur, "rounds = 1\nseed = 5", 4, 8,
+                     "[sampling]\nmin_workers = 8\n[round]\nstart_timeout_s = 600\n");
+    use_curve(&cur);
+    fh_coordinator_start(&cur);
+    mallory m;
+    mallory_init(&m, &cur);
+    void *live = m_socket(&m, "mallory#000000000000000b");
+    hello_attempt(&m, live, 0x5e55, 2);
+    wire_msg *msg = m_expect(live, FEDPEFT__ENVELOPE__BODY_WELCOME, 30);
+    assert_non_null(msg);
+    wire_msg_free(&msg);
+    void *old = m_socket(&m, "mallory#000000000000000a");
+    hello_attempt(&m, old, 0x5e55, 1);     /* attempt 1, delivered late */
+    msg = m_expect(old, FEDPEFT__ENVELOPE__BODY_REJECT, 10);
+    assert_non_null(msg);
+    printf("# late Hello of attempt 1: Reject code %d: %s\n", (int)msg->reject->code,
+           msg->reject->reason);
+    assert_int_equal(msg->reject->code, FEDPEFT__REJECT__CODE__STALE);
+    wire_msg_free(&msg);
+    /* the live socket keeps the session: a heartbeat draws no Reject */
+    send_heartbeat(live);
+    msg = m_expect(live, FEDPEFT__ENVELOPE__BODY_REJECT, 2);
+    assert_null(msg);
+    /* a later attempt, or another process (session), does replace it */
+    void *next = m_socket(&m, "mallory#000000000000000c");
+    hello_attempt(&m, next, 0x5e55, 3);
+    msg = m_expect(next, FEDPEFT__ENVELOPE__BODY_WELCOME, 10);
+    assert_non_null(msg);
+    wire_msg_free(&msg);
+    send_heartbeat(live);
+    msg = m_expect(live, FEDPEFT__ENVELOPE__BODY_REJECT, 10);
+    assert_non_null(msg);
+    assert_int_equal(msg->reject->code, FEDPEFT__REJECT__CODE__IDENTITY);
+    wire_msg_free(&msg);
+    zmq_close(live);
+    zmq_close(old);
+    zmq_close(next);
+    mallory_free(&m);
+}
+
 /* ---- 5. async: a key that claims to be done at once, then goes silent ---------- */
 
 /* In [round] mode = async, mallory answers every hold task at once, as if it
@@ -732,6 +799,7 @@ int main(void)
         cmocka_unit_test_teardown(test_stalling_and_silent_peers, teardown),
         cmocka_unit_test_teardown(test_sample_unpredictable, teardown),
         cmocka_unit_test_teardown(test_async_claimer, teardown),
+        cmocka_unit_test_teardown(test_stale_hello, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

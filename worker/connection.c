@@ -26,6 +26,8 @@ struct wk_conn {
     char run_id[128];
     uint32_t n_folds;           /* flora: folds in the base, of run fold_run */
     uint64_t secagg_task;       /* the task whose secagg state this process holds */
+    uint64_t session;           /* Hello.session: random, this process */
+    uint32_t attempt;           /* Hello.attempt: sockets opened so far */
     char fold_run[128];
     wk_lora_spec spec;
     int hb_ms;
@@ -78,6 +80,12 @@ wk_conn *wk_conn_new(const wk_config *cfg, const char *model_hash, uint64_t n_ex
         return NULL;
     }
     self->cfg = cfg;
+    if (sodium_init() < 0) {
+        free(self);
+        fp_error_set("libsodium failed to initialise");
+        return NULL;
+    }
+    randombytes_buf(&self->session, sizeof self->session);
     self->stop = stop;
     snprintf(self->model_hash, sizeof self->model_hash, "%s", model_hash);
     self->n_examples = n_examples;
@@ -139,6 +147,7 @@ static void close_socket(wk_conn *self)
 static int open_socket(wk_conn *self)
 {
     close_socket(self);
+    self->attempt++;
     if (!self->kp) {
         self->sock = wire_dealer_connect(self->zctx, self->cfg->endpoint, self->cfg->id);
         return self->sock ? 0 : -1;
@@ -242,6 +251,8 @@ static int send_hello(wk_conn *self)
     h.n_folds = self->n_folds;
     h.fold_run_id = self->fold_run;
     h.secagg_task_id = self->secagg_task;
+    h.session = self->session;
+    h.attempt = self->attempt;
     h.sign_pk = (ProtobufCBinaryData){FP_KEY_BYTES,
                                       self->kp ? self->kp->sign_pk : self->eph_sign_pk};
     env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO;

@@ -225,6 +225,7 @@ int main(int argc, char **argv)
     Fedpeft__Hello hs = FEDPEFT__HELLO__INIT;
     hs.worker_id = "w01", hs.model_hash = (char *)hash, hs.n_train_examples = 120;
     hs.n_train_tokens = 4096, hs.sign_pk = (ProtobufCBinaryData){32, k1}, hs.secagg_task_id = 7;
+    hs.session = 0x5e55105e55105e55ull, hs.attempt = 2;
     env.body_case = FEDPEFT__ENVELOPE__BODY_HELLO, env.hello = &hs;
     send_env("hello_signed", &env);
 
