@@ -11,6 +11,10 @@ void clog_info(const char *fmt, ...) FP_PRINTF(1, 2);
 /* Same line with "error: " before the message. */
 void clog_error(const char *fmt, ...) FP_PRINTF(1, 2);
 
+/* A peer's free text made printable in place (control characters -> '?'),
+ * so it cannot forge log lines. */
+void clog_printable(char *s);
+
 /* Monotonic milliseconds (timers) and wall-clock milliseconds since the epoch. */
 int64_t clog_now_ms(void);
 int64_t clog_wall_ms(void);

@@ -80,14 +80,7 @@ static int take_buffer(rounds *r, int *chosen)
                 chosen[a] = chosen[b];
                 chosen[b] = t;
             }
-    for (unsigned a = 0; a < K; a++)      /* then by id, as a sampled round's */
-        for (unsigned b = a + 1; b < K; b++)
-            if (strcmp(server_worker(r->srv, chosen[b])->id,
-                       server_worker(r->srv, chosen[a])->id) < 0) {
-                int t = chosen[a];
-                chosen[a] = chosen[b];
-                chosen[b] = t;
-            }
+    rounds_sort_by_id(r, chosen, (int)K);     /* then by id, as a sampled round's */
     return (int)K;
 }
 
@@ -193,9 +186,7 @@ int rounds_async_on_refusal(rounds *r, int w, uint64_t task_id, const char *why)
         r->as_state[w] = AS_OUT;
         char safe[200];
         snprintf(safe, sizeof safe, "%s", why ? why : "");
-        for (char *c = safe; *c; c++)      /* a peer's text: printable only */
-            if ((unsigned char)*c < 0x20 || *c == 0x7f)
-                *c = '?';
+        clog_printable(safe);
         clog_info("%s refused its training task: %s; no more tasks for it until it says Hello "
                   "again", server_worker(r->srv, w)->id, safe);
     }

@@ -602,9 +602,7 @@ static void on_refusal(rounds *r, int w, const Fedpeft__Refusal *f)
         clog_info("round %llu: %s refused its task: %s", (unsigned long long)r->round, id, why);
     if (first && !report && r->n_refused++ == 0) {     /* kept for the abandon reason */
         snprintf(r->first_refusal, sizeof r->first_refusal, "%s: %s", id, why);
-        for (char *c = r->first_refusal; *c; c++)      /* a peer's text: printable only */
-            if ((unsigned char)*c < 0x20 || *c == 0x7f)
-                *c = '?';
+        clog_printable(r->first_refusal);
     }
 }
 

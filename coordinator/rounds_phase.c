@@ -284,6 +284,11 @@ static int cmp_ids(const void *a, const void *b, void *srv)
     return strcmp(server_worker(srv, *(const int *)a)->id, server_worker(srv, *(const int *)b)->id);
 }
 
+void rounds_sort_by_id(const rounds *r, int *w, int n)
+{
+    qsort_r(w, (size_t)n, sizeof *w, cmp_ids, r->srv);
+}
+
 /* The round's sampling seed: with CURVE a keyed hash of (run, round) under the
  * coordinator's secret sample key, so no worker can predict who is sampled (the
  * DP accounting's amplification by sampling assumes it cannot); with --insecure
@@ -316,7 +321,7 @@ static int sample(rounds *r, int *chosen)
             (!poisson || sampling_poisson_in(seed, server_worker(r->srv, i)->id,
                                              r->cfg->fraction)))
             chosen[n++] = i;
-    qsort_r(chosen, (size_t)n, sizeof *chosen, cmp_ids, r->srv);
+    rounds_sort_by_id(r, chosen, n);
     if (poisson)
         return n;
     long k = lround(r->cfg->fraction * n);
@@ -334,7 +339,7 @@ static int sample(rounds *r, int *chosen)
         chosen[i] = chosen[j];
         chosen[j] = t;
     }
-    qsort_r(chosen, (size_t)k, sizeof *chosen, cmp_ids, r->srv);
+    rounds_sort_by_id(r, chosen, (int)k);
     return (int)k;
 }
 

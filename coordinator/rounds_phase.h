@@ -13,6 +13,8 @@ void rounds_send_hold_task(rounds *r, int w, uint64_t version, uint64_t task_id,
 /* A training round with these k workers (sorted by id): secure aggregation
  * when on, then their tasks. */
 void rounds_begin_train(rounds *r, int64_t now, const int *chosen, int k);
+/* Worker indices in the order of their ids (a round's members are). */
+void rounds_sort_by_id(const rounds *r, int *w, int n);
 void rounds_start_eval(rounds *r, int64_t now);
 /* Checkpoint, metrics line, then the next round or the end. */
 void rounds_complete_round(rounds *r, int64_t now);

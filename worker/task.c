@@ -162,6 +162,26 @@ static int shape_adapters(wk_task *t)
 static int start_secagg(wk_task *t);
 static int finish_held(wk_task *t);
 
+/* The task this worker now works on: its ids and params, and its secure
+ * aggregation settings (copied: the message is freed before the keys phase);
+ * the previous round's secure-aggregation state is dropped. */
+static void take_task(wk_task *t, const Fedpeft__Task *task)
+{
+    t->kind = task->kind;
+    t->task_id = task->task_id;
+    t->round = task->round;
+    t->params = *task->params;
+    wk_sa_destroy(&t->sa);
+    wk_sa_free_shares(&t->sent_sk);
+    t->has_secagg = task->secagg != NULL;
+    if (task->secagg) {
+        t->sap = *task->secagg;
+        size_t gl = t->sap.graph_commit.len == 32 ? 32 : 0;
+        memcpy(t->graph_commit, t->sap.graph_commit.data, gl);
+        t->sap.graph_commit = (ProtobufCBinaryData){gl, t->graph_commit};
+    }
+}
+
 /* A TRAIN task's seal key and the [privacy] policy: 0, or -1 (logged; a
  * policy refusal is also answered with a Refusal). Sets coord_pk. */
 static int check_train_task(wk_task *t, const Fedpeft__Task *task)
@@ -217,20 +237,8 @@ static void on_task(wk_task *t, const Fedpeft__Task *task)
         return;
     }
     t->receiving = 1;
-    t->kind = task->kind;
-    t->task_id = task->task_id;
-    t->round = task->round;
-    t->params = *task->params;
-    wk_sa_destroy(&t->sa);
-    wk_sa_free_shares(&t->sent_sk);
-    t->has_secagg = task->secagg != NULL;
+    take_task(t, task);
     t->has_dp = task->dp != NULL;
-    if (task->secagg) {
-        t->sap = *task->secagg;     /* the message is freed before the keys phase: */
-        size_t gl = t->sap.graph_commit.len == 32 ? 32 : 0;
-        memcpy(t->graph_commit, t->sap.graph_commit.data, gl);
-        t->sap.graph_commit = (ProtobufCBinaryData){gl, t->graph_commit};
-    }
     if (task->dp)
         t->dpp = *task->dp;
     t->hold = task->hold;
@@ -258,24 +266,11 @@ static int on_upload_task(wk_task *t, const Fedpeft__Task *task)
     t->have_update = 0;
     if (check_train_task(t, task) != 0)
         return 0;
-    t->kind = task->kind;
-    t->task_id = task->task_id;
-    t->round = task->round;
-    t->params = *task->params;
+    take_task(t, task);
     t->hold = 0;
     t->from_held = 1;
-    wk_sa_destroy(&t->sa);
-    wk_sa_free_shares(&t->sent_sk);
-    t->has_secagg = task->secagg != NULL;
     t->has_dp = 0;      /* async runs without [dp] (the coordinator refuses the pair) */
-    if (task->secagg) {
-        t->sap = *task->secagg;
-        size_t gl = t->sap.graph_commit.len == 32 ? 32 : 0;
-        memcpy(t->graph_commit, t->sap.graph_commit.data, gl);
-        t->sap.graph_commit = (ProtobufCBinaryData){gl, t->graph_commit};
-        return start_secagg(t);
-    }
-    return finish_held(t);
+    return t->has_secagg ? start_secagg(t) : finish_held(t);
 }
 
 /* Training's progress callback: heartbeats, and stops for a new Task,
